@@ -1,0 +1,222 @@
+package device
+
+import (
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"net/url"
+	"strings"
+	"time"
+)
+
+// Defaults for the zero values of Config.
+const (
+	DefaultKeepAlive      = 60 * time.Second
+	DefaultMinBackoff     = time.Second
+	DefaultMaxBackoff     = 2 * time.Minute
+	DefaultConnectTimeout = 10 * time.Second
+	// DefaultReceiveMaximum bounds the QoS 1 and 2 messages the broker may
+	// have in flight to the device. paho sizes its inbound queue by this
+	// value; its default of 65535 costs about 512 KiB per client.
+	DefaultReceiveMaximum = 32
+)
+
+// Config describes how a device connects to Warden. Servers, Certificate
+// and RootCAs are required; everything else has a default.
+type Config struct {
+	// Servers are the broker URLs, tried in order on every connection
+	// attempt: "mqtts://host:8883" (the port defaults to 8883) or
+	// "wss://host:8884/mqtt". Unencrypted schemes are refused.
+	Servers []string
+
+	// Certificate is the device's own certificate (with its chain) and
+	// private key, as LoadCredentials returns it. It is always sent.
+	Certificate tls.Certificate
+
+	// RootCAs is the Warden root the broker's certificate must chain to.
+	// It is required and is the only trust anchor: the system roots are
+	// never consulted, so no public CA can vouch for an impostor broker.
+	RootCAs *x509.CertPool
+
+	// DeviceID defaults to the ID in the certificate's
+	// urn:warden:device: URI SAN; if set, it must equal that ID. It is
+	// also the MQTT client ID, which Warden binds to the certificate.
+	DeviceID string
+
+	// ServerName overrides the host name the broker's certificate is
+	// checked against (by default the host of each server URL).
+	ServerName string
+
+	// KeepAlive is the MQTT keep-alive interval (default 60s, at most
+	// 65535s).
+	KeepAlive time.Duration
+
+	// SessionExpiry 0 starts a clean session on every connection. A
+	// positive value asks the broker to keep the session (subscriptions
+	// and undelivered QoS 1/2 messages) that long after a disconnection,
+	// and every connection resumes it (clean start false).
+	SessionExpiry time.Duration
+
+	// MinBackoff and MaxBackoff bound the wait between reconnection
+	// attempts; see Backoff. Defaults 1s and 2m.
+	MinBackoff, MaxBackoff time.Duration
+
+	// ConnectTimeout bounds each attempt: dial, TLS handshake and CONNACK
+	// (default 10s).
+	ConnectTimeout time.Duration
+
+	// ReceiveMaximum is sent to the broker as the MQTT 5 Receive Maximum
+	// (default 32).
+	ReceiveMaximum uint16
+
+	// Logger receives connection events; nil discards them. Payloads and
+	// keys are never logged.
+	Logger *slog.Logger
+
+	// OnConnectionUp is called after every successful CONNACK. It runs on
+	// the connection goroutine and must not block.
+	OnConnectionUp func()
+
+	// OnConnectionDown is called when an established connection is lost,
+	// with the reason; it is not called by Close. It runs on the connection
+	// goroutine and must not block.
+	OnConnectionDown func(error)
+}
+
+// settings is a validated Config with defaults applied.
+type settings struct {
+	servers        []*url.URL
+	tls            *tls.Config
+	id             string
+	keepAlive      uint16 // seconds
+	sessionExpiry  uint32 // seconds
+	minBackoff     time.Duration
+	maxBackoff     time.Duration
+	connectTimeout time.Duration
+	receiveMaximum uint16
+	log            *slog.Logger
+	onUp           func()
+	onDown         func(error)
+}
+
+// validate checks cfg and returns the settings Connect runs with. Every
+// error names the field to fix.
+func (cfg Config) validate() (*settings, error) {
+	s := &settings{
+		minBackoff:     orDefault(cfg.MinBackoff, DefaultMinBackoff),
+		maxBackoff:     orDefault(cfg.MaxBackoff, DefaultMaxBackoff),
+		connectTimeout: orDefault(cfg.ConnectTimeout, DefaultConnectTimeout),
+		receiveMaximum: cfg.ReceiveMaximum,
+		onUp:           cfg.OnConnectionUp,
+		onDown:         cfg.OnConnectionDown,
+	}
+	if s.receiveMaximum == 0 {
+		s.receiveMaximum = DefaultReceiveMaximum
+	}
+
+	if len(cfg.Servers) == 0 {
+		return nil, errors.New("Config.Servers is empty; give at least one mqtts:// or wss:// URL")
+	}
+	for i, raw := range cfg.Servers {
+		u, err := parseServer(raw)
+		if err != nil {
+			return nil, fmt.Errorf("Config.Servers[%d]: %w", i, err)
+		}
+		s.servers = append(s.servers, u)
+	}
+
+	if cfg.RootCAs == nil {
+		return nil, errors.New("Config.RootCAs is nil; it must hold the Warden root (see LoadCredentials): the system roots are never used")
+	}
+	_, id, err := deviceIdentity(cfg.Certificate)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.DeviceID != "" && cfg.DeviceID != id {
+		return nil, fmt.Errorf("Config.DeviceID %q differs from the ID %q in the certificate; leave it empty or fix it", cfg.DeviceID, id)
+	}
+	s.id = id
+
+	keepAlive := orDefault(cfg.KeepAlive, DefaultKeepAlive)
+	if keepAlive < time.Second || keepAlive > math.MaxUint16*time.Second {
+		return nil, fmt.Errorf("Config.KeepAlive %v is out of range [1s, 65535s]", cfg.KeepAlive)
+	}
+	s.keepAlive = uint16(keepAlive / time.Second)
+
+	if cfg.SessionExpiry < 0 || cfg.SessionExpiry > math.MaxUint32*time.Second {
+		return nil, fmt.Errorf("Config.SessionExpiry %v is out of range [0, %ds]", cfg.SessionExpiry, uint32(math.MaxUint32))
+	}
+	s.sessionExpiry = uint32(cfg.SessionExpiry / time.Second)
+	if cfg.SessionExpiry > 0 && s.sessionExpiry == 0 {
+		s.sessionExpiry = 1 // a sub-second expiry still asks for a session
+	}
+
+	switch {
+	case s.minBackoff < 0 || s.maxBackoff < 0:
+		return nil, fmt.Errorf("Config.MinBackoff (%v) and Config.MaxBackoff (%v) must not be negative", cfg.MinBackoff, cfg.MaxBackoff)
+	case s.maxBackoff < s.minBackoff:
+		return nil, fmt.Errorf("Config.MaxBackoff %v is below Config.MinBackoff %v", s.maxBackoff, s.minBackoff)
+	case s.connectTimeout < 0:
+		return nil, fmt.Errorf("Config.ConnectTimeout %v must not be negative", cfg.ConnectTimeout)
+	}
+
+	cert := cfg.Certificate
+	s.tls = &tls.Config{
+		MinVersion: tls.VersionTLS13,
+		RootCAs:    cfg.RootCAs,
+		ServerName: cfg.ServerName,
+		// GetClientCertificate rather than Certificates: with Certificates,
+		// crypto/tls silently sends no certificate when the server's list
+		// of acceptable CAs does not name our issuer, and the failure then
+		// shows up far from its cause. The broker decides, not the client.
+		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+			return &cert, nil
+		},
+	}
+
+	s.log = cfg.Logger
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.log = s.log.With(slog.String("device", id))
+	return s, nil
+}
+
+func orDefault(d, def time.Duration) time.Duration {
+	if d == 0 {
+		return def
+	}
+	return d
+}
+
+// parseServer accepts mqtts:// and wss:// URLs only: the SDK never speaks
+// MQTT without TLS.
+func parseServer(raw string) (*url.URL, error) {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return nil, err
+	}
+	u.Scheme = strings.ToLower(u.Scheme)
+	switch u.Scheme {
+	case "mqtts":
+		if u.Port() == "" && u.Hostname() != "" {
+			u.Host = net.JoinHostPort(u.Hostname(), "8883")
+		}
+	case "wss":
+	case "mqtt", "tcp", "ws":
+		return nil, fmt.Errorf("%q is not encrypted; use mqtts:// or wss://", u.Redacted())
+	default:
+		return nil, fmt.Errorf("%q: scheme %q is not mqtts or wss", u.Redacted(), u.Scheme)
+	}
+	if u.Hostname() == "" {
+		return nil, fmt.Errorf("%q has no host", u.Redacted())
+	}
+	if u.User != nil {
+		return nil, fmt.Errorf("%q carries user information; devices authenticate with their certificate only", u.Redacted())
+	}
+	return u, nil
+}

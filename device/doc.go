@@ -1,0 +1,40 @@
+// Package device is the Go SDK for devices that connect to Warden.
+//
+// A device holds a certificate issued by Warden, whose urn:warden:device:<id>
+// URI SAN names it, and the Warden root certificate. It connects over MQTT 5
+// with mutual TLS (TLS 1.3 only) and trusts nothing but that root: the
+// system roots are never consulted, so a certificate from a public CA cannot
+// impersonate the broker.
+//
+// A device sees only its own subtree. It publishes uplinks to
+// private/<id>/up/<channel> (PublishUp) and receives commands on
+// private/<id>/down/<channel> (SubscribeDown); Warden relays between those
+// and the services' fleet/<id>/... topics.
+//
+// The client reconnects by itself, waiting between attempts with
+// exponential backoff and full jitter (see Backoff) so that a fleet dropped
+// by a broker restart does not return in one wave, and it restores its
+// subscriptions on every new connection.
+//
+// Typical use:
+//
+//	cert, roots, err := device.LoadCredentials("device.crt", "device.key", "warden-root.crt")
+//	if err != nil {
+//		log.Fatal(err)
+//	}
+//	c, err := device.Connect(ctx, device.Config{
+//		Servers:     []string{"mqtts://warden.example.com:8883", "wss://warden.example.com:8884/mqtt"},
+//		Certificate: cert,
+//		RootCAs:     roots,
+//	})
+//	if err != nil {
+//		log.Fatal(err) // for example a *device.RefusedError: the device is not active
+//	}
+//	defer c.Close(context.Background())
+//
+//	err = c.SubscribeDown(ctx, "cmd", 1, func(m device.Message) {
+//		log.Printf("command on %s: %q", m.Channel, m.Payload)
+//	})
+//	...
+//	err = c.PublishUp(ctx, "telemetry", []byte(`{"temp":21.5}`), 1)
+package device

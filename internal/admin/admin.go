@@ -1,0 +1,148 @@
+// Package admin is the operator surface that CLI commands use. The same
+// Service interface is implemented twice: Local acts on the registry
+// directly (no server running), Client talks to a running `warden serve`
+// over a unix socket in the data directory (mode 0600), so that revocations
+// take effect on live connections at once.
+package admin
+
+import (
+	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
+	"fmt"
+
+	"github.com/warden-iot/warden/internal/registry"
+	"github.com/warden-iot/warden/internal/store"
+)
+
+// Service is every registry action the CLI offers.
+type Service interface {
+	// AddDevice issues a certificate for the CSR and registers the device.
+	AddDevice(ctx context.Context, spec registry.DeviceSpec, csrDER []byte) (Issued, error)
+	// IssueDevice checks everything AddDevice would and issues the
+	// certificate, but registers nothing: provisioning delivers the key
+	// and certificate first, then calls RegisterDevice.
+	IssueDevice(ctx context.Context, spec registry.DeviceSpec, csrDER []byte) (Issued, error)
+	// RegisterDevice records a device whose certificate IssueDevice issued.
+	RegisterDevice(ctx context.Context, spec registry.DeviceSpec, csrDER []byte, certPEM string) (store.Device, error)
+	AddService(ctx context.Context, name, role string, csrDER []byte) (Issued, error)
+	Device(ctx context.Context, id string) (registry.DeviceInfo, error)
+	ListDevices(ctx context.Context, f store.DeviceFilter) ([]store.Device, error)
+	ListServices(ctx context.Context) ([]store.Service, error)
+	Disable(ctx context.Context, id, reason string) (store.Device, error)
+	Enable(ctx context.Context, id string) (store.Device, error)
+	Revoke(ctx context.Context, id, reason string) (store.Device, error)
+	RevokeService(ctx context.Context, name, reason string) (store.Service, error)
+}
+
+// Issued is the result of registering a principal: its PEM certificate.
+type Issued struct {
+	ID             string `json:"id"`
+	CertificatePEM string `json:"certificate_pem"`
+}
+
+// Local implements Service on an in-process registry.
+type Local struct{ Registry *registry.Registry }
+
+var _ Service = Local{}
+
+func certPEM(c *x509.Certificate) string {
+	return string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: c.Raw}))
+}
+
+// AddDevice implements Service.
+func (l Local) AddDevice(ctx context.Context, spec registry.DeviceSpec, csrDER []byte) (Issued, error) {
+	d, cert, err := l.Registry.AddDevice(ctx, spec, csrDER)
+	if err != nil {
+		return Issued{}, err
+	}
+	return Issued{ID: d.ID, CertificatePEM: certPEM(cert)}, nil
+}
+
+// IssueDevice implements Service.
+func (l Local) IssueDevice(ctx context.Context, spec registry.DeviceSpec, csrDER []byte) (Issued, error) {
+	cert, err := l.Registry.IssueDevice(ctx, spec, csrDER)
+	if err != nil {
+		return Issued{}, err
+	}
+	return Issued{ID: spec.ID, CertificatePEM: certPEM(cert)}, nil
+}
+
+// RegisterDevice implements Service.
+func (l Local) RegisterDevice(ctx context.Context, spec registry.DeviceSpec, csrDER []byte, certPEMText string) (store.Device, error) {
+	block, _ := pem.Decode([]byte(certPEMText))
+	if block == nil || block.Type != "CERTIFICATE" {
+		return store.Device{}, fmt.Errorf("%w: register device %s: no PEM certificate given", registry.ErrInvalid, spec.ID)
+	}
+	cert, err := x509.ParseCertificate(block.Bytes)
+	if err != nil {
+		return store.Device{}, fmt.Errorf("%w: register device %s: %v", registry.ErrInvalid, spec.ID, err)
+	}
+	return l.Registry.RegisterDevice(ctx, spec, csrDER, cert)
+}
+
+// AddService implements Service.
+func (l Local) AddService(ctx context.Context, name, role string, csrDER []byte) (Issued, error) {
+	s, cert, err := l.Registry.AddService(ctx, name, role, csrDER)
+	if err != nil {
+		return Issued{}, err
+	}
+	return Issued{ID: s.Name, CertificatePEM: certPEM(cert)}, nil
+}
+
+// Device implements Service.
+func (l Local) Device(ctx context.Context, id string) (registry.DeviceInfo, error) {
+	return l.Registry.Device(ctx, id)
+}
+
+// ListDevices implements Service.
+func (l Local) ListDevices(ctx context.Context, f store.DeviceFilter) ([]store.Device, error) {
+	return l.Registry.ListDevices(ctx, f)
+}
+
+// ListServices implements Service.
+func (l Local) ListServices(ctx context.Context) ([]store.Service, error) {
+	return l.Registry.ListServices(ctx)
+}
+
+// Disable implements Service.
+func (l Local) Disable(ctx context.Context, id, reason string) (store.Device, error) {
+	return l.Registry.Disable(ctx, id, reason)
+}
+
+// Enable implements Service.
+func (l Local) Enable(ctx context.Context, id string) (store.Device, error) {
+	return l.Registry.Enable(ctx, id)
+}
+
+// Revoke implements Service.
+func (l Local) Revoke(ctx context.Context, id, reason string) (store.Device, error) {
+	return l.Registry.Revoke(ctx, id, reason)
+}
+
+// RevokeService implements Service.
+func (l Local) RevokeService(ctx context.Context, name, reason string) (store.Service, error) {
+	return l.Registry.RevokeService(ctx, name, reason)
+}
+
+// Error codes carried over the socket so the client can rebuild errors that
+// callers test with errors.Is.
+const (
+	codeNotFound = "not_found"
+	codeConflict = "conflict"
+	codeInvalid  = "invalid"
+	codeInternal = "internal"
+)
+
+func errorCode(err error) string {
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		return codeNotFound
+	case errors.Is(err, store.ErrConflict):
+		return codeConflict
+	case errors.Is(err, registry.ErrInvalid):
+		return codeInvalid
+	}
+	return codeInternal
+}

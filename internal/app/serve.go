@@ -1,0 +1,223 @@
+package app
+
+import (
+	"context"
+	"encoding/pem"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
+	"github.com/warden-iot/warden/internal/admin"
+	"github.com/warden-iot/warden/internal/audit"
+	"github.com/warden-iot/warden/internal/broker"
+	"github.com/warden-iot/warden/internal/config"
+	"github.com/warden-iot/warden/internal/policy"
+	"github.com/warden-iot/warden/internal/registry"
+	"github.com/warden-iot/warden/internal/relay"
+)
+
+// Server is a running `warden serve`.
+type Server struct {
+	Env    *Env
+	Broker *broker.Broker
+
+	audit    *audit.Log
+	httpSrv  *http.Server
+	httpLn   net.Listener
+	adminSrv *http.Server
+	adminLn  net.Listener
+	unsub    func()
+}
+
+// BrokerLimits converts configured limits to the broker's.
+func BrokerLimits(l config.Limits) broker.Limits {
+	return broker.Limits{
+		ConnectTimeout:   l.ConnectTimeout,
+		MaxPacketSize:    uint32(l.MaxPacketSize),
+		ClientSendQueue:  l.ClientSendQueue,
+		MaxInflight:      l.MaxInflight,
+		MaxKeepAlive:     l.MaxKeepAlive,
+		PublishRate:      l.PublishRate,
+		PublishBurst:     l.PublishBurst,
+		ConnectionRate:   l.ConnectionRate,
+		ConnectionBurst:  l.ConnectionBurst,
+		FlapMaxConnects:  l.FlapMaxConnects,
+		FlapWindow:       l.FlapWindow,
+		FlapBan:          l.FlapBan,
+		MaxSessionExpiry: l.MaxSessionExpiry,
+	}
+}
+
+// Start initialises the data directory if needed, then starts the broker,
+// the HTTP listener and the admin socket. Stop it with Close.
+func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Server, err error) {
+	if !Initialized(cfg) {
+		if _, err := Initialize(cfg, log); err != nil {
+			return nil, err
+		}
+	}
+	env, err := Open(ctx, cfg, log)
+	if err != nil {
+		return nil, err
+	}
+	s := &Server{Env: env}
+	defer func() {
+		if err != nil {
+			s.Close()
+		}
+	}()
+	p := env.Paths
+
+	if s.audit, err = audit.Open(p.AuditLog, log); err != nil {
+		return nil, err
+	}
+	if _, err := env.CA.CurrentCRL(); err != nil {
+		if _, err := env.Registry.RefreshCRL(ctx); err != nil {
+			return nil, fmt.Errorf("write the initial CRL: %w", err)
+		}
+	}
+
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+
+	pol, err := policy.New(policy.DefaultRules())
+	if err != nil {
+		return nil, err
+	}
+	serverCert, err := env.CA.ServerCertificate()
+	if err != nil {
+		return nil, err
+	}
+	listeners := []broker.ListenerConfig{{Name: "mqtts", Kind: broker.KindMQTTS, Addr: cfg.MQTTS.Addr, TLSProfile: cfg.MQTTS.TLSProfile}}
+	if cfg.WSS.Addr != "" {
+		listeners = append(listeners, broker.ListenerConfig{Name: "wss", Kind: broker.KindWSS, Addr: cfg.WSS.Addr, TLSProfile: cfg.WSS.TLSProfile, Path: cfg.WSS.Path})
+	}
+	s.Broker, err = broker.New(broker.Options{
+		Logger:            log.With("component", "broker"),
+		Audit:             s.audit,
+		Registerer:        reg,
+		Authenticator:     env.Registry,
+		Policy:            pol,
+		ServerCertificate: serverCert,
+		ClientCAs:         env.CA.ClientCAs(),
+		HybridPQ:          cfg.TLS.HybridPQ,
+		Listeners:         listeners,
+		Limits:            BrokerLimits(cfg.Limits),
+		StoragePath:       p.BrokerDB,
+	})
+	if err != nil {
+		return nil, err
+	}
+	s.Broker.SetRouter(relay.New(s.Broker, env.Registry, log.With("component", "relay"), s.audit, reg))
+
+	// Revocation and disabling act on live connections at once.
+	s.unsub = env.Registry.Subscribe(func(e registry.Event) {
+		switch e.Kind {
+		case registry.EventDeviceRevoked, registry.EventServiceRevoked:
+			go s.Broker.Cut(e.Principal, "revoked", true)
+		case registry.EventDeviceDisabled:
+			go s.Broker.Cut(e.Principal, "disabled", false)
+		}
+		if e.Kind != registry.EventDeviceAdded && e.Kind != registry.EventServiceAdded {
+			s.audit.Record(context.Background(), audit.Event{
+				Action: "registry." + string(e.Kind), Outcome: "done", Actor: "operator", Subject: e.Principal.String(), Reason: e.Reason,
+			})
+		}
+	})
+
+	if err := s.Broker.Start(ctx); err != nil {
+		return nil, err
+	}
+
+	if cfg.HTTP.Addr != "" {
+		if s.httpLn, err = net.Listen("tcp", cfg.HTTP.Addr); err != nil {
+			return nil, fmt.Errorf("http listener: listen on %s: %w", cfg.HTTP.Addr, err)
+		}
+		s.httpSrv = &http.Server{Handler: s.opsHandler(reg), ReadHeaderTimeout: 10 * time.Second}
+		go func() { _ = s.httpSrv.Serve(s.httpLn) }()
+		log.Info("listening", "listener", "http", "addr", s.httpLn.Addr().String())
+	}
+
+	if s.adminLn, err = admin.Listen(p.AdminSocket); err != nil {
+		return nil, err
+	}
+	s.adminSrv = &http.Server{Handler: admin.Handler(admin.Local{Registry: env.Registry}, log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}
+	go func() { _ = s.adminSrv.Serve(s.adminLn) }()
+	return s, nil
+}
+
+// HTTPAddr is the bound address of the HTTP listener (nil when off).
+func (s *Server) HTTPAddr() net.Addr {
+	if s.httpLn == nil {
+		return nil
+	}
+	return s.httpLn.Addr()
+}
+
+func (s *Server) opsHandler(reg *prometheus.Registry) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
+	serveCRL := func(w http.ResponseWriter, asPEM bool) {
+		der, err := s.Env.CA.CurrentCRL()
+		if err != nil {
+			http.Error(w, "CRL unavailable", http.StatusServiceUnavailable)
+			return
+		}
+		if asPEM {
+			w.Header().Set("Content-Type", "application/x-pem-file")
+			_ = pem.Encode(w, &pem.Block{Type: "X509 CRL", Bytes: der})
+			return
+		}
+		w.Header().Set("Content-Type", "application/pkix-crl")
+		_, _ = w.Write(der)
+	}
+	mux.HandleFunc("GET /crl", func(w http.ResponseWriter, r *http.Request) { serveCRL(w, false) })
+	mux.HandleFunc("GET /crl.pem", func(w http.ResponseWriter, r *http.Request) { serveCRL(w, true) })
+	return mux
+}
+
+// Close stops everything in reverse order of start.
+func (s *Server) Close() error {
+	var errs []error
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if s.adminSrv != nil {
+		errs = append(errs, ignoreClosed(s.adminSrv.Shutdown(ctx)))
+	} else if s.adminLn != nil {
+		errs = append(errs, ignoreClosed(s.adminLn.Close()))
+	}
+	if s.httpSrv != nil {
+		errs = append(errs, ignoreClosed(s.httpSrv.Shutdown(ctx)))
+	} else if s.httpLn != nil {
+		errs = append(errs, ignoreClosed(s.httpLn.Close()))
+	}
+	if s.unsub != nil {
+		s.unsub()
+	}
+	if s.Broker != nil {
+		errs = append(errs, s.Broker.Close())
+	}
+	if s.audit != nil {
+		errs = append(errs, s.audit.Close())
+	}
+	errs = append(errs, s.Env.Close())
+	return errors.Join(errs...)
+}
+
+func ignoreClosed(err error) error {
+	if errors.Is(err, net.ErrClosed) || errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}

@@ -1,0 +1,394 @@
+// Package broker runs Warden's embedded MQTT broker (mochi-mqtt v2): TLS
+// listeners that require a client certificate, an authentication and ACL
+// hook that asks the registry and the policy package, limits against floods
+// and reconnect storms, persistence of sessions, and live disconnects when
+// the registry revokes or disables a device.
+//
+// Identity is decided by the registry and topic rights by policy; the broker
+// only calls them.
+package broker
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"math"
+	"net"
+	"sync"
+	"time"
+
+	mqtt "github.com/mochi-mqtt/server/v2"
+	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
+	"github.com/mochi-mqtt/server/v2/listeners"
+	"github.com/mochi-mqtt/server/v2/packets"
+	"github.com/prometheus/client_golang/prometheus"
+	"go.etcd.io/bbolt"
+	"golang.org/x/time/rate"
+
+	"github.com/warden-iot/warden/internal/audit"
+	"github.com/warden-iot/warden/internal/identity"
+	"github.com/warden-iot/warden/internal/policy"
+)
+
+// Listener kinds.
+const (
+	KindMQTTS = "mqtts" // MQTT over TLS
+	KindWSS   = "wss"   // MQTT over secure WebSocket
+)
+
+// ListenerConfig describes one network listener.
+type ListenerConfig struct {
+	Name       string // unique; appears in logs and metrics
+	Kind       string // KindMQTTS or KindWSS
+	Addr       string // host:port; port 0 picks a free port (see Broker.Addr)
+	TLSProfile string // ProfileStrict (default) or ProfileCompat
+	Path       string // WebSocket path (wss only), default "/mqtt"
+}
+
+// Limits bound what one client or one burst of clients can cost.
+type Limits struct {
+	ConnectTimeout   time.Duration // TLS handshake + CONNECT must finish within this
+	MaxPacketSize    uint32        // larger packets disconnect their sender
+	ClientSendQueue  int           // outbound packets queued per client before drops
+	MaxInflight      int           // QoS>0 messages kept per session
+	MaxKeepAlive     time.Duration // clients asking for 0 (none) or more get this
+	PublishRate      float64       // per device, messages/s (token bucket)
+	PublishBurst     int
+	ConnectionRate   float64 // per listener, new connections/s
+	ConnectionBurst  int
+	FlapMaxConnects  int           // more connects than this within FlapWindow ...
+	FlapWindow       time.Duration //
+	FlapBan          time.Duration // ... refuses the client ID for this long
+	MaxSessionExpiry time.Duration // longest a disconnected session is kept
+}
+
+// DefaultLimits are the safe defaults documented in docs/configuration.md.
+func DefaultLimits() Limits {
+	return Limits{
+		ConnectTimeout:   10 * time.Second,
+		MaxPacketSize:    64 << 10,
+		ClientSendQueue:  64,
+		MaxInflight:      64,
+		MaxKeepAlive:     5 * time.Minute,
+		PublishRate:      100,
+		PublishBurst:     200,
+		ConnectionRate:   500,
+		ConnectionBurst:  1000,
+		FlapMaxConnects:  15,
+		FlapWindow:       time.Minute,
+		FlapBan:          5 * time.Minute,
+		MaxSessionExpiry: 7 * 24 * time.Hour,
+	}
+}
+
+// Authenticator decides whether a TLS-verified leaf certificate names a
+// principal allowed to connect now (registry.Registry implements it).
+type Authenticator interface {
+	Authenticate(ctx context.Context, leaf *x509.Certificate) (identity.Principal, error)
+}
+
+// Verdict is what a Router decides about an accepted publish.
+type Verdict int
+
+const (
+	// Deliver lets the broker deliver the message to its subscribers as usual.
+	Deliver Verdict = iota
+	// Consume acknowledges the message but delivers it to nobody: the router
+	// has handled it (e.g. a downlink forwarded to the device).
+	Consume
+	// Refuse acknowledges with an error (MQTT 5) or drops it (3.1.1).
+	Refuse
+)
+
+// Router sees every publish the ACL allowed, in the publisher's read loop,
+// before the broker acknowledges it (internal/relay implements it).
+type Router interface {
+	Route(ctx context.Context, from identity.Principal, topic string, payload []byte, qos byte) (Verdict, string)
+}
+
+// Options configure a Broker.
+type Options struct {
+	Logger            *slog.Logger
+	Audit             audit.Recorder
+	Registerer        prometheus.Registerer // metrics go here; nil = not exported
+	Authenticator     Authenticator
+	Policy            *policy.Policy
+	ServerCertificate tls.Certificate
+	ClientCAs         *x509.CertPool
+	HybridPQ          bool
+	Listeners         []ListenerConfig
+	Limits            Limits
+	StoragePath       string // bbolt file for sessions, retained and inflight messages; "" = memory only
+}
+
+// Broker is the embedded MQTT broker.
+type Broker struct {
+	opts    Options
+	log     *slog.Logger
+	audit   audit.Recorder
+	metrics *metrics
+	srv     *mqtt.Server
+	hook    *securityHook
+	storage *sessionStore
+	relayCl *mqtt.Client // inline client the router publishes through
+
+	mu     sync.Mutex
+	addrs  map[string]net.Addr
+	closer []func() error
+	router Router
+	done   chan struct{}
+}
+
+// New validates opts and builds a broker; Start binds the listeners.
+func New(opts Options) (*Broker, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.Default()
+	}
+	if opts.Audit == nil {
+		opts.Audit = audit.Discard{Logger: opts.Logger}
+	}
+	if opts.Registerer == nil {
+		opts.Registerer = prometheus.NewRegistry()
+	}
+	if opts.Authenticator == nil || opts.Policy == nil {
+		return nil, errors.New("broker: an authenticator and a policy are required")
+	}
+	if len(opts.Listeners) == 0 {
+		return nil, errors.New("broker: no listeners configured")
+	}
+	l := opts.Limits
+	if l.ConnectTimeout <= 0 || l.MaxPacketSize == 0 || l.ClientSendQueue <= 0 || l.MaxInflight <= 0 ||
+		l.MaxKeepAlive <= 0 || l.PublishRate <= 0 || l.FlapWindow <= 0 || l.MaxSessionExpiry <= 0 {
+		return nil, fmt.Errorf("broker: every limit must be set and positive: %+v", l)
+	}
+	b := &Broker{
+		opts:    opts,
+		log:     opts.Logger,
+		audit:   opts.Audit,
+		metrics: newMetrics(opts.Registerer),
+		addrs:   map[string]net.Addr{},
+		done:    make(chan struct{}),
+	}
+
+	caps := mqtt.NewDefaultServerCapabilities()
+	caps.MaximumPacketSize = l.MaxPacketSize
+	caps.MaximumClientWritesPending = int32(l.ClientSendQueue)
+	caps.MaximumInflight = uint16(min(l.MaxInflight, math.MaxUint16))
+	caps.ReceiveMaximum = uint16(min(l.MaxInflight, math.MaxUint16))
+	caps.MaximumSessionExpiryInterval = uint32(min(l.MaxSessionExpiry/time.Second, math.MaxUint32))
+	caps.TopicAliasMaximum = 64 // each alias costs memory per connection
+	caps.MaximumMessageExpiryInterval = int64(l.MaxSessionExpiry / time.Second)
+	caps.Compatibilities.ObscureNotAuthorized = false
+	b.srv = mqtt.New(&mqtt.Options{
+		Capabilities:             caps,
+		Logger:                   opts.Logger.With("component", "mqtt"),
+		ClientNetWriteBufferSize: 2048,
+		ClientNetReadBufferSize:  2048,
+		SysTopicResendInterval:   60,
+	})
+	b.relayCl = b.srv.NewClient(nil, "warden", "warden-relay", true)
+	b.relayCl.Properties.ProtocolVersion = 5
+
+	b.hook = newSecurityHook(b)
+	if err := b.srv.AddHook(b.hook, nil); err != nil {
+		return nil, fmt.Errorf("broker: add security hook: %w", err)
+	}
+	if opts.StoragePath != "" {
+		b.storage = &sessionStore{Hook: new(bolt.Hook)}
+		err := b.srv.AddHook(b.storage, &bolt.Options{
+			Path:    opts.StoragePath,
+			Options: &bbolt.Options{Timeout: 2 * time.Second},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("broker: open session store %s: %w (is another warden serve using this data directory?)", opts.StoragePath, err)
+		}
+	}
+	return b, nil
+}
+
+// SetRouter installs the component that relays accepted publishes. Call it
+// before Start.
+func (b *Broker) SetRouter(r Router) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.router = r
+}
+
+func (b *Broker) currentRouter() Router {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.router
+}
+
+// Start binds every listener (failing fast on a busy port) and starts
+// serving. It returns once the broker accepts connections.
+func (b *Broker) Start(ctx context.Context) error {
+	for _, lc := range b.opts.Listeners {
+		if err := b.addListener(lc); err != nil {
+			b.closeListeners()
+			return err
+		}
+	}
+	if err := b.srv.Serve(); err != nil {
+		b.closeListeners()
+		return fmt.Errorf("broker: start: %w", err)
+	}
+	go b.hook.janitor(b.done)
+	return nil
+}
+
+func (b *Broker) addListener(lc ListenerConfig) error {
+	tlsCfg, err := ServerTLSConfig(b.opts.ServerCertificate, b.opts.ClientCAs, lc.TLSProfile, b.opts.HybridPQ)
+	if err != nil {
+		return fmt.Errorf("listener %s: %w", lc.Name, err)
+	}
+	raw, err := net.Listen("tcp", lc.Addr)
+	if err != nil {
+		return fmt.Errorf("listener %s: listen on %s: %w", lc.Name, lc.Addr, err)
+	}
+	var limiter *rate.Limiter
+	if b.opts.Limits.ConnectionRate > 0 {
+		limiter = rate.NewLimiter(rate.Limit(b.opts.Limits.ConnectionRate), max(b.opts.Limits.ConnectionBurst, 1))
+	}
+	front := &guardedListener{Listener: raw, name: lc.Name, tls: tlsCfg, deadline: b.opts.Limits.ConnectTimeout, limiter: limiter, b: b}
+
+	var mqttListener net.Listener = front
+	switch lc.Kind {
+	case KindMQTTS, "":
+	case KindWSS:
+		path := lc.Path
+		if path == "" {
+			path = "/mqtt"
+		}
+		ws := newWSListener(front, path, b.log.With("listener", lc.Name))
+		go ws.serve()
+		mqttListener = ws
+	default:
+		_ = raw.Close()
+		return fmt.Errorf("listener %s: unknown kind %q (use %q or %q)", lc.Name, lc.Kind, KindMQTTS, KindWSS)
+	}
+	if err := b.srv.AddListener(listeners.NewNet(lc.Name, mqttListener)); err != nil {
+		_ = mqttListener.Close()
+		return fmt.Errorf("listener %s: %w", lc.Name, err)
+	}
+	b.mu.Lock()
+	b.addrs[lc.Name] = raw.Addr()
+	b.closer = append(b.closer, mqttListener.Close)
+	b.mu.Unlock()
+	b.log.Info("listening", "listener", lc.Name, "kind", lc.Kind, "addr", raw.Addr().String(), "tls_profile", orDefault(lc.TLSProfile, ProfileStrict))
+	return nil
+}
+
+func (b *Broker) closeListeners() {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	for _, c := range b.closer {
+		_ = c()
+	}
+	b.closer = nil
+}
+
+// Addr returns the bound address of the named listener (nil if unknown).
+func (b *Broker) Addr(name string) net.Addr {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.addrs[name]
+}
+
+// Close disconnects every client, stops the listeners and flushes the
+// session store.
+func (b *Broker) Close() error {
+	select {
+	case <-b.done:
+		return nil
+	default:
+		close(b.done)
+	}
+	return b.srv.Close()
+}
+
+// Publish injects a message as Warden itself (the relay's path to devices
+// and services). It bypasses the ACL: only Warden's own code calls it.
+// userProps become MQTT 5 user properties (dropped for 3.1.1 receivers).
+func (b *Broker) Publish(topic string, payload []byte, qos byte, userProps map[string]string) error {
+	pk := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos},
+		TopicName:   topic,
+		Payload:     payload,
+	}
+	if qos > 0 {
+		pk.PacketID = 1 // required for validity; the inline client never waits for acks
+	}
+	for k, v := range userProps {
+		pk.Properties.User = append(pk.Properties.User, packets.UserProperty{Key: k, Val: v})
+	}
+	return b.srv.InjectPacket(b.relayCl, pk)
+}
+
+// Cut disconnects a principal's live connection at once (on every listener:
+// client IDs are unique across the broker) and refuses connects that were
+// being authenticated when the cut happened. With purge, its persistent
+// session (subscriptions and queued messages) is deleted too: used on
+// revocation, which is final.
+func (b *Broker) Cut(p identity.Principal, reason string, purge bool) {
+	b.hook.markCut(p.ID)
+	cl, ok := b.srv.Clients.Get(p.ID)
+	if !ok {
+		return
+	}
+	if st := b.hook.state(p.ID); st != nil && st.principal.Kind != p.Kind {
+		return // a different principal owns this client ID; not ours to cut
+	}
+	if !cl.Closed() {
+		_ = b.srv.DisconnectClient(cl, packets.ErrNotAuthorized)
+		b.metrics.forcedDisconnects.WithLabelValues(reason).Inc()
+		b.audit.Record(context.Background(), audit.Event{
+			Action: "mqtt.disconnect", Outcome: "done", Subject: p.String(), Reason: reason,
+			Remote: cl.Net.Remote, Listener: cl.Net.Listener,
+		})
+	}
+	if purge {
+		b.srv.UnsubscribeClient(cl)
+		cl.ClearInflights()
+		if b.storage != nil {
+			b.storage.OnClientExpired(cl)
+		}
+		b.srv.Clients.Delete(p.ID)
+		b.hook.forget(p.ID)
+	}
+}
+
+// Connected reports whether a principal has a live connection now.
+func (b *Broker) Connected(id string) bool {
+	cl, ok := b.srv.Clients.Get(id)
+	return ok && !cl.Closed()
+}
+
+func (b *Broker) handshakeFailed(listener, remote string, err error) {
+	reason := handshakeReason(err)
+	b.metrics.handshakeFailures.WithLabelValues(listener, reason).Inc()
+	if reason == "peer-closed" || (reason == "timeout" && !b.hook.sampleLog()) {
+		return
+	}
+	b.audit.Record(context.Background(), audit.Event{
+		Action: "tls.handshake", Outcome: "denied", Reason: reason, Remote: remote, Listener: listener,
+		Details: map[string]string{"error": err.Error()},
+	})
+}
+
+func (b *Broker) logRefusal(listener, remote, reason string) {
+	if !b.hook.sampleLog() {
+		return
+	}
+	b.log.Warn("connection refused", "listener", listener, "remote", remote, "reason", reason)
+}
+
+func orDefault(s, d string) string {
+	if s == "" {
+		return d
+	}
+	return s
+}

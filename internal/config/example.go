@@ -1,0 +1,88 @@
+package config
+
+// Example returns the commented example configuration. Every value in it is
+// the built-in default, so it documents the defaults and loads to exactly
+// Default(); the repository's warden.example.yaml is a verbatim copy (a test
+// keeps them identical).
+func Example() string { return example }
+
+const example = `# Warden configuration (warden.yaml).
+#
+# Precedence, lowest to highest: built-in defaults < this file < WARDEN_*
+# environment variables < command-line flags. Every value below is the
+# built-in default; delete what you do not change. Unknown keys are an error,
+# so a typo cannot be silently ignored. See docs/configuration.md for the
+# environment variable and flag of every key.
+#
+# warden serve reads ./warden.yaml when it exists; name another file with
+# --config or WARDEN_CONFIG.
+
+# Directory holding all of Warden's state: PKI, registry, broker sessions,
+# audit log. Relative paths are taken from the working directory.
+data: ./warden-data
+
+# The master key that seals secrets at rest. Empty means <data>/master.key.
+# Keeping it outside the data directory (a mounted secret) means a copy of
+# the data directory alone does not expose sealed secrets.
+master_key_file: ""
+
+# Extra DNS names or IP addresses for the server certificate, used when
+# "warden init" (or the first run) issues it. Devices must reach the server by
+# one of these names. Example:
+#   hostnames: [mqtt.example.com, 192.0.2.10]
+hostnames: []
+
+log:
+  level: info     # debug, info, warn or error
+  format: text    # text or json
+
+# Device listener: MQTT over mutual TLS. Required; it cannot be turned off.
+mqtts:
+  addr: ":8883"
+  # strict: TLS 1.3 only. compat: also TLS 1.2 with ECDHE and AEAD suites,
+  # for device TLS stacks without TLS 1.3.
+  tls_profile: strict
+
+# MQTT over WebSocket with mutual TLS, for devices behind proxies that only
+# pass HTTPS. Empty addr turns it off; e.g. ":8443".
+wss:
+  addr: ""
+  tls_profile: strict
+  path: /mqtt
+
+# HTTP listener: API, health and metrics. Empty addr turns it off.
+http:
+  addr: 127.0.0.1:8080
+
+tls:
+  # Offer the hybrid post-quantum key exchange X25519MLKEM768 first. It costs
+  # about 30% more CPU per handshake; it protects recorded device traffic
+  # against future quantum attacks. false: X25519 and P-256 only.
+  hybrid_pq: true
+
+# Durations take a unit: 10s, 5m, 1h30m, 7d. Sizes are bytes or take a
+# binary unit: 65536, 64KiB, 1MiB.
+limits:
+  connect_timeout: 10s       # TLS handshake + MQTT CONNECT deadline (1s..5m)
+  max_packet_size: 64KiB     # largest MQTT packet (1KiB..256MiB)
+  client_send_queue: 64      # outbound packets queued per client (8..65536)
+  max_inflight: 64           # QoS 1/2 messages stored per session (1..65535)
+  max_keep_alive: 5m         # keep alive for clients asking for none or more (1s..18h12m15s)
+  publish_rate: 100          # messages per second per device (> 0)
+  publish_burst: 200         # per-device burst (1..1000000)
+  connection_rate: 500       # new connections per second per listener (> 0)
+  connection_burst: 1000     # per-listener burst (1..1000000)
+  # A device connecting more than flap_max_connects times within flap_window
+  # is refused for flap_ban.
+  flap_max_connects: 15      # 1..1000000
+  flap_window: 1m            # 1s..24h
+  flap_ban: 5m               # 1s..168h
+  max_session_expiry: 168h   # longest a disconnected session is kept (1s..87600h)
+
+devices:
+  # Validity of certificates Warden issues. 0 means the default, 87600h
+  # (10 years): devices are often out of reach for renewal, and revocation,
+  # not expiry, is what cuts a device off.
+  cert_lifetime: 0s            # 0 or 1h..876000h
+  service_cert_lifetime: 0s    # 0 or 1h..876000h
+`

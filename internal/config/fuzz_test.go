@@ -1,0 +1,48 @@
+package config
+
+import (
+	"os"
+	"path/filepath"
+	"testing"
+)
+
+// FuzzLoadYAML feeds arbitrary bytes to Load as the configuration file. Load
+// must never panic, and whatever it accepts must pass Validate: a config
+// that loads is a config that is safe to start with.
+func FuzzLoadYAML(f *testing.F) {
+	f.Add([]byte(Example()))
+	f.Add([]byte(""))
+	f.Add([]byte("mqtt:\n  adr: :1883\n"))
+	f.Add([]byte("limits:\n  max_packet_size: 1MiB\n  connect_timeout: 7d\n  publish_burst: 1.5\n"))
+	f.Add([]byte("hostnames: [a.example, 192.0.2.1, [x], {a: b}]\n"))
+	f.Add([]byte("mqtts: {addr: \"[::1]:0\", tls_profile: compat}\nwss: {addr: \":0\", path: /ws}\n"))
+	f.Add([]byte("a: &a [*a, *a]\nb: *a\n"))
+	f.Add([]byte("? [a, b]\n: 1\n1: 2\n"))
+	f.Add([]byte("limits.max_packet_size: 2KiB\n"))
+	f.Add([]byte("limits: {publish_rate: .nan, max_inflight: 18446744073709551615}\n"))
+	f.Add([]byte("\t- bad"))
+	f.Add([]byte("data: !!binary aGVsbG8=\nlog: {level: ~}\n"))
+
+	// One file per fuzz process, rewritten for each input: inputs run one
+	// at a time within a process, and a directory per input would make
+	// file-system churn, not Load, the bottleneck.
+	p := filepath.Join(f.TempDir(), "warden.yaml")
+	f.Fuzz(func(t *testing.T, data []byte) {
+		if err := os.WriteFile(p, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		c, err := Load(LoadOptions{File: p})
+		if err != nil {
+			if c != nil {
+				t.Fatalf("Load returned a config with error %v", err)
+			}
+			return
+		}
+		if err := c.Validate(); err != nil {
+			t.Fatalf("Load accepted a config that fails Validate: %v", err)
+		}
+		if !filepath.IsAbs(c.Data) {
+			t.Fatalf("Data %q is not absolute", c.Data)
+		}
+	})
+}

@@ -1,0 +1,576 @@
+package e2e
+
+import (
+	"bytes"
+	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"crypto/x509/pkix"
+	"encoding/pem"
+	"errors"
+	"io"
+	"math/big"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/warden-iot/warden/device"
+	"github.com/warden-iot/warden/internal/identity"
+)
+
+const codeNotAuthorized = 0x87
+
+func TestDeviceUsesItsOwnSubtreeAndServicesSeeTheRelay(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	a := s.addDevice("dev-a")
+	reader := s.addService("dashboard", "reader")
+
+	svc := mustConnectRaw(t, s.mqtts, reader, rawOpts{clean: true})
+	if rc := svc.subscribe(t, "fleet/#", 1); rc > 2 {
+		t.Fatalf("reader subscribe fleet/#: reason 0x%02x", rc)
+	}
+
+	dev := connectSDK(t, s, a)
+	got := make(chan device.Message, 10)
+	ctx := context.Background()
+	if err := dev.SubscribeDown(ctx, "#", 1, func(m device.Message) { got <- m }); err != nil {
+		t.Fatalf("SubscribeDown: %v", err)
+	}
+	own := make(chan device.Message, 10)
+	if err := dev.Subscribe(ctx, "private/dev-a/up/#", 1, func(m device.Message) { own <- m }); err != nil {
+		t.Fatalf("subscribe own up: %v", err)
+	}
+	if err := dev.PublishUp(ctx, "telemetry", []byte(`{"t":21.5}`), 1); err != nil {
+		t.Fatalf("PublishUp: %v", err)
+	}
+	select {
+	case m := <-own:
+		if m.Topic != "private/dev-a/up/telemetry" {
+			t.Fatalf("own message on %q", m.Topic)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("device did not receive its own uplink on its own subtree")
+	}
+	m := expectMessage(t, svc.msgs, "fleet/dev-a/up/telemetry", `{"t":21.5}`, 5*time.Second)
+	if m.Properties == nil || m.Properties.User.Get("warden-device") != "dev-a" {
+		t.Errorf("relayed message lacks the warden-device property: %+v", m.Properties)
+	}
+	if n := s.metric(t, "warden_relay_messages_total", `direction="up"`, `outcome="forwarded"`); n < 1 {
+		t.Errorf("relay metric = %v, want >= 1", n)
+	}
+}
+
+func TestDeviceCannotReachAnotherDevicesSubtree(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	victim := s.addDevice("victim")
+	attacker := s.addDevice("attacker")
+
+	v := mustConnectRaw(t, s.mqtts, victim, rawOpts{clean: true})
+	if rc := v.subscribe(t, "private/victim/#", 1); rc > 2 {
+		t.Fatalf("victim subscribe own subtree: 0x%02x", rc)
+	}
+	a := mustConnectRaw(t, s.mqtts, attacker, rawOpts{clean: true})
+
+	for _, f := range []string{"#", "+/#", "+/+/#", "private/#", "private/+/up/#", "private/victim/#", "private/victim/down/+", "$SYS/#", "$share/g/private/victim/#", "$share/g/#", "fleet/#"} {
+		if rc := a.subscribe(t, f, 1); rc != codeNotAuthorized {
+			t.Errorf("attacker subscribe %q: reason 0x%02x, want 0x87 not authorized", f, rc)
+		}
+	}
+	if rc := a.subscribe(t, "private/attacker/#", 1); rc > 2 {
+		t.Errorf("attacker subscribe own subtree: 0x%02x", rc)
+	}
+	for _, topic := range []string{"private/victim/down/cmd", "private/victim/up/t", "fleet/victim/up/t", "fleet/victim/down/cmd", "$warden/x"} {
+		rc, _ := a.publish(t, topic, []byte("forged"), 1)
+		if rc != codeNotAuthorized {
+			t.Errorf("attacker publish %q: PUBACK 0x%02x, want 0x87", topic, rc)
+		}
+	}
+	// $SYS publishes are dropped without an acknowledgement (MQTT 5 §4.7.2),
+	// and still counted.
+	for _, topic := range []string{"$SYS/broker/uptime", "$share/g/private/victim/up/x"} {
+		before := s.metric(t, "warden_mqtt_acl_denials_total", `action="publish"`)
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		pr, err := a.Publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Payload: []byte("forged")})
+		cancel()
+		if err == nil && pr != nil && pr.ReasonCode < 0x80 {
+			t.Errorf("attacker publish to %s acknowledged with 0x%02x", topic, pr.ReasonCode)
+		}
+		if after := s.metric(t, "warden_mqtt_acl_denials_total", `action="publish"`); after != before+1 {
+			t.Errorf("publish to %s not counted: %v -> %v", topic, before, after)
+		}
+	}
+	// Retained poisoning of the victim's subtree must not stick either.
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	_, _ = a.Publish(ctx, &paho.Publish{Topic: "private/victim/down/config", QoS: 1, Retain: true, Payload: []byte("evil")})
+
+	// The victim's own traffic is not visible to the attacker.
+	if rc, err := v.publish(t, "private/victim/up/secret", []byte("s3cret"), 1); rc != 0 || err != nil {
+		t.Fatalf("victim publish: 0x%02x %v", rc, err)
+	}
+	expectMessage(t, v.msgs, "private/victim/up/secret", "s3cret", 5*time.Second)
+	expectNoMessage(t, a.msgs, 500*time.Millisecond)
+	expectNoMessage(t, v.msgs, 300*time.Millisecond) // nothing forged arrived
+
+	v2 := mustConnectRaw(t, s.mqtts, s.addDevice("late"), rawOpts{clean: true})
+	_ = v2
+	vr := mustConnectRaw(t, s.mqtts, victim, rawOpts{clean: true})
+	vr.subscribe(t, "private/victim/#", 1)
+	expectNoMessage(t, vr.msgs, 300*time.Millisecond) // no retained poison
+
+	if n := s.metric(t, "warden_mqtt_acl_denials_total"); n < 10 {
+		t.Errorf("ACL denial metric = %v, want >= 10", n)
+	}
+	if !s.auditContains(`"action":"mqtt.read"`, `"outcome":"denied"`, `"actor":"device:attacker"`) {
+		t.Error("no audit line for the attacker's denied subscription")
+	}
+}
+
+func TestMosquittoClientsAreIsolated(t *testing.T) {
+	pub := requireTool(t, "mosquitto_pub", "mosquitto-clients")
+	sub := requireTool(t, "mosquitto_sub", "mosquitto-clients")
+	s := startServer(t, t.TempDir())
+	a := s.addDevice("mq-a")
+	b := s.addDevice("mq-b")
+	reader := s.addService("ingest", "reader")
+	host, port, _ := net.SplitHostPort(s.mqtts)
+
+	tlsArgs := func(c creds) []string {
+		return []string{"-h", host, "-p", port, "--cafile", c.ca, "--cert", c.cert, "--key", c.key, "-V", "mqttv5"}
+	}
+	// The reader sees the relayed message; device b, subscribed to '#', sees nothing.
+	readerOut, bOut := &syncBuffer{}, &syncBuffer{}
+	r := exec.Command(sub, append(tlsArgs(reader), "-i", "ingest", "-t", "fleet/#", "-v", "-C", "1", "-W", "10")...)
+	r.Stdout, r.Stderr = readerOut, readerOut
+	spy := exec.Command(sub, append(tlsArgs(b), "-i", "mq-b", "-t", "#", "-v", "-W", "4")...)
+	spy.Stdout, spy.Stderr = bOut, bOut
+	if err := r.Start(); err != nil {
+		t.Fatal(err)
+	}
+	if err := spy.Start(); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(700 * time.Millisecond) // let both subscribe
+	out, err := exec.Command(pub, append(tlsArgs(a), "-i", "mq-a", "-t", "private/mq-a/up/hello", "-m", "hi from mosquitto", "-q", "1")...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("mosquitto_pub as the device: %v\n%s", err, out)
+	}
+	_ = r.Wait()
+	if !strings.Contains(readerOut.String(), "fleet/mq-a/up/hello hi from mosquitto") {
+		t.Fatalf("reader output = %q, want the relayed message", readerOut.String())
+	}
+	_ = spy.Wait()
+	if strings.Contains(bOut.String(), "hi from mosquitto") {
+		t.Fatalf("device b received device a's message: %q", bOut.String())
+	}
+
+	// Client ID different from the certificate: refused.
+	out, err = exec.Command(pub, append(tlsArgs(a), "-i", "mq-b", "-t", "private/mq-b/up/x", "-m", "x")...).CombinedOutput()
+	if err == nil || !strings.Contains(strings.ToLower(string(out)), "not authori") {
+		t.Fatalf("mosquitto_pub with a foreign client ID: err=%v out=%q, want 'not authorised'", err, out)
+	}
+	// MQTT 3.1.1 gets the same answer.
+	out, err = exec.Command(pub, "-h", host, "-p", port, "--cafile", a.ca, "--cert", a.cert, "--key", a.key, "-V", "mqttv311", "-i", "someone-else", "-t", "private/mq-a/up/x", "-m", "x").CombinedOutput()
+	if err == nil || !strings.Contains(strings.ToLower(string(out)), "not authori") {
+		t.Fatalf("mosquitto_pub 3.1.1 with a foreign client ID: err=%v out=%q", err, out)
+	}
+}
+
+func TestClientIDMustEqualCertificateIdentity(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	a := s.addDevice("alpha")
+	s.addDevice("beta")
+	_, ca, err := connectRaw(t, s.mqtts, a, rawOpts{clientID: "beta", clean: true})
+	if err == nil || ca == nil || ca.ReasonCode != codeNotAuthorized {
+		t.Fatalf("connect with another device's client ID: connack=%+v err=%v, want 0x87", ca, err)
+	}
+	if ca.Properties != nil && ca.Properties.ReasonString != "" && ca.Properties.ReasonString != "not authorized" {
+		t.Errorf("refusal leaks detail: %q", ca.Properties.ReasonString)
+	}
+	if n := s.metric(t, "warden_mqtt_auth_failures_total", `reason="client-id-mismatch"`); n != 1 {
+		t.Errorf("auth failure metric = %v, want 1", n)
+	}
+	if !s.auditContains(`"action":"mqtt.connect"`, `"reason":"client-id-mismatch"`, `"actor":"device:alpha"`) {
+		t.Error("no audit line for the client-ID mismatch")
+	}
+	// An empty client ID is bound to the certificate's identity.
+	rc, ca, err := connectRaw(t, s.mqtts, a, rawOpts{emptyClientID: true, clean: true})
+	if err != nil {
+		t.Fatalf("empty client ID: %v", err)
+	}
+	_ = rc
+	if ca.Properties == nil || ca.Properties.AssignedClientID != "alpha" {
+		t.Errorf("assigned client ID = %+v, want alpha", ca.Properties)
+	}
+}
+
+// foreignCert makes a certificate that looks exactly like a Warden device
+// certificate but is signed by another CA.
+func foreignCert(t *testing.T, id string) creds {
+	t.Helper()
+	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Evil CA"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		IsCA: true, BasicConstraintsValid: true, KeyUsage: x509.KeyUsageCertSign}
+	caDER, _ := x509.CreateCertificate(rand.Reader, caTmpl, caTmpl, &caKey.PublicKey, caKey)
+	caCert, _ := x509.ParseCertificate(caDER)
+	key, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: id}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
+		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageClientAuth}, URIs: nil}
+	tmpl.URIs = append(tmpl.URIs, identity.URI(identity.KindDevice, id))
+	der, _ := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
+	dir := t.TempDir()
+	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
+	c := creds{id: id, cert: filepath.Join(dir, id+".crt"), key: filepath.Join(dir, id+".key"), ca: filepath.Join(dir, "ca.crt")}
+	os.WriteFile(c.cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	os.WriteFile(c.key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
+	return c
+}
+
+// handshakeRefused dials with the given credentials (trusting Warden's root)
+// and reports whether the server refused before MQTT could start.
+func handshakeRefused(t *testing.T, addr string, c creds, root string) bool {
+	t.Helper()
+	cert, err := tls.LoadX509KeyPair(c.cert, c.key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pool := x509.NewCertPool()
+	b, _ := os.ReadFile(root)
+	pool.AppendCertsFromPEM(b)
+	// Send the certificate even when the server's list of acceptable CAs
+	// does not name its issuer, as an attacker's client would.
+	conn, err := dialTLS(t, addr, nil, pool, func(cfg *tls.Config) {
+		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }
+	})
+	if err != nil {
+		return true
+	}
+	defer conn.Close()
+	// In TLS 1.3 the server checks the client certificate after the client
+	// considers the handshake done; the refusal arrives on the first read.
+	_ = conn.SetDeadline(time.Now().Add(3 * time.Second))
+	_, _ = conn.Write([]byte{0x10, 0x00})
+	_, err = conn.Read(make([]byte, 1))
+	return err != nil && !errors.Is(err, os.ErrDeadlineExceeded)
+}
+
+func TestForeignExpiredAndRevokedCertificatesAreRefused(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	good := s.addDevice("good")
+
+	evil := foreignCert(t, "good")
+	if !handshakeRefused(t, s.mqtts, evil, good.ca) {
+		t.Error("a certificate from another CA was accepted")
+	}
+	eventually(t, 3*time.Second, "unknown-ca handshake metric", func() bool {
+		return s.metric(t, "warden_tls_handshake_failures_total", `reason="unknown-ca"`) >= 1
+	})
+
+	expired := s.addExpiredDevice("stale")
+	if !handshakeRefused(t, s.mqtts, expired, good.ca) {
+		t.Error("an expired certificate was accepted")
+	}
+	eventually(t, 3*time.Second, "expired handshake metric", func() bool {
+		return s.metric(t, "warden_tls_handshake_failures_total", `reason="certificate-expired"`) >= 1
+	})
+
+	revoked := s.addDevice("gone")
+	s.mustWarden("device", "revoke", "gone", "--reason", "stolen")
+	_, ca, err := connectRaw(t, s.mqtts, revoked, rawOpts{clean: true})
+	if err == nil || ca == nil || ca.ReasonCode != codeNotAuthorized {
+		t.Fatalf("revoked device connect: connack=%+v err=%v, want 0x87", ca, err)
+	}
+	if !s.auditContains(`"action":"mqtt.connect"`, `"outcome":"denied"`, `"actor":"device:gone"`) {
+		t.Error("no audit line for the revoked device's attempt")
+	}
+
+	// The good device still works.
+	mustConnectRaw(t, s.mqtts, good, rawOpts{clean: true})
+}
+
+func TestRevokeAndDisableCutLiveConnectionsWithinOneSecond(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	all := map[string]creds{}
+	for _, tc := range []struct{ verb, id string }{{"revoke", "r1"}, {"disable", "d1"}} {
+		c := s.addDevice(tc.id)
+		all[tc.id] = c
+		rc := mustConnectRaw(t, s.mqtts, c, rawOpts{clean: true})
+		// The same device reconnecting over WebSocket takes over its own
+		// session; the cut must then reach it on that listener.
+		down := make(chan error, 1)
+		connectSDK(t, s, c, func(cfg *device.Config) {
+			cfg.Servers = []string{"wss://" + s.wss + "/mqtt"}
+			cfg.OnConnectionDown = func(err error) {
+				select {
+				case down <- err:
+				default:
+				}
+			}
+		})
+		select {
+		case <-rc.down:
+		case <-time.After(5 * time.Second):
+			t.Fatalf("%s: the WSS connection did not take over the session", tc.id)
+		}
+		start := time.Now()
+		s.mustWarden("device", tc.verb, tc.id, "--reason", "test")
+		returned := time.Now()
+		select {
+		case <-down:
+		case <-time.After(time.Second):
+			t.Fatalf("%s: device still connected 1s after `warden device %s` returned", tc.id, tc.verb)
+		}
+		t.Logf("%s: cut %v after the command started (%v after it returned)", tc.verb, time.Since(start), time.Since(returned))
+		_, ca, err := connectRaw(t, s.mqtts, c, rawOpts{clean: true})
+		if err == nil || ca == nil || ca.ReasonCode != codeNotAuthorized {
+			t.Fatalf("%s: reconnect after cut: connack=%+v err=%v", tc.verb, ca, err)
+		}
+	}
+	if n := s.metric(t, "warden_mqtt_forced_disconnects_total"); n < 2 {
+		t.Errorf("forced disconnect metric = %v, want 2", n)
+	}
+	// A disabled device may come back; a revoked one may not.
+	s.mustWarden("device", "enable", "d1")
+	mustConnectRaw(t, s.mqtts, all["d1"], rawOpts{clean: true})
+	if _, _, err := s.warden("device", "enable", "r1"); err == nil {
+		t.Error("enabling a revoked device succeeded")
+	}
+}
+
+func TestCommanderDownlinkReachesDeviceAndReaderCannotSendOne(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	d := s.addDevice("pump7")
+	cmdr := s.addService("ops", "commander")
+	rdr := s.addService("dash", "reader")
+
+	dev := mustConnectRaw(t, s.mqtts, d, rawOpts{clean: true})
+	dev.subscribe(t, "private/pump7/down/#", 1)
+	reader := mustConnectRaw(t, s.mqtts, rdr, rawOpts{clean: true})
+	reader.subscribe(t, "fleet/#", 1)
+	ops := mustConnectRaw(t, s.mqtts, cmdr, rawOpts{clean: true})
+
+	if rc, err := ops.publish(t, "fleet/pump7/down/cmd", []byte(`{"op":"stop"}`), 1); rc != 0 || err != nil {
+		t.Fatalf("commander downlink: PUBACK 0x%02x %v", rc, err)
+	}
+	m := expectMessage(t, dev.msgs, "private/pump7/down/cmd", `{"op":"stop"}`, 5*time.Second)
+	if m.Properties == nil || m.Properties.User.Get("warden-service") != "ops" {
+		t.Errorf("downlink lacks the warden-service property: %+v", m.Properties)
+	}
+	expectNoMessage(t, reader.msgs, 300*time.Millisecond) // readers never see commands
+
+	if rc, _ := reader.publish(t, "fleet/pump7/down/cmd", []byte("x"), 1); rc != codeNotAuthorized {
+		t.Errorf("reader downlink: PUBACK 0x%02x, want 0x87", rc)
+	}
+	if rc, _ := ops.publish(t, "fleet/nosuch/down/cmd", []byte("x"), 1); rc < 0x80 {
+		t.Errorf("downlink to an unknown device: PUBACK 0x%02x, want an error", rc)
+	}
+	expectNoMessage(t, dev.msgs, 300*time.Millisecond)
+	if !s.auditContains(`"action":"relay.downlink"`, `"actor":"service:ops"`, `"subject":"device:pump7"`) {
+		t.Error("downlink not audited")
+	}
+}
+
+func TestQueuedQoS1MessagesSurviveRestart(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	d := s.addDevice("sleepy")
+	cmdr := s.addService("ops", "commander")
+
+	dev := mustConnectRaw(t, s.mqtts, d, rawOpts{clean: false, sessionExpiry: 3600})
+	dev.subscribe(t, "private/sleepy/down/#", 1)
+	_ = dev.Disconnect(&paho.Disconnect{})
+	time.Sleep(200 * time.Millisecond)
+
+	ops := mustConnectRaw(t, s.mqtts, cmdr, rawOpts{clean: true})
+	for _, p := range []string{"one", "two"} {
+		if rc, err := ops.publish(t, "fleet/sleepy/down/cmd", []byte(p), 1); rc != 0 || err != nil {
+			t.Fatalf("queue %s: 0x%02x %v", p, rc, err)
+		}
+	}
+	s.restart()
+
+	dev2 := mustConnectRaw(t, s.mqtts, d, rawOpts{clean: false, sessionExpiry: 3600})
+	expectMessage(t, dev2.msgs, "private/sleepy/down/cmd", "one", 5*time.Second)
+	expectMessage(t, dev2.msgs, "private/sleepy/down/cmd", "two", 5*time.Second)
+}
+
+func TestIdleSocketIsClosedAfterTheConnectDeadline(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	c := s.addDevice("idle")
+
+	// Plain TCP that never starts TLS.
+	raw, err := net.Dial("tcp", s.mqtts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer raw.Close()
+	start := time.Now()
+	_ = raw.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err = raw.Read(make([]byte, 1))
+	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("silent TCP socket: read err = %v, want closed by the server", err)
+	}
+	if d := time.Since(start); d < time.Second || d > 5*time.Second {
+		t.Errorf("silent TCP socket closed after %v, want about the 2s deadline", d)
+	}
+
+	// TLS completed, CONNECT never sent.
+	cert, pool := c.tls(t)
+	conn, err := dialTLS(t, s.mqtts, &cert, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	start = time.Now()
+	_ = conn.SetReadDeadline(time.Now().Add(10 * time.Second))
+	_, err = conn.Read(make([]byte, 1))
+	if err == nil || errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("TLS without CONNECT: read err = %v, want closed by the server", err)
+	}
+	if d := time.Since(start); d > 5*time.Second {
+		t.Errorf("TLS without CONNECT closed after %v", d)
+	}
+}
+
+func TestOversizedPacketDisconnectsOnlyItsSender(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	big := s.addDevice("big")
+	other := s.addDevice("other")
+
+	o := mustConnectRaw(t, s.mqtts, other, rawOpts{clean: true})
+	o.subscribe(t, "private/other/#", 1)
+
+	cert, pool := big.tls(t)
+	conn, err := dialTLS(t, s.mqtts, &cert, pool)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	cl := paho.NewClient(paho.ClientConfig{Conn: conn})
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if _, err := cl.Connect(ctx, &paho.Connect{ClientID: "big", KeepAlive: 30, CleanStart: true}); err != nil {
+		t.Fatal(err)
+	}
+	// A PUBLISH whose remaining length claims 1 MiB: the broker must refuse
+	// it from the header, before buffering the body.
+	topic := "private/big/up/x"
+	hdr := []byte{0x30}
+	n := 1 << 20
+	for {
+		b := byte(n % 128)
+		n /= 128
+		if n > 0 {
+			b |= 0x80
+		}
+		hdr = append(hdr, b)
+		if n == 0 {
+			break
+		}
+	}
+	hdr = append(hdr, byte(len(topic)>>8), byte(len(topic)))
+	hdr = append(hdr, topic...)
+	_, _ = conn.Write(append(hdr, bytes.Repeat([]byte{'A'}, 70<<10)...))
+	select {
+	case <-cl.Done():
+	case <-time.After(5 * time.Second):
+		t.Fatal("the sender of an oversized packet is still connected")
+	}
+	eventually(t, 3*time.Second, "packet-too-large metric", func() bool {
+		return s.metric(t, "warden_mqtt_forced_disconnects_total", `reason="packet-too-large"`) >= 1
+	})
+	// The other device is unaffected.
+	if rc, err := o.publish(t, "private/other/up/still-here", []byte("ok"), 1); rc != 0 || err != nil {
+		t.Fatalf("other device publish: 0x%02x %v", rc, err)
+	}
+	expectMessage(t, o.msgs, "private/other/up/still-here", "ok", 5*time.Second)
+}
+
+func TestCRLIsServedAndListsRevokedCertificates(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	s.addDevice("keep")
+	s.addDevice("lost")
+	show := s.mustWarden("device", "show", "lost", "--json")
+	serial := jsonField(t, show, "credentials.0.serial")
+	s.mustWarden("device", "revoke", "lost", "--reason", "keyCompromise")
+
+	der := []byte(httpGet(t, "http://"+s.http+"/crl"))
+	crl, err := x509.ParseRevocationList(der)
+	if err != nil {
+		t.Fatalf("parse /crl: %v", err)
+	}
+	found := false
+	for _, e := range crl.RevokedCertificateEntries {
+		if strings.EqualFold(e.SerialNumber.Text(16), strings.TrimLeft(serial, "0")) {
+			found = true
+		}
+	}
+	if !found {
+		t.Fatalf("serial %s not on the served CRL (%d entries)", serial, len(crl.RevokedCertificateEntries))
+	}
+	onDisk, err := os.ReadFile(filepath.Join(s.data, "pki", "crl.der"))
+	if err != nil || !bytes.Equal(onDisk, der) {
+		t.Errorf("CRL on disk differs from the served one (err %v)", err)
+	}
+	if body := httpGet(t, "http://"+s.http+"/healthz"); !strings.Contains(body, "ok") {
+		t.Errorf("/healthz = %q", body)
+	}
+}
+
+func TestFlappingClientIsRefused(t *testing.T) {
+	s := startServer(t, t.TempDir(), "--flap-max-connects", "3", "--flap-window", "1m", "--flap-ban", "5m")
+	c := s.addDevice("flappy")
+	for i := 0; i < 3; i++ {
+		rc := mustConnectRaw(t, s.mqtts, c, rawOpts{clean: true})
+		_ = rc.Disconnect(&paho.Disconnect{})
+	}
+	_, ca, err := connectRaw(t, s.mqtts, c, rawOpts{clean: true})
+	if err == nil || ca == nil || ca.ReasonCode != codeNotAuthorized {
+		t.Fatalf("4th connect within the window: connack=%+v err=%v, want refused", ca, err)
+	}
+	if n := s.metric(t, "warden_mqtt_auth_failures_total", `reason="flapping"`); n != 1 {
+		t.Errorf("flapping metric = %v", n)
+	}
+}
+
+func TestPublishRateLimit(t *testing.T) {
+	s := startServer(t, t.TempDir(), "--publish-rate", "5", "--publish-burst", "5")
+	c := s.addDevice("chatty")
+	rc := mustConnectRaw(t, s.mqtts, c, rawOpts{clean: true})
+	refused := 0
+	for i := 0; i < 30; i++ {
+		code, _ := rc.publish(t, "private/chatty/up/t", []byte("x"), 1)
+		if code == 0x97 {
+			refused++
+		}
+	}
+	if refused < 20 {
+		t.Fatalf("%d of 30 rapid publishes refused with quota exceeded, want >= 20", refused)
+	}
+	if n := s.metric(t, "warden_mqtt_messages_dropped_total", `reason="rate"`); n < 20 {
+		t.Errorf("rate drop metric = %v", n)
+	}
+}
+
+func TestWillCannotTargetAnotherDevice(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	victim := s.addDevice("vic")
+	att := s.addDevice("att")
+	v := mustConnectRaw(t, s.mqtts, victim, rawOpts{clean: true})
+	v.subscribe(t, "private/vic/#", 1)
+	_, ca, err := connectRaw(t, s.mqtts, att, rawOpts{clean: true, will: &paho.WillMessage{Topic: "private/vic/down/cmd", Payload: []byte("boom"), QoS: 1}})
+	if err == nil || ca == nil || ca.ReasonCode != codeNotAuthorized {
+		t.Fatalf("will into another subtree: connack=%+v err=%v, want refused", ca, err)
+	}
+	expectNoMessage(t, v.msgs, 300*time.Millisecond)
+}
+
+var _ = io.EOF
