@@ -459,3 +459,36 @@ func TestConnectGivesUpWhenContextEnds(t *testing.T) {
 		t.Errorf("got %v, want it to carry the last dial error", err)
 	}
 }
+
+func TestLocalValidation(t *testing.T) {
+	e := newEnv(t)
+	ctx := testContext(t)
+	c := connect(t, e.config(t))
+	h := func(Message) {}
+	tests := []struct {
+		name string
+		err  error
+		want string
+	}{
+		{"channel with a slash", c.PublishUp(ctx, "a/b", nil, 1), "must not contain"},
+		{"wildcard channel for PublishUp", c.PublishUp(ctx, "+", nil, 1), "must not contain"},
+		{"empty channel", c.PublishUp(ctx, "", nil, 1), "empty"},
+		{"partial wildcard channel", c.SubscribeDown(ctx, "a+", 1, h), `exactly "+" or "#"`},
+		{"QoS 3", c.PublishUp(ctx, "x", nil, 3), "QoS 3"},
+		{"wildcard topic", c.Publish(ctx, "private/x/+", nil, 1, false), "not a valid topic name"},
+		{"NUL in topic", c.Publish(ctx, "a\x00b", nil, 1, false), "not a valid topic name"},
+		{"bad filter", c.Subscribe(ctx, "a#", 1, h), "not a valid topic filter"},
+		{"bad shared filter", c.Subscribe(ctx, "$share//a", 1, h), "not a valid shared subscription"},
+		{"nil handler", c.Subscribe(ctx, "private/"+e.id+"/#", 1, nil), "handler is nil"},
+		{"subscribe QoS 3", c.Subscribe(ctx, "private/"+e.id+"/#", 3, h), "QoS 3"},
+	}
+	for _, tt := range tests {
+		if tt.err == nil || !strings.Contains(tt.err.Error(), tt.want) {
+			t.Errorf("%s: got %v, want an error containing %q", tt.name, tt.err, tt.want)
+		}
+		var re *RefusedError
+		if errors.As(tt.err, &re) {
+			t.Errorf("%s: reached the broker; it should fail locally", tt.name)
+		}
+	}
+}

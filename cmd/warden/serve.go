@@ -49,7 +49,7 @@ init refuses to overwrite an existing CA.`,
 			return nil
 		},
 	}
-	cmd.Flags().StringSlice("hostname", nil, "extra DNS name or IP address for the server certificate (repeatable)")
+	cmd.Flags().StringArray(config.FlagHostname, nil, "extra DNS name or IP address for the server certificate (repeatable)")
 	return cmd
 }
 
@@ -103,7 +103,7 @@ func (c *cli) banner(cfg *config.Config, srv *app.Server, firstRun bool) {
 		self = "go run ./cmd/warden"
 	}
 	dataFlag := ""
-	if cfg.Data != config.Default().Data {
+	if def, err := filepath.Abs(config.Default().Data); err != nil || def != p.Data {
 		dataFlag = " --data " + p.Data
 	}
 	port := "8883"

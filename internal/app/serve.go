@@ -34,6 +34,7 @@ type Server struct {
 	adminSrv *http.Server
 	adminLn  net.Listener
 	unsub    func()
+	stop     context.CancelFunc
 }
 
 // BrokerLimits converts configured limits to the broker's.
@@ -78,10 +79,11 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 	if s.audit, err = audit.Open(p.AuditLog, log); err != nil {
 		return nil, err
 	}
-	if _, err := env.CA.CurrentCRL(); err != nil {
-		if _, err := env.Registry.RefreshCRL(ctx); err != nil {
-			return nil, fmt.Errorf("write the initial CRL: %w", err)
-		}
+	if _, err := refreshCRLIfDue(ctx, env.CA, env.Registry, time.Now()); err != nil {
+		return nil, err
+	}
+	if err := ensureServerCertificate(env.CA, cfg.Hostnames, time.Now(), log); err != nil {
+		return nil, err
 	}
 
 	reg := prometheus.NewRegistry()
@@ -148,6 +150,10 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 	if s.adminLn, err = admin.Listen(p.AdminSocket); err != nil {
 		return nil, err
 	}
+	mctx, stop := context.WithCancel(context.Background())
+	s.stop = stop
+	go s.maintain(mctx)
+
 	s.adminSrv = &http.Server{Handler: admin.Handler(admin.Local{Registry: env.Registry}, log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = s.adminSrv.Serve(s.adminLn) }()
 	return s, nil
@@ -190,6 +196,9 @@ func (s *Server) opsHandler(reg *prometheus.Registry) http.Handler {
 // Close stops everything in reverse order of start.
 func (s *Server) Close() error {
 	var errs []error
+	if s.stop != nil {
+		s.stop()
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if s.adminSrv != nil {

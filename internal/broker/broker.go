@@ -184,7 +184,7 @@ func New(opts Options) (*Broker, error) {
 	caps.Compatibilities.ObscureNotAuthorized = false
 	b.srv = mqtt.New(&mqtt.Options{
 		Capabilities:             caps,
-		Logger:                   opts.Logger.With("component", "mqtt"),
+		Logger:                   slog.New(quietMochi{opts.Logger.Handler()}).With("mochi", true),
 		ClientNetWriteBufferSize: 2048,
 		ClientNetReadBufferSize:  2048,
 		SysTopicResendInterval:   60,

@@ -75,7 +75,7 @@ func AddGlobalFlags(fs *pflag.FlagSet) {
 // certificate lifetimes.
 func AddServeFlags(fs *pflag.FlagSet) {
 	addFlags(fs, true)
-	fs.StringArray(FlagHostname, nil, "extra DNS name or IP address for the server certificate; repeatable, adds to hostnames")
+	fs.StringArray(FlagHostname, nil, "extra DNS name or IP address for the server certificate; repeatable, adds to hostnames from the file or WARDEN_HOSTNAMES")
 }
 
 func addFlags(fs *pflag.FlagSet, serve bool) {

@@ -114,9 +114,9 @@ func (r *Registry) Authenticate(ctx context.Context, leaf *x509.Certificate) (id
 		case store.StateActive:
 			return p, nil
 		case store.StateDisabled:
-			return refuse(ReasonDeviceDisabled, fmt.Errorf("device disabled: %s", d.StateReason))
+			return refuse(ReasonDeviceDisabled, stateError(d.State, d.StateReason))
 		default:
-			return refuse(ReasonDeviceRevoked, fmt.Errorf("device %s: %s", d.State, d.StateReason))
+			return refuse(ReasonDeviceRevoked, stateError(d.State, d.StateReason))
 		}
 	default: // identity.KindService; FromURIs admits no other kind
 		sv, err := r.st.GetService(ctx, id)
@@ -131,9 +131,16 @@ func (r *Registry) Authenticate(ctx context.Context, leaf *x509.Certificate) (id
 		case store.StateActive:
 			return p, nil
 		case store.StateDisabled:
-			return refuse(ReasonServiceDisabled, fmt.Errorf("service disabled: %s", sv.StateReason))
+			return refuse(ReasonServiceDisabled, stateError(sv.State, sv.StateReason))
 		default:
-			return refuse(ReasonServiceRevoked, fmt.Errorf("service %s: %s", sv.State, sv.StateReason))
+			return refuse(ReasonServiceRevoked, stateError(sv.State, sv.StateReason))
 		}
 	}
+}
+
+func stateError(s store.DeviceState, reason string) error {
+	if reason == "" {
+		return fmt.Errorf("state %s", s)
+	}
+	return fmt.Errorf("state %s (%s)", s, reason)
 }

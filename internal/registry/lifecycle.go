@@ -136,6 +136,9 @@ func (r *Registry) issueDevice(ctx context.Context, spec DeviceSpec, csrDER []by
 	case exists:
 		return nil, nil, fmt.Errorf("add device %q: device %w", spec.ID, store.ErrConflict)
 	}
+	if err := r.clientIDFree(ctx, identity.KindDevice, spec.ID); err != nil {
+		return nil, nil, fmt.Errorf("add device %q: %w", spec.ID, err)
+	}
 	cert, err := r.ca.IssueDevice(csr, spec.ID, r.deviceLifetime)
 	if err != nil {
 		return nil, nil, fmt.Errorf("add device %q: %w", spec.ID, err)
@@ -146,6 +149,29 @@ func (r *Registry) issueDevice(ctx context.Context, spec DeviceSpec, csrDER []by
 	r.log.InfoContext(ctx, "certificate issued", "device", spec.ID, "serial", pki.SerialHex(cert.SerialNumber),
 		"not_after", cert.NotAfter.UTC())
 	return csr, cert, nil
+}
+
+// clientIDFree refuses a device ID that names a service, or a service name
+// that is a device ID. Both connect with their name as MQTT client ID, and
+// the broker has one client-ID namespace: a collision would let one take
+// over the other's session.
+func (r *Registry) clientIDFree(ctx context.Context, kind identity.Kind, id string) error {
+	var err error
+	other := identity.KindService
+	if kind == identity.KindDevice {
+		_, err = r.st.GetService(ctx, id)
+	} else {
+		other = identity.KindDevice
+		_, err = r.st.GetDevice(ctx, id)
+	}
+	switch {
+	case err == nil:
+		return fmt.Errorf("the name is already used by a %s (devices and services share the MQTT client-ID namespace): %w", other, store.ErrConflict)
+	case errors.Is(err, store.ErrNotFound):
+		return nil
+	default:
+		return err
+	}
 }
 
 // RegisterDevice registers a device with a certificate that IssueDevice
@@ -162,6 +188,9 @@ func (r *Registry) RegisterDevice(ctx context.Context, spec DeviceSpec, csrDER [
 	}
 	if err := checkIssued(cert, csr, identity.KindDevice, spec.ID, r.now()); err != nil {
 		return store.Device{}, fmt.Errorf("register device %q: %w", spec.ID, invalid(err))
+	}
+	if err := r.clientIDFree(ctx, identity.KindDevice, spec.ID); err != nil {
+		return store.Device{}, fmt.Errorf("register device %q: %w", spec.ID, err)
 	}
 	return r.storeDevice(ctx, spec, csr, cert)
 }
@@ -202,6 +231,9 @@ func (r *Registry) AddService(ctx context.Context, name, role string, csrDER []b
 	case err == nil:
 		return store.Service{}, nil, fmt.Errorf("add service %q: service %w", name, store.ErrConflict)
 	case !errors.Is(err, store.ErrNotFound):
+		return store.Service{}, nil, fmt.Errorf("add service %q: %w", name, err)
+	}
+	if err := r.clientIDFree(ctx, identity.KindService, name); err != nil {
 		return store.Service{}, nil, fmt.Errorf("add service %q: %w", name, err)
 	}
 	cert, err := r.ca.IssueService(csr, name, r.serviceLifetime)

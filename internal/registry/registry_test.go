@@ -10,6 +10,7 @@ import (
 	"encoding/json"
 	"encoding/pem"
 	"errors"
+	"fmt"
 	"log/slog"
 	"math/big"
 	"net/url"
@@ -998,5 +999,81 @@ func TestSetTags(t *testing.T) {
 	}
 	if err := f.reg.SetTags(ctx, "missing", nil); !errors.Is(err, store.ErrNotFound) {
 		t.Errorf("SetTags(missing) = %v, want ErrNotFound", err)
+	}
+}
+
+// stateOverride reports a chosen state (or absence) for every device and
+// service, to reach the refusals that a consistent store never produces
+// once credentials are checked (a registered credential whose subject is
+// missing, or revoked while the credential is not).
+type stateOverride struct {
+	store.Store
+	state store.DeviceState // "" means not found
+}
+
+func (s stateOverride) GetDevice(ctx context.Context, id string) (store.Device, error) {
+	if s.state == "" {
+		return store.Device{}, fmt.Errorf("device %q: %w", id, store.ErrNotFound)
+	}
+	d, err := s.Store.GetDevice(ctx, id)
+	d.State = s.state
+	return d, err
+}
+
+func (s stateOverride) GetService(ctx context.Context, name string) (store.Service, error) {
+	if s.state == "" {
+		return store.Service{}, fmt.Errorf("service %q: %w", name, store.ErrNotFound)
+	}
+	sv, err := s.Store.GetService(ctx, name)
+	sv.State = s.state
+	return sv, err
+}
+
+func TestAuthenticateSubjectState(t *testing.T) {
+	f := newFixture(t, fixtureOptions{})
+	ctx := context.Background()
+	_, devCert := f.addDevice(t, "dev-1", nil)
+	_, svcCert, err := f.reg.AddService(ctx, "svc", identity.RoleReader, csrFor(t, "svc"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		state           store.DeviceState
+		device, service string
+	}{
+		{"", ReasonUnknownDevice, ReasonUnknownService},
+		{store.StateDisabled, ReasonDeviceDisabled, ReasonServiceDisabled},
+		{store.StateRevoked, ReasonDeviceRevoked, ReasonServiceRevoked},
+		{"corrupt", ReasonDeviceRevoked, ReasonServiceRevoked},
+	} {
+		t.Run(string(tc.state), func(t *testing.T) {
+			g := &fixture{reg: New(stateOverride{f.st, tc.state}, f.ca, Options{Now: f.clock.Now})}
+			g.wantRefusal(t, devCert, tc.device)
+			g.wantRefusal(t, svcCert, tc.service)
+		})
+	}
+	g := &fixture{reg: New(stateOverride{f.st, store.StateActive}, f.ca, Options{Now: f.clock.Now})}
+	g.wantAccepted(t, svcCert, identity.Principal{Kind: identity.KindService, ID: "svc", Role: identity.RoleReader})
+}
+
+// Devices and services connect with their name as MQTT client ID, so one
+// name can never belong to both.
+func TestDeviceAndServiceNamesDoNotCollide(t *testing.T) {
+	f := newFixture(t, fixtureOptions{})
+	ctx := context.Background()
+	if _, _, err := f.reg.AddDevice(ctx, DeviceSpec{ID: "shared"}, csrFor(t, "shared")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := f.reg.AddService(ctx, "shared", "reader", csrFor(t, "shared")); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("service named like a device: err = %v, want ErrConflict", err)
+	}
+	if _, _, err := f.reg.AddService(ctx, "ops", "commander", csrFor(t, "ops")); err != nil {
+		t.Fatal(err)
+	}
+	if _, _, err := f.reg.AddDevice(ctx, DeviceSpec{ID: "ops"}, csrFor(t, "ops")); !errors.Is(err, store.ErrConflict) {
+		t.Fatalf("device named like a service: err = %v, want ErrConflict", err)
+	}
+	if ok, _ := f.reg.DeviceExists(ctx, "ops"); ok {
+		t.Fatal("the refused device was registered")
 	}
 }
