@@ -3,7 +3,7 @@ GO      ?= go
 PKGS    ?= ./...
 FUZZTIME ?= 15s
 
-.PHONY: all build test deps vet fuzz clean
+.PHONY: all build test race deps vet fuzz clean
 
 all: build
 
@@ -29,6 +29,11 @@ vet:
 
 test: deps vet
 	CI=$${CI:-true} $(GO) test -count=1 -timeout 12m $(PKGS)
+
+# race runs every test under the race detector, including warden serve
+# itself in the integration tests (E2E_RACE=1 builds it with -race).
+race: deps
+	CI=$${CI:-true} E2E_RACE=1 $(GO) test -race -count=1 -timeout 20m $(PKGS)
 
 # fuzz runs every fuzz target for FUZZTIME each (not part of `make test`;
 # the committed seed corpora run as ordinary tests there).

@@ -163,9 +163,9 @@ func (c *cli) provisionOne(ctx context.Context, p *provisioner, spec registry.De
 func (c *cli) runHook(ctx context.Context, command, id string, key []byte, certPEM string, rootPEM []byte) error {
 	cmd := exec.CommandContext(ctx, "/bin/sh", "-c", command)
 	cmd.Env = append(os.Environ(),
-		"WARDEN_DEVICE_ID="+id,
-		"WARDEN_DEVICE_CERT="+certPEM,
-		"WARDEN_CA_CERT="+string(rootPEM),
+		config.EnvDeviceID+"="+id,
+		config.EnvDeviceCert+"="+certPEM,
+		config.EnvCACert+"="+string(rootPEM),
 	)
 	cmd.Stdin = bytes.NewReader(key)
 	cmd.Stdout = c.err // the command's chatter must not mix with our report

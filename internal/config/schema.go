@@ -99,8 +99,12 @@ const envPrefix = "WARDEN_"
 const (
 	// EnvConfig holds the path of the configuration file.
 	EnvConfig = "WARDEN_CONFIG"
-	// EnvDeviceID is set for provisioning hooks.
-	EnvDeviceID = "WARDEN_DEVICE_ID"
+	// EnvDeviceID, EnvDeviceCert and EnvCACert are set for provisioning
+	// hooks (`warden device provision --exec`), which may run warden
+	// themselves.
+	EnvDeviceID   = "WARDEN_DEVICE_ID"
+	EnvDeviceCert = "WARDEN_DEVICE_CERT"
+	EnvCACert     = "WARDEN_CA_CERT"
 )
 
 // isEnvAllowed is the explicit allow-list of WARDEN_ variables that are not
@@ -108,7 +112,7 @@ const (
 // is an error rather than a setting silently ignored.
 func isEnvAllowed(name string) bool {
 	switch name {
-	case EnvConfig, EnvDeviceID:
+	case EnvConfig, EnvDeviceID, EnvDeviceCert, EnvCACert:
 		return true
 	}
 	return false

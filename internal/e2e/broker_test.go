@@ -11,7 +11,6 @@ import (
 	"crypto/x509/pkix"
 	"encoding/pem"
 	"errors"
-	"io"
 	"math/big"
 	"net"
 	"os"
@@ -121,8 +120,6 @@ func TestDeviceCannotReachAnotherDevicesSubtree(t *testing.T) {
 	expectNoMessage(t, a.msgs, 500*time.Millisecond)
 	expectNoMessage(t, v.msgs, 300*time.Millisecond) // nothing forged arrived
 
-	v2 := mustConnectRaw(t, s.mqtts, s.addDevice("late"), rawOpts{clean: true})
-	_ = v2
 	vr := mustConnectRaw(t, s.mqtts, victim, rawOpts{clean: true})
 	vr.subscribe(t, "private/victim/#", 1)
 	expectNoMessage(t, vr.msgs, 300*time.Millisecond) // no retained poison
@@ -572,5 +569,3 @@ func TestWillCannotTargetAnotherDevice(t *testing.T) {
 	}
 	expectNoMessage(t, v.msgs, 300*time.Millisecond)
 }
-
-var _ = io.EOF

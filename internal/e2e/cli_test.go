@@ -15,7 +15,6 @@ import (
 	"strings"
 	"syscall"
 	"testing"
-	"time"
 
 	"github.com/warden-iot/warden/internal/keystore"
 	"github.com/warden-iot/warden/internal/pki"
@@ -391,5 +390,4 @@ func TestBadConfigurationIsRefusedWithTheKeyNamed(t *testing.T) {
 	if err == nil || !strings.Contains(errOut, "address already in use") {
 		t.Fatalf("busy port: err=%v stderr=%q", err, errOut)
 	}
-	_ = time.Second
 }

@@ -37,7 +37,11 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	wardenBin = filepath.Join(dir, "warden")
-	build := exec.Command("go", "build", "-o", wardenBin, "github.com/warden-iot/warden/cmd/warden")
+	args := []string{"build", "-o", wardenBin}
+	if os.Getenv("E2E_RACE") != "" { // E2E_RACE=1 go test ./internal/e2e: the server runs under the race detector
+		args = append(args, "-race")
+	}
+	build := exec.Command("go", append(args, "github.com/warden-iot/warden/cmd/warden")...)
 	build.Stdout, build.Stderr = os.Stderr, os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "build warden:", err)
@@ -163,6 +167,9 @@ func (s *server) stop() {
 			_ = s.cmd.Process.Kill()
 			<-s.done
 		}
+	}
+	if strings.Contains(s.log.String(), "WARNING: DATA RACE") {
+		s.t.Errorf("the race detector reported a data race in warden serve:\n%s", s.log.String())
 	}
 	if s.t.Failed() {
 		s.t.Logf("warden serve stderr:\n%s", tail(s.log.String(), 60))
