@@ -26,6 +26,10 @@ const maxRequestBody = 1 << 20
 // left by a killed server is replaced; a live one is an error (another
 // server owns this data directory).
 func Listen(path string) (net.Listener, error) {
+	// sun_path holds 108 bytes on Linux (104 on BSDs) including the NUL.
+	if len(path) > 103 {
+		return nil, fmt.Errorf("admin socket path %s is %d bytes; unix sockets allow at most 103: use a shorter --data directory", path, len(path))
+	}
 	if _, err := os.Stat(path); err == nil {
 		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
 			c.Close()

@@ -569,3 +569,27 @@ func TestWillCannotTargetAnotherDevice(t *testing.T) {
 	}
 	expectNoMessage(t, v.msgs, 300*time.Millisecond)
 }
+
+func TestConnectionRateLimitPerListener(t *testing.T) {
+	s := startServer(t, t.TempDir(), "--connection-rate", "1", "--connection-burst", "2")
+	closed := 0
+	for i := 0; i < 6; i++ {
+		c, err := net.Dial("tcp", s.mqtts)
+		if err != nil {
+			closed++
+			continue
+		}
+		_ = c.SetReadDeadline(time.Now().Add(300 * time.Millisecond))
+		_, err = c.Read(make([]byte, 1))
+		if err != nil && !errors.Is(err, os.ErrDeadlineExceeded) {
+			closed++ // refused at once, before any TLS
+		}
+		c.Close()
+	}
+	if closed < 3 {
+		t.Fatalf("%d of 6 rapid connections refused, want >= 3 with rate 1/s burst 2", closed)
+	}
+	if n := s.metric(t, "warden_mqtt_connections_refused_total", `reason="rate"`); n < 3 {
+		t.Errorf("connection-rate metric = %v", n)
+	}
+}

@@ -391,3 +391,29 @@ func TestBadConfigurationIsRefusedWithTheKeyNamed(t *testing.T) {
 		t.Fatalf("busy port: err=%v stderr=%q", err, errOut)
 	}
 }
+
+func TestMasterKeyFileCanLiveOutsideTheDataDirectory(t *testing.T) {
+	data := t.TempDir()
+	keyFile := filepath.Join(t.TempDir(), "secrets", "warden.key")
+	cmd := exec.Command(wardenBin, "init", "--data", data)
+	cmd.Env = append(cleanEnv(), "WARDEN_MASTER_KEY_FILE="+keyFile)
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("init: %v\n%s", err, out)
+	}
+	if fi, err := os.Stat(keyFile); err != nil || fi.Mode().Perm() != 0o600 {
+		t.Fatalf("master key at %s: %v", keyFile, err)
+	}
+	if _, err := os.Stat(filepath.Join(data, "master.key")); !os.IsNotExist(err) {
+		t.Fatal("a master key was also written into the data directory")
+	}
+	// Without the key the CA cannot be opened, and the error says why.
+	_, errOut, err := runWarden(data, "device", "add", "x", "--out", t.TempDir())
+	if err == nil || !strings.Contains(errOut, "master") {
+		t.Fatalf("device add without the master key: err=%v stderr=%q", err, errOut)
+	}
+	cmd = exec.Command(wardenBin, "device", "add", "x", "--out", t.TempDir(), "--data", data, "--master-key-file", keyFile)
+	cmd.Env = cleanEnv()
+	if out, err := cmd.CombinedOutput(); err != nil {
+		t.Fatalf("device add with --master-key-file: %v\n%s", err, out)
+	}
+}
