@@ -389,11 +389,7 @@ or taken from the CSR when --id is not given).`,
 			if err != nil {
 				return err
 			}
-			cfg, log, err := c.load(cmd)
-			if err != nil {
-				return err
-			}
-			svc, done, err := c.service(cmd.Context(), cfg, log)
+			svc, done, err := c.openService(cmd)
 			if err != nil {
 				return err
 			}
@@ -494,11 +490,7 @@ func (c *cli) deviceListCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			cfg, log, err := c.load(cmd)
-			if err != nil {
-				return err
-			}
-			svc, done, err := c.service(cmd.Context(), cfg, log)
+			svc, done, err := c.openService(cmd)
 			if err != nil {
 				return err
 			}
@@ -545,11 +537,7 @@ func (c *cli) deviceShowCmd() *cobra.Command {
 		Short: "Show a device, its state and its certificates",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, log, err := c.load(cmd)
-			if err != nil {
-				return err
-			}
-			svc, done, err := c.service(cmd.Context(), cfg, log)
+			svc, done, err := c.openService(cmd)
 			if err != nil {
 				return err
 			}
@@ -594,11 +582,7 @@ func (c *cli) deviceStateCmd(verb, short string, withReason bool) *cobra.Command
 		Short: short,
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, log, err := c.load(cmd)
-			if err != nil {
-				return err
-			}
-			svc, done, err := c.service(cmd.Context(), cfg, log)
+			svc, done, err := c.openService(cmd)
 			if err != nil {
 				return err
 			}

@@ -98,6 +98,16 @@ func (c *cli) service(ctx context.Context, cfg *config.Config, log *slog.Logger)
 	return admin.Local{Registry: env.Registry}, func() { env.Close() }, nil
 }
 
+// openService loads the configuration for cmd and returns the service to
+// act on (see service).
+func (c *cli) openService(cmd *cobra.Command) (admin.Service, func(), error) {
+	cfg, log, err := c.load(cmd)
+	if err != nil {
+		return nil, nil, err
+	}
+	return c.service(cmd.Context(), cfg, log)
+}
+
 // quiet drops info-level chatter from components when a CLI command runs
 // them in-process; warnings and errors still show.
 func quiet(log *slog.Logger) *slog.Logger {

@@ -90,11 +90,7 @@ func (c *cli) serviceListCmd() *cobra.Command {
 		Short: "List services",
 		Args:  cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			cfg, log, err := c.load(cmd)
-			if err != nil {
-				return err
-			}
-			svc, done, err := c.service(cmd.Context(), cfg, log)
+			svc, done, err := c.openService(cmd)
 			if err != nil {
 				return err
 			}
@@ -136,11 +132,7 @@ func (c *cli) serviceRevokeCmd() *cobra.Command {
 		Short: "Revoke a service for good and cut its connection now",
 		Args:  cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			cfg, log, err := c.load(cmd)
-			if err != nil {
-				return err
-			}
-			svc, done, err := c.service(cmd.Context(), cfg, log)
+			svc, done, err := c.openService(cmd)
 			if err != nil {
 				return err
 			}

@@ -48,7 +48,8 @@ type ListenerConfig struct {
 	Path       string // WebSocket path (wss only), default "/mqtt"
 }
 
-// Limits bound what one client or one burst of clients can cost.
+// Limits bound what one client or one burst of clients can cost. Their
+// defaults live in internal/config (docs/configuration.md).
 type Limits struct {
 	ConnectTimeout   time.Duration // TLS handshake + CONNECT must finish within this
 	MaxPacketSize    uint32        // larger packets disconnect their sender
@@ -63,25 +64,6 @@ type Limits struct {
 	FlapWindow       time.Duration //
 	FlapBan          time.Duration // ... refuses the client ID for this long
 	MaxSessionExpiry time.Duration // longest a disconnected session is kept
-}
-
-// DefaultLimits are the safe defaults documented in docs/configuration.md.
-func DefaultLimits() Limits {
-	return Limits{
-		ConnectTimeout:   10 * time.Second,
-		MaxPacketSize:    64 << 10,
-		ClientSendQueue:  64,
-		MaxInflight:      64,
-		MaxKeepAlive:     5 * time.Minute,
-		PublishRate:      100,
-		PublishBurst:     200,
-		ConnectionRate:   500,
-		ConnectionBurst:  1000,
-		FlapMaxConnects:  15,
-		FlapWindow:       time.Minute,
-		FlapBan:          5 * time.Minute,
-		MaxSessionExpiry: 7 * 24 * time.Hour,
-	}
 }
 
 // Authenticator decides whether a TLS-verified leaf certificate names a
