@@ -23,6 +23,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/warden-iot/warden/device"
@@ -328,7 +329,9 @@ func connectRaw(t *testing.T, addr string, c creds, o rawOpts) (*rawClient, *pah
 	var once sync.Once
 	closeDown := func() { once.Do(func() { close(rc.down) }) }
 	rc.Client = paho.NewClient(paho.ClientConfig{
-		Conn: conn,
+		// paho writes one packet in several Writes; without the lock its
+		// pinger can interleave a PINGREQ into another packet on a TLS conn.
+		Conn: packets.NewThreadSafeConn(conn),
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
 			select {
 			case rc.msgs <- pr.Packet:
