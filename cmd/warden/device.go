@@ -3,6 +3,8 @@ package main
 import (
 	"bytes"
 	"context"
+	"encoding/hex"
+	"encoding/json"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -17,6 +19,7 @@ import (
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
 
+	"github.com/warden-iot/warden/envelope"
 	"github.com/warden-iot/warden/internal/admin"
 	"github.com/warden-iot/warden/internal/app"
 	"github.com/warden-iot/warden/internal/config"
@@ -39,6 +42,7 @@ directly otherwise.`,
 		c.deviceStateCmd("disable", "Refuse a device's connections until it is enabled again (cuts it now)", true),
 		c.deviceStateCmd("enable", "Allow a disabled device to connect again", false),
 		c.deviceStateCmd("revoke", "Revoke a device for good: its certificates go on the CRL and it is cut now", true),
+		c.deviceRekeyCmd(),
 	)
 	return cmd
 }
@@ -185,9 +189,9 @@ func writeCA(outDir string, rootPEM []byte) error {
 }
 
 func (c *cli) deviceAddCmd() *cobra.Command {
-	var model, outDir, format string
+	var model, outDir, format, envSuite string
 	var tags []string
-	var keyStdout, asJSON bool
+	var keyStdout, asJSON, envRequired bool
 	cmd := &cobra.Command{
 		Use:   "add ID --out DIR",
 		Short: "Generate a key for one device, issue its certificate and register it",
@@ -200,8 +204,17 @@ factory can pipe it to the programmer and the key never touches a disk.
 Key formats: pem (PKCS#8 PEM, default), der (PKCS#8 DER), raw (the 32-byte
 private scalar, for devices that keep the key in a fuse region).
 
-Warden keeps the CSR and the certificate, never the private key.`,
+Warden keeps the CSR and the certificate, never the private key.
+
+--envelope[=SUITE] also makes it an envelope device (docs/envelope.md), for
+devices that cannot do TLS: Warden generates a 16-byte master secret, keeps
+it sealed, and writes it once into the device bundle: DIR/ID.envelope.json
+(what the Go SDK loads), DIR/ID.envelope.bin (the raw secret) and
+DIR/ID.envelope.h (a C header), all mode 0600. Suites: ccm-8 (default),
+legacy-cbc-hmac, sign-p256 (signed with the device's certificate key; no
+secret). --envelope-required makes the device seal its uplinks even over TLS.`,
 		Example: `  warden device add 0badf00d --model sensor-v2 --tag site=berlin --out ./devices
+  warden device add 0badf00d --out ./devices --envelope --envelope-required
   warden device add 0badf00d --out ./devices --key-format raw --key-to-stdout | programmer --write-key -`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -229,9 +242,26 @@ Warden keeps the CSR and the certificate, never the private key.`,
 			if err := writeCA(outDir, root); err != nil {
 				return err
 			}
+			if envSuite != "" {
+				if _, err := envelope.ParseSuite(envSuite); err != nil {
+					return fmt.Errorf("--envelope: %w", err)
+				}
+			}
 			p := &provisioner{svc: svc, rootPEM: root, outDir: outDir, format: format, keyStdout: keyStdout}
 			if err := c.provisionOne(cmd.Context(), p, registry.DeviceSpec{ID: id, Model: model, Tags: t}); err != nil {
 				return err
+			}
+			if envSuite != "" {
+				b, err := svc.EnableEnvelope(cmd.Context(), id, envSuite, envRequired)
+				if err != nil {
+					return fmt.Errorf("device %s is registered, but enabling its envelope failed: %w", id, err)
+				}
+				files, err := writeEnvelopeBundle(outDir, b)
+				clear(b.Secret)
+				if err != nil {
+					return fmt.Errorf("device %s has an envelope key but its bundle could not be written (%w); revoke it and add it again", id, err)
+				}
+				fmt.Fprintf(c.err, "Envelope (%s, epoch %d%s): %s\n", b.Suite, b.Epoch, map[bool]string{true: ", required over TLS"}[b.Required], strings.Join(files, ", "))
 			}
 			report := c.out
 			if keyStdout {
@@ -254,8 +284,97 @@ Warden keeps the CSR and the certificate, never the private key.`,
 	cmd.Flags().StringVar(&format, "key-format", "pem", "key encoding: pem, der or raw")
 	cmd.Flags().BoolVar(&keyStdout, "key-to-stdout", false, "write the private key to standard output instead of a file")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the result as JSON")
+	cmd.Flags().StringVar(&envSuite, "envelope", "", "make it an envelope device with this suite: ccm-8, legacy-cbc-hmac or sign-p256")
+	cmd.Flags().Lookup("envelope").NoOptDefVal = "ccm-8"
+	cmd.Flags().BoolVar(&envRequired, "envelope-required", false, "the device must seal its uplinks even over TLS")
 	_ = cmd.MarkFlagRequired("out")
 	return cmd
+}
+
+// writeEnvelopeBundle writes the envelope secret once, in the three forms a
+// device build may want, each mode 0600.
+func writeEnvelopeBundle(dir string, b admin.EnvelopeBundle) ([]string, error) {
+	type bundleJSON struct {
+		DeviceID  string `json:"device_id"`
+		Suite     string `json:"suite"`
+		Epoch     uint32 `json:"epoch"`
+		SecretHex string `json:"secret_hex,omitempty"`
+		Required  bool   `json:"required"`
+	}
+	js, err := json.MarshalIndent(bundleJSON{b.DeviceID, b.Suite, b.Epoch, hex.EncodeToString(b.Secret), b.Required}, "", "  ")
+	if err != nil {
+		return nil, err
+	}
+	base := filepath.Join(dir, b.DeviceID+".envelope")
+	files := []string{base + ".json"}
+	if err := fileutil.WriteFileAtomic(base+".json", append(js, '\n'), 0o600); err != nil {
+		return nil, err
+	}
+	if len(b.Secret) > 0 {
+		files = append(files, base+".bin")
+		if err := fileutil.WriteFileAtomic(base+".bin", b.Secret, 0o600); err != nil {
+			return nil, err
+		}
+	}
+	files = append(files, base+".h")
+	return files, fileutil.WriteFileAtomic(base+".h", envelopeHeader(b), 0o600)
+}
+
+// envelopeHeader renders the bundle as a C header for firmware builds.
+func envelopeHeader(b admin.EnvelopeBundle) []byte {
+	suite, _ := envelope.ParseSuite(b.Suite)
+	guard := "WARDEN_ENVELOPE_" + strings.ToUpper(strings.NewReplacer("-", "_").Replace(b.DeviceID)) + "_H"
+	var w strings.Builder
+	fmt.Fprintf(&w, "/* Warden envelope bundle for device %s (docs/envelope.md).\n", b.DeviceID)
+	fmt.Fprintf(&w, " * Generated by `warden device add --envelope`. It holds the master secret:\n")
+	fmt.Fprintf(&w, " * keep it out of version control and off shared build machines. */\n")
+	fmt.Fprintf(&w, "#ifndef %s\n#define %s\n\n", guard, guard)
+	fmt.Fprintf(&w, "#define WARDEN_DEVICE_ID \"%s\"\n", b.DeviceID)
+	fmt.Fprintf(&w, "#define WARDEN_ENVELOPE_SUITE %d /* %s */\n", suite, b.Suite)
+	fmt.Fprintf(&w, "#define WARDEN_ENVELOPE_EPOCH %du\n", b.Epoch)
+	fmt.Fprintf(&w, "#define WARDEN_ENVELOPE_REQUIRED %d\n", map[bool]int{true: 1}[b.Required])
+	if len(b.Secret) > 0 {
+		fmt.Fprintf(&w, "\nstatic const unsigned char warden_master_secret[%d] = {", len(b.Secret))
+		for i, x := range b.Secret {
+			if i%8 == 0 {
+				w.WriteString("\n    ")
+			}
+			fmt.Fprintf(&w, "0x%02x,", x)
+			if i%8 != 7 {
+				w.WriteString(" ")
+			}
+		}
+		w.WriteString("\n};\n")
+	}
+	fmt.Fprintf(&w, "\n#endif /* %s */\n", guard)
+	return []byte(w.String())
+}
+
+func (c *cli) deviceRekeyCmd() *cobra.Command {
+	return &cobra.Command{
+		Use:   "rekey ID",
+		Short: "Move an envelope device to a new key epoch",
+		Long: `rekey gives an envelope device a fresh master secret. The running server
+sends it to the device sealed under the current one (channel _rekey, QoS 1,
+so an offline device with a persistent session gets it when it returns);
+the old key stays accepted until the device's first message under the new
+epoch confirms the switch. Running it again while a rekey is pending resends
+the same new key. It needs 'warden serve' running on the data directory.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			svc, done, err := c.openService(cmd)
+			if err != nil {
+				return err
+			}
+			defer done()
+			epoch, err := svc.Rekey(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.out, "Sent epoch %d to device %s; the old key stays valid until the device uses the new one.\n", epoch, args[0])
+			return nil
+		},
+	}
 }
 
 func (c *cli) deviceProvisionCmd() *cobra.Command {

@@ -65,6 +65,9 @@ Listeners:
   --mqtts ADDR   MQTT over TLS (default :8883). Profile strict = TLS 1.3 only;
                  compat = TLS 1.2 (ECDHE + AEAD suites only) and 1.3.
   --wss ADDR     MQTT over secure WebSocket (off unless set), same certificate rules.
+  --mqtt ADDR    plain MQTT for envelope devices only (off unless set): username =
+                 device ID, password = a single-use envelope; every publish must
+                 be an envelope (docs/envelope.md).
   --http ADDR    health, metrics and CRL (default 127.0.0.1:8080).
 
 While serve runs, 'warden device ...' commands act on the running server
@@ -118,6 +121,9 @@ func (c *cli) banner(cfg *config.Config, srv *app.Server, firstRun bool) {
 	fmt.Fprintf(w, "  mqtts  %s  (%s TLS profile, client certificate required)\n", srv.Broker.Addr("mqtts"), cfg.MQTTS.TLSProfile)
 	if a := srv.Broker.Addr("wss"); a != nil {
 		fmt.Fprintf(w, "  wss    %s%s\n", a, cfg.WSS.Path)
+	}
+	if a := srv.Broker.Addr("mqtt"); a != nil {
+		fmt.Fprintf(w, "  mqtt   %s  (NO TLS: envelope devices only)\n", a)
 	}
 	if a := srv.HTTPAddr(); a != nil {
 		fmt.Fprintf(w, "  http   http://%s  (/healthz /metrics /crl)\n", a)

@@ -34,6 +34,21 @@ type Service interface {
 	Enable(ctx context.Context, id string) (store.Device, error)
 	Revoke(ctx context.Context, id, reason string) (store.Device, error)
 	RevokeService(ctx context.Context, name, reason string) (store.Service, error)
+	// EnableEnvelope gives a device an envelope key (docs/envelope.md); the
+	// secret is returned once, for the device's bundle, and kept only sealed.
+	EnableEnvelope(ctx context.Context, id, suite string, required bool) (EnvelopeBundle, error)
+	// Rekey moves an envelope device to a new epoch; it needs the running
+	// server, which sends the new secret sealed under the current one.
+	Rekey(ctx context.Context, id string) (uint32, error)
+}
+
+// EnvelopeBundle is what an envelope device must hold.
+type EnvelopeBundle struct {
+	DeviceID string `json:"device_id"`
+	Suite    string `json:"suite"`
+	Epoch    uint32 `json:"epoch"`
+	Secret   []byte `json:"secret,omitempty"` // nil for sign-p256
+	Required bool   `json:"required"`
 }
 
 // Issued is the result of registering a principal: its PEM certificate.
@@ -42,8 +57,12 @@ type Issued struct {
 	CertificatePEM string `json:"certificate_pem"`
 }
 
-// Local implements Service on an in-process registry.
-type Local struct{ Registry *registry.Registry }
+// Local implements Service on an in-process registry. RekeyFunc is set only
+// inside the running server, which can deliver the new key.
+type Local struct {
+	Registry  *registry.Registry
+	RekeyFunc func(ctx context.Context, id string) (uint32, error)
+}
 
 var _ Service = Local{}
 
@@ -124,6 +143,26 @@ func (l Local) Revoke(ctx context.Context, id, reason string) (store.Device, err
 // RevokeService implements Service.
 func (l Local) RevokeService(ctx context.Context, name, reason string) (store.Service, error) {
 	return l.Registry.RevokeService(ctx, name, reason)
+}
+
+// EnableEnvelope implements Service.
+func (l Local) EnableEnvelope(ctx context.Context, id, suite string, required bool) (EnvelopeBundle, error) {
+	sec, err := l.Registry.EnableEnvelope(ctx, id, suite, required)
+	if err != nil {
+		return EnvelopeBundle{}, err
+	}
+	return EnvelopeBundle{DeviceID: id, Suite: sec.Suite, Epoch: sec.Epoch, Secret: sec.Secret, Required: required}, nil
+}
+
+// errNeedsServer is returned by actions only a running server can do.
+var errNeedsServer = errors.New("this needs the running server (it sends the new key to the device): start `warden serve` on this data directory and try again")
+
+// Rekey implements Service.
+func (l Local) Rekey(ctx context.Context, id string) (uint32, error) {
+	if l.RekeyFunc == nil {
+		return 0, errNeedsServer
+	}
+	return l.RekeyFunc(ctx, id)
 }
 
 // Error codes carried over the socket so the client can rebuild errors that

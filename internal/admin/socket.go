@@ -66,6 +66,8 @@ func Handler(svc Service, logger *slog.Logger) http.Handler {
 	mux.HandleFunc("POST /v1/devices/{id}/disable", h.disable)
 	mux.HandleFunc("POST /v1/devices/{id}/enable", h.enable)
 	mux.HandleFunc("POST /v1/devices/{id}/revoke", h.revoke)
+	mux.HandleFunc("POST /v1/devices/{id}/envelope", h.enableEnvelope)
+	mux.HandleFunc("POST /v1/devices/{id}/rekey", h.rekey)
 	mux.HandleFunc("POST /v1/services", h.addService)
 	mux.HandleFunc("GET /v1/services", h.listServices)
 	mux.HandleFunc("POST /v1/services/{name}/revoke", h.revokeService)
@@ -258,6 +260,34 @@ func (h *handler) revokeService(w http.ResponseWriter, r *http.Request) {
 	writeJSON(w, http.StatusOK, s)
 }
 
+type envelopeRequest struct {
+	Suite    string `json:"suite"`
+	Required bool   `json:"required"`
+}
+
+func (h *handler) enableEnvelope(w http.ResponseWriter, r *http.Request) {
+	var req envelopeRequest
+	if err := decode(r, &req); err != nil {
+		h.fail(w, err)
+		return
+	}
+	b, err := h.svc.EnableEnvelope(r.Context(), r.PathValue("id"), req.Suite, req.Required)
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusCreated, b)
+}
+
+func (h *handler) rekey(w http.ResponseWriter, r *http.Request) {
+	epoch, err := h.svc.Rekey(r.Context(), r.PathValue("id"))
+	if err != nil {
+		h.fail(w, err)
+		return
+	}
+	writeJSON(w, http.StatusOK, map[string]uint32{"epoch": epoch})
+}
+
 func cutEq(s string) (string, string, bool) {
 	for i := 0; i < len(s); i++ {
 		if s[i] == '=' {
@@ -441,6 +471,20 @@ func (c *Client) Enable(ctx context.Context, id string) (store.Device, error) {
 // Revoke implements Service.
 func (c *Client) Revoke(ctx context.Context, id, reason string) (store.Device, error) {
 	return c.change(ctx, id, "revoke", reason)
+}
+
+// EnableEnvelope implements Service.
+func (c *Client) EnableEnvelope(ctx context.Context, id, suite string, required bool) (EnvelopeBundle, error) {
+	var out EnvelopeBundle
+	err := c.do(ctx, http.MethodPost, "/v1/devices/"+url.PathEscape(id)+"/envelope", envelopeRequest{Suite: suite, Required: required}, &out)
+	return out, err
+}
+
+// Rekey implements Service.
+func (c *Client) Rekey(ctx context.Context, id string) (uint32, error) {
+	var out map[string]uint32
+	err := c.do(ctx, http.MethodPost, "/v1/devices/"+url.PathEscape(id)+"/rekey", nil, &out)
+	return out["epoch"], err
 }
 
 // RevokeService implements Service.

@@ -109,6 +109,7 @@ func Open(ctx context.Context, cfg *config.Config, log *slog.Logger) (*Env, erro
 		Logger:              log.With("component", "registry"),
 		DeviceCertLifetime:  cfg.Devices.DeviceCertLifetime(),
 		ServiceCertLifetime: cfg.Devices.ServiceLifetime(),
+		Sealer:              ks,
 	})
 	return &Env{Config: cfg, Paths: p, Log: log, Keystore: ks, CA: ca, Store: st, Registry: reg}, nil
 }

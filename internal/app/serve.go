@@ -18,9 +18,11 @@ import (
 	"github.com/warden-iot/warden/internal/audit"
 	"github.com/warden-iot/warden/internal/broker"
 	"github.com/warden-iot/warden/internal/config"
+	"github.com/warden-iot/warden/internal/identity"
 	"github.com/warden-iot/warden/internal/policy"
 	"github.com/warden-iot/warden/internal/registry"
 	"github.com/warden-iot/warden/internal/relay"
+	"github.com/warden-iot/warden/internal/sealing"
 )
 
 // Server is a running `warden serve`.
@@ -101,11 +103,16 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 	if cfg.WSS.Addr != "" {
 		listeners = append(listeners, broker.ListenerConfig{Name: "wss", Kind: broker.KindWSS, Addr: cfg.WSS.Addr, TLSProfile: cfg.WSS.TLSProfile, Path: cfg.WSS.Path})
 	}
+	if cfg.MQTT.Addr != "" {
+		listeners = append(listeners, broker.ListenerConfig{Name: "mqtt", Kind: broker.KindMQTT, Addr: cfg.MQTT.Addr})
+	}
+	seal := sealing.New(env.Registry, log.With("component", "sealing"), s.audit, reg)
 	s.Broker, err = broker.New(broker.Options{
 		Logger:            log.With("component", "broker"),
 		Audit:             s.audit,
 		Registerer:        reg,
 		Authenticator:     env.Registry,
+		Passwords:         seal,
 		Policy:            pol,
 		ServerCertificate: serverCert,
 		ClientCAs:         env.CA.ClientCAs(),
@@ -117,10 +124,17 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 	if err != nil {
 		return nil, err
 	}
-	s.Broker.SetRouter(relay.New(s.Broker, env.Registry, log.With("component", "relay"), s.audit, reg))
+	rel := relay.New(s.Broker, env.Registry, seal, log.With("component", "relay"), s.audit, reg)
+	s.Broker.SetRouter(rel)
 
-	// Revocation and disabling act on live connections at once.
+	// Revocation and disabling act on live connections at once. The
+	// subscriber runs under the registry's lock: it must not block or call
+	// back into the registry, so anything more goes to a goroutine.
 	s.unsub = env.Registry.Subscribe(func(e registry.Event) {
+		if e.Principal.Kind == identity.KindDevice {
+			seal.Invalidate(e.Principal.ID)
+		}
+
 		switch e.Kind {
 		case registry.EventDeviceRevoked, registry.EventServiceRevoked:
 			go s.Broker.Cut(e.Principal, "revoked", true)
@@ -154,9 +168,25 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 	s.stop = stop
 	go s.maintain(mctx)
 
-	s.adminSrv = &http.Server{Handler: admin.Handler(admin.Local{Registry: env.Registry}, log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}
+	s.adminSrv = &http.Server{Handler: admin.Handler(admin.Local{Registry: env.Registry, RekeyFunc: rekeyWith(env.Registry, rel)}, log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = s.adminSrv.Serve(s.adminLn) }()
 	return s, nil
+}
+
+// rekey starts (or repeats) a device's move to a new envelope epoch and
+// sends it the new secret, sealed under the current one.
+func rekeyWith(reg *registry.Registry, rel *relay.Relay) func(ctx context.Context, id string) (uint32, error) {
+	return func(ctx context.Context, id string) (uint32, error) {
+		pending, err := reg.BeginRekey(ctx, id)
+		if err != nil {
+			return 0, err
+		}
+		defer clear(pending.Secret)
+		if err := rel.SendRekey(ctx, id, pending); err != nil {
+			return 0, fmt.Errorf("%w; the new key is pending: run `warden device rekey %s` again to resend it", err, id)
+		}
+		return pending.Epoch, nil
+	}
 }
 
 // HTTPAddr is the bound address of the HTTP listener (nil when off).

@@ -37,6 +37,9 @@ import (
 const (
 	KindMQTTS = "mqtts" // MQTT over TLS
 	KindWSS   = "wss"   // MQTT over secure WebSocket
+	// KindMQTT is plain MQTT, for envelope devices only: they authenticate
+	// with a single-use password and every publish must be an envelope.
+	KindMQTT = "mqtt"
 )
 
 // ListenerConfig describes one network listener.
@@ -72,6 +75,21 @@ type Authenticator interface {
 	Authenticate(ctx context.Context, leaf *x509.Certificate) (identity.Principal, error)
 }
 
+// PasswordAuthenticator admits envelope devices on the plain listener:
+// username = device ID, password = a single-use envelope (sealing.Sealing
+// implements it). Refusals are *registry.AuthError.
+type PasswordAuthenticator interface {
+	AuthenticatePassword(ctx context.Context, username string, password []byte) (identity.Principal, error)
+}
+
+// Origin is who published a message and how it arrived.
+type Origin struct {
+	identity.Principal
+	// Plain is true for the plain (non-TLS) listener, where every publish
+	// must be an envelope.
+	Plain bool
+}
+
 // Verdict is what a Router decides about an accepted publish.
 type Verdict int
 
@@ -88,7 +106,7 @@ const (
 // Router sees every publish the ACL allowed, in the publisher's read loop,
 // before the broker acknowledges it (internal/relay implements it).
 type Router interface {
-	Route(ctx context.Context, from identity.Principal, topic string, payload []byte, qos byte) (Verdict, string)
+	Route(ctx context.Context, from Origin, topic string, payload []byte, qos byte) (Verdict, string)
 }
 
 // Options configure a Broker.
@@ -97,6 +115,7 @@ type Options struct {
 	Audit             audit.Recorder
 	Registerer        prometheus.Registerer // metrics go here; nil = not exported
 	Authenticator     Authenticator
+	Passwords         PasswordAuthenticator // required when a KindMQTT listener is configured
 	Policy            *policy.Policy
 	ServerCertificate tls.Certificate
 	ClientCAs         *x509.CertPool
@@ -116,6 +135,8 @@ type Broker struct {
 	hook    *securityHook
 	storage *sessionStore
 	relayCl *mqtt.Client // inline client the router publishes through
+
+	kinds map[string]string // listener name -> kind
 
 	mu     sync.Mutex
 	addrs  map[string]net.Addr
@@ -146,7 +167,15 @@ func New(opts Options) (*Broker, error) {
 		l.MaxKeepAlive <= 0 || l.PublishRate <= 0 || l.FlapWindow <= 0 || l.MaxSessionExpiry <= 0 {
 		return nil, fmt.Errorf("broker: every limit must be set and positive: %+v", l)
 	}
+	kinds := map[string]string{}
+	for _, lc := range opts.Listeners {
+		if lc.Kind == KindMQTT && opts.Passwords == nil {
+			return nil, fmt.Errorf("broker: listener %s is plain MQTT but no password authenticator is configured", lc.Name)
+		}
+		kinds[lc.Name] = orDefault(lc.Kind, KindMQTTS)
+	}
 	b := &Broker{
+		kinds:   kinds,
 		opts:    opts,
 		log:     opts.Logger,
 		audit:   opts.Audit,
@@ -223,9 +252,12 @@ func (b *Broker) Start(ctx context.Context) error {
 }
 
 func (b *Broker) addListener(lc ListenerConfig) error {
-	tlsCfg, err := ServerTLSConfig(b.opts.ServerCertificate, b.opts.ClientCAs, lc.TLSProfile, b.opts.HybridPQ)
-	if err != nil {
-		return fmt.Errorf("listener %s: %w", lc.Name, err)
+	var tlsCfg *tls.Config
+	if lc.Kind != KindMQTT {
+		var err error
+		if tlsCfg, err = ServerTLSConfig(b.opts.ServerCertificate, b.opts.ClientCAs, lc.TLSProfile, b.opts.HybridPQ); err != nil {
+			return fmt.Errorf("listener %s: %w", lc.Name, err)
+		}
 	}
 	raw, err := net.Listen("tcp", lc.Addr)
 	if err != nil {
@@ -239,7 +271,7 @@ func (b *Broker) addListener(lc ListenerConfig) error {
 
 	var mqttListener net.Listener = front
 	switch lc.Kind {
-	case KindMQTTS, "":
+	case KindMQTTS, "", KindMQTT:
 	case KindWSS:
 		path := lc.Path
 		if path == "" {
@@ -260,7 +292,11 @@ func (b *Broker) addListener(lc ListenerConfig) error {
 	b.addrs[lc.Name] = raw.Addr()
 	b.closer = append(b.closer, mqttListener.Close)
 	b.mu.Unlock()
-	b.log.Info("listening", "listener", lc.Name, "kind", lc.Kind, "addr", raw.Addr().String(), "tls_profile", orDefault(lc.TLSProfile, ProfileStrict))
+	if lc.Kind == KindMQTT {
+		b.log.Warn("listening WITHOUT TLS for envelope devices only: payloads are protected by envelopes, but MQTT metadata (device IDs, topics, sizes, timing) is visible on the network", "listener", lc.Name, "addr", raw.Addr().String())
+	} else {
+		b.log.Info("listening", "listener", lc.Name, "kind", orDefault(lc.Kind, KindMQTTS), "addr", raw.Addr().String(), "tls_profile", orDefault(lc.TLSProfile, ProfileStrict))
+	}
 	return nil
 }
 

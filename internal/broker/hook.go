@@ -28,6 +28,7 @@ type clientState struct {
 	limiter   *rate.Limiter
 	denyLog   *rate.Limiter // bounds audit lines per client for repeated denials
 	started   time.Time     // when authentication of this connection began
+	plain     bool          // connected through the plain listener
 	cut       atomic.Bool
 	counted   atomic.Bool // counted in the connections gauge
 }
@@ -167,6 +168,7 @@ func (h *securityHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 
 	st := h.newState(p, cl)
 	st.started = started
+	st.plain = h.b.kinds[cl.Net.Listener] == KindMQTT
 	if pk.Connect.WillFlag && !st.rights.CanPublish(pk.Connect.WillTopic) {
 		h.b.metrics.aclDenials.WithLabelValues("will").Inc()
 		return h.refuse(cl, p, "will-topic-denied")
@@ -186,6 +188,9 @@ func (h *securityHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 
 // authenticate returns the principal and "" or, on refusal, a reason.
 func (h *securityHook) authenticate(cl *mqtt.Client, pk packets.Packet) (identity.Principal, string) {
+	if h.b.kinds[cl.Net.Listener] == KindMQTT {
+		return h.authenticatePassword(cl, pk)
+	}
 	ts, ok := cl.Net.Conn.(tlsStater)
 	if !ok {
 		return identity.Principal{}, "no-tls"
@@ -203,6 +208,28 @@ func (h *securityHook) authenticate(cl *mqtt.Client, pk packets.Packet) (identit
 			return ae.Principal, ae.Reason
 		}
 		h.b.log.Error("authentication failed: registry error", "client", cl.ID, "error", err)
+		return identity.Principal{}, "registry-error"
+	}
+	if pk.Connect.ClientIdentifier != "" && pk.Connect.ClientIdentifier != p.ID {
+		return p, "client-id-mismatch"
+	}
+	return p, ""
+}
+
+// authenticatePassword admits an envelope device on the plain listener.
+func (h *securityHook) authenticatePassword(cl *mqtt.Client, pk packets.Packet) (identity.Principal, string) {
+	if !pk.Connect.UsernameFlag || !pk.Connect.PasswordFlag {
+		return identity.Principal{}, "no-password"
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	p, err := h.b.opts.Passwords.AuthenticatePassword(ctx, string(pk.Connect.Username), pk.Connect.Password)
+	if err != nil {
+		var ae *registry.AuthError
+		if errors.As(err, &ae) {
+			return ae.Principal, ae.Reason
+		}
+		h.b.log.Error("password authentication failed: registry error", "client", cl.ID, "error", err)
 		return identity.Principal{}, "registry-error"
 	}
 	if pk.Connect.ClientIdentifier != "" && pk.Connect.ClientIdentifier != p.ID {
@@ -356,13 +383,18 @@ func (h *securityHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 	if r == nil {
 		return pk, nil
 	}
-	verdict, reason := r.Route(context.Background(), st.principal, pk.TopicName, pk.Payload, pk.FixedHeader.Qos)
+	verdict, reason := r.Route(context.Background(), Origin{Principal: st.principal, Plain: st.plain}, pk.TopicName, pk.Payload, pk.FixedHeader.Qos)
 	switch verdict {
 	case Consume:
 		return pk, packets.CodeSuccessIgnore
 	case Refuse:
 		h.b.metrics.dropped.WithLabelValues(reason).Inc()
 		if v5 && pk.FixedHeader.Qos > 0 {
+			if st.principal.Kind == identity.KindDevice {
+				// A device learns only that its publish was refused, never
+				// which check failed (a forger must not learn from it).
+				return pk, packets.ErrUnspecifiedError
+			}
 			return pk, packets.Code{Code: packets.ErrTopicNameInvalid.Code, Reason: reason}
 		}
 		// Any other error would make mochi deliver the original packet.
@@ -403,7 +435,7 @@ func (h *securityHook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 	if st == nil || r == nil || pk.TopicName == "$warden/void" {
 		return
 	}
-	r.Route(context.Background(), st.principal, pk.TopicName, pk.Payload, pk.FixedHeader.Qos)
+	r.Route(context.Background(), Origin{Principal: st.principal, Plain: st.plain}, pk.TopicName, pk.Payload, pk.FixedHeader.Qos)
 }
 
 // flapping records a connect attempt by id and reports whether id is banned.

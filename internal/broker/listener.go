@@ -40,6 +40,9 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 			continue
 		}
 		_ = c.SetDeadline(time.Now().Add(l.deadline))
+		if l.tls == nil { // the plain listener: CONNECT must still arrive in time
+			return c, nil
+		}
 		return &guardedConn{Conn: tls.Server(c, l.tls), listener: l}, nil
 	}
 }

@@ -29,11 +29,15 @@ type Config struct {
 	MQTTS Listener `koanf:"mqtts"`
 	// WSS is MQTT over WebSocket with mutual TLS, for devices behind proxies
 	// that pass only HTTPS. An empty address turns it off.
-	WSS     Listener `koanf:"wss"`
-	HTTP    HTTP     `koanf:"http"`
-	TLS     TLS      `koanf:"tls"`
-	Limits  Limits   `koanf:"limits"`
-	Devices Devices  `koanf:"devices"`
+	WSS Listener `koanf:"wss"`
+	// MQTT is a plain (non-TLS) MQTT listener for envelope devices only:
+	// they authenticate with a single-use password and every publish must
+	// be an envelope (docs/envelope.md). Off unless an address is set.
+	MQTT    PlainListener `koanf:"mqtt"`
+	HTTP    HTTP          `koanf:"http"`
+	TLS     TLS           `koanf:"tls"`
+	Limits  Limits        `koanf:"limits"`
+	Devices Devices       `koanf:"devices"`
 }
 
 // Log configures the process log.
@@ -52,6 +56,12 @@ type Listener struct {
 	// Path is the HTTP path of the WebSocket upgrade; wss only (Validate
 	// rejects it on mqtts, where it would silently mean nothing).
 	Path string `koanf:"path"`
+}
+
+// PlainListener is a listener without TLS.
+type PlainListener struct {
+	// Addr is host:port; empty turns the listener off.
+	Addr string `koanf:"addr"`
 }
 
 // HTTP configures the HTTP listener (API, health, metrics).

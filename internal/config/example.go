@@ -50,6 +50,13 @@ wss:
   tls_profile: strict
   path: /mqtt
 
+# Plain MQTT (no TLS) for envelope devices only: devices that cannot run TLS
+# authenticate with a single-use password and must seal every publish
+# (docs/envelope.md). Off unless set; the server warns when it is on.
+# Example: ":1883".
+mqtt:
+  addr: ""
+
 # HTTP listener: API, health and metrics. Empty addr turns it off.
 http:
   addr: 127.0.0.1:8080

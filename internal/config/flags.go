@@ -41,6 +41,7 @@ func flagSpecs() []flagSpec {
 		{"wss", "wss.addr", "WebSocket device listener address, host:port; empty turns it off", true},
 		{"wss-tls-profile", "wss.tls_profile", "TLS profile of the WebSocket listener: strict or compat", true},
 		{"wss-path", "wss.path", "HTTP path of the WebSocket listener", true},
+		{"mqtt", "mqtt.addr", "plain MQTT listener for envelope devices only (no TLS; every publish must be an envelope), host:port; empty (default) turns it off", true},
 		{"http", "http.addr", "HTTP listener address (API, health, metrics), host:port; empty turns it off", true},
 		{"hybrid-pq", "tls.hybrid_pq", "offer the hybrid post-quantum key exchange X25519MLKEM768 first (false: X25519 and P-256 only)", true},
 		{"connect-timeout", "limits.connect_timeout", "deadline for the TLS handshake plus MQTT CONNECT (1s..5m)", true},

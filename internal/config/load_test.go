@@ -333,7 +333,8 @@ func TestUnknownFileKeys(t *testing.T) {
 		yaml  string
 		wants []string
 	}{
-		{"typo in section and key", "mqtt:\n  adr: :1883\n", []string{"mqtt.adr: unknown key", "did you mean mqtts.addr?"}},
+		{"typo in key", "mqtt:\n  adr: :1883\n", []string{"mqtt.adr: unknown key", "did you mean mqtt.addr?"}},
+		{"typo in section and key", "mqts:\n  adr: :8883\n", []string{"mqts.adr: unknown key", "did you mean mqtts.addr?"}},
 		{"typo in key", "limits:\n  max_packet_sise: 1KiB\n", []string{"limits.max_packet_sise: unknown key", "did you mean limits.max_packet_size?"}},
 		{"unknown top level", "colour: blue\n", []string{"colour: unknown key"}},
 		{"dotted key", "limits.max_packet_size: 2KiB\n", []string{"limits.max_packet_size: unknown key", "keys are nested, not dotted"}},

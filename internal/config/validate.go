@@ -79,6 +79,11 @@ func (c *Config) Validate() error {
 	}
 	v.oneOf("wss.tls_profile", c.WSS.TLSProfile, ProfileStrict, ProfileCompat)
 	v.urlPath("wss.path", c.WSS.Path)
+	if c.MQTT.Addr != "" {
+		if l, ok := v.addr("mqtt.addr", c.MQTT.Addr); ok {
+			listeners = append(listeners, l)
+		}
+	}
 	if c.HTTP.Addr != "" {
 		if l, ok := v.addr("http.addr", c.HTTP.Addr); ok {
 			listeners = append(listeners, l)

@@ -147,9 +147,9 @@ func TestMosquittoClientsAreIsolated(t *testing.T) {
 	}
 	// The reader sees the relayed message; device b, subscribed to '#', sees nothing.
 	readerOut, bOut := &syncBuffer{}, &syncBuffer{}
-	r := exec.Command(sub, append(tlsArgs(reader), "-i", "ingest", "-t", "fleet/#", "-v", "-C", "1", "-W", "10")...)
+	r := exec.Command(sub, append(tlsArgs(reader), "-i", "ingest", "-t", "fleet/#", "-v", "-C", "1", "-W", "20")...)
 	r.Stdout, r.Stderr = readerOut, readerOut
-	spy := exec.Command(sub, append(tlsArgs(b), "-i", "mq-b", "-t", "#", "-v", "-W", "4")...)
+	spy := exec.Command(sub, append(tlsArgs(b), "-i", "mq-b", "-t", "#", "-v")...)
 	spy.Stdout, spy.Stderr = bOut, bOut
 	if err := r.Start(); err != nil {
 		t.Fatal(err)
@@ -157,22 +157,41 @@ func TestMosquittoClientsAreIsolated(t *testing.T) {
 	if err := spy.Start(); err != nil {
 		t.Fatal(err)
 	}
-	time.Sleep(700 * time.Millisecond) // let both subscribe
-	out, err := exec.Command(pub, append(tlsArgs(a), "-i", "mq-a", "-t", "private/mq-a/up/hello", "-m", "hi from mosquitto", "-q", "1")...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("mosquitto_pub as the device: %v\n%s", err, out)
+	defer spy.Process.Kill()
+	readerDone := make(chan struct{})
+	go func() { _ = r.Wait(); close(readerDone) }()
+	// Publish until the reader, once subscribed, gets one (no fixed sleeps:
+	// a loaded CI machine may take a while to start mosquitto_sub).
+	deadline := time.After(20 * time.Second)
+publish:
+	for {
+		out, err := exec.Command(pub, append(tlsArgs(a), "-i", "mq-a", "-t", "private/mq-a/up/hello", "-m", "hi from mosquitto", "-q", "1")...).CombinedOutput()
+		if err != nil {
+			t.Fatalf("mosquitto_pub as the device: %v\n%s", err, out)
+		}
+		select {
+		case <-readerDone:
+			break publish
+		case <-deadline:
+			t.Fatalf("the reader got nothing; its output: %q", readerOut.String())
+		case <-time.After(300 * time.Millisecond):
+		}
 	}
-	_ = r.Wait()
 	if !strings.Contains(readerOut.String(), "fleet/mq-a/up/hello hi from mosquitto") {
 		t.Fatalf("reader output = %q, want the relayed message", readerOut.String())
 	}
-	_ = spy.Wait()
+	// By now device b's '#' subscription has long been refused (audited);
+	// give it a moment more to show it received nothing.
+	eventually(t, 10*time.Second, "device b's refused subscription", func() bool {
+		return s.auditContains(`"actor":"device:mq-b"`, `"topic":"#"`)
+	})
+	time.Sleep(300 * time.Millisecond)
 	if strings.Contains(bOut.String(), "hi from mosquitto") {
 		t.Fatalf("device b received device a's message: %q", bOut.String())
 	}
 
 	// Client ID different from the certificate: refused.
-	out, err = exec.Command(pub, append(tlsArgs(a), "-i", "mq-b", "-t", "private/mq-b/up/x", "-m", "x")...).CombinedOutput()
+	out, err := exec.Command(pub, append(tlsArgs(a), "-i", "mq-b", "-t", "private/mq-b/up/x", "-m", "x")...).CombinedOutput()
 	if err == nil || !strings.Contains(strings.ToLower(string(out)), "not authori") {
 		t.Fatalf("mosquitto_pub with a foreign client ID: err=%v out=%q, want 'not authorised'", err, out)
 	}

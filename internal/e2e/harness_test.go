@@ -96,6 +96,7 @@ type server struct {
 	log   *syncBuffer
 	mqtts string
 	wss   string
+	plain string // the plain listener, when started with --mqtt
 	http  string
 	done  chan struct{}
 }
@@ -104,6 +105,7 @@ var (
 	reMQTTS = regexp.MustCompile(`(?m)^\s+mqtts\s+(\S+)`)
 	reWSS   = regexp.MustCompile(`(?m)^\s+wss\s+(\S+?)(/\S*)?$`)
 	reHTTP  = regexp.MustCompile(`(?m)^\s+http\s+http://(\S+)`)
+	rePlain = regexp.MustCompile(`(?m)^\s+mqtt\s+(\S+)`)
 )
 
 // startServer runs `warden serve` on a data directory with every listener
@@ -140,6 +142,9 @@ func (s *server) start() {
 			}
 			if h := reHTTP.FindStringSubmatch(s.out.String()); h != nil {
 				s.http = h[1]
+			}
+			if p := rePlain.FindStringSubmatch(s.out.String()); p != nil {
+				s.plain = p[1]
 			}
 			return
 		}

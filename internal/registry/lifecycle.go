@@ -374,11 +374,11 @@ func (r *Registry) Enable(ctx context.Context, id string) (store.Device, error) 
 	return d, nil
 }
 
-// Revoke revokes a device and all its credentials for good, re-signs the
-// CRL, then announces the change. Revoking a revoked device changes
-// nothing and announces nothing. If only the CRL fails, the device is
-// revoked all the same (Authenticate refuses it at once) and the error
-// says to retry RefreshCRL.
+// Revoke revokes a device and all its credentials for good, retires its
+// envelope keys, re-signs the CRL, then announces the change. Revoking a
+// revoked device changes nothing and announces nothing. If only the CRL
+// fails, the device is revoked all the same (Authenticate refuses it at
+// once) and the error says to retry RefreshCRL.
 func (r *Registry) Revoke(ctx context.Context, id, reason string) (store.Device, error) {
 	if err := checkText("reason", reason, MaxReasonLen); err != nil {
 		return store.Device{}, fmt.Errorf("revoke device %q: %w", id, err)
@@ -404,6 +404,9 @@ func (r *Registry) Revoke(ctx context.Context, id, reason string) (store.Device,
 	if prev.State != store.StateRevoked {
 		r.emit(ctx, Event{Kind: EventDeviceRevoked, Principal: devicePrincipal(id), Reason: reason, At: now},
 			"credentials", len(creds))
+		if r.envelopeRetiredBy(ctx, id, now) {
+			r.emit(ctx, Event{Kind: EventEnvelopeChanged, Principal: devicePrincipal(id), Reason: "revoked", At: now})
+		}
 	}
 	if crlErr != nil {
 		r.log.ErrorContext(ctx, "CRL not re-signed after revocation", "device", id, "error", crlErr)

@@ -36,6 +36,10 @@ type Options struct {
 	// Certificate lifetimes; 0 lets the CA apply its default.
 	DeviceCertLifetime  time.Duration
 	ServiceCertLifetime time.Duration
+	// Sealer keeps envelope master secrets sealed at rest (the keystore).
+	// Without it the envelope methods that need a secret fail; everything
+	// else works.
+	Sealer Sealer
 }
 
 // ErrInvalid is wrapped by every error caused by the caller's input (a bad
@@ -51,6 +55,7 @@ type Registry struct {
 	now             func() time.Time
 	deviceLifetime  time.Duration
 	serviceLifetime time.Duration
+	sealer          Sealer
 
 	// lifecycle serialises read-check-write state changes, so that each
 	// change is announced exactly once and in commit order.
@@ -79,6 +84,7 @@ func New(st store.Store, ca Issuer, opts Options) *Registry {
 		now:             opts.Now,
 		deviceLifetime:  opts.DeviceCertLifetime,
 		serviceLifetime: opts.ServiceCertLifetime,
+		sealer:          opts.Sealer,
 	}
 	if r.log == nil {
 		r.log = slog.New(slog.DiscardHandler)
@@ -106,6 +112,12 @@ const (
 	EventDeviceRevoked  EventKind = "device-revoked"
 	EventServiceAdded   EventKind = "service-added"
 	EventServiceRevoked EventKind = "service-revoked"
+	// EventEnvelopeChanged says a device's envelope keys or policy changed,
+	// so cached secrets and policies must be dropped. Its Reason is
+	// "enabled", "policy-changed", "rekey-begun", "rekey-confirmed" or
+	// "revoked" (revocation retired the device's keys; it follows
+	// EventDeviceRevoked).
+	EventEnvelopeChanged EventKind = "envelope-changed"
 )
 
 // Event describes a committed change.

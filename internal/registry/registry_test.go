@@ -78,6 +78,8 @@ func (s *syncBuffer) lines(t *testing.T) []map[string]any {
 type fixture struct {
 	reg    *Registry
 	st     *sqlite.Store
+	dbPath string
+	ks     *keystore.Keystore
 	ca     *pki.Authority
 	clock  *clock
 	logs   *syncBuffer
@@ -106,7 +108,8 @@ func newFixture(t testing.TB, o fixtureOptions) *fixture {
 	if err != nil {
 		t.Fatalf("pki.Init: %v", err)
 	}
-	st, err := sqlite.Open(context.Background(), filepath.Join(dir, "warden.db"))
+	dbPath := filepath.Join(dir, "warden.db")
+	st, err := sqlite.Open(context.Background(), dbPath)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -115,11 +118,12 @@ func newFixture(t testing.TB, o fixtureOptions) *fixture {
 	if o.issuer != nil {
 		issuer = o.issuer(ca)
 	}
-	f := &fixture{st: st, ca: ca, clock: clk, logs: &syncBuffer{}}
+	f := &fixture{st: st, dbPath: dbPath, ks: ks, ca: ca, clock: clk, logs: &syncBuffer{}}
 	f.reg = New(st, issuer, Options{
 		Logger:             slog.New(slog.NewJSONHandler(f.logs, nil)),
 		Now:                clk.Now,
 		DeviceCertLifetime: o.deviceLifetime,
+		Sealer:             ks,
 	})
 	f.reg.Subscribe(func(e Event) {
 		f.mu.Lock()

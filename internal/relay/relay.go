@@ -12,6 +12,8 @@ package relay
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"log/slog"
 	"strconv"
 	"strings"
@@ -19,9 +21,13 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/warden-iot/warden/envelope"
 	"github.com/warden-iot/warden/internal/audit"
 	"github.com/warden-iot/warden/internal/broker"
 	"github.com/warden-iot/warden/internal/identity"
+	"github.com/warden-iot/warden/internal/registry"
+	"github.com/warden-iot/warden/internal/sealing"
+	"github.com/warden-iot/warden/internal/store"
 )
 
 // Publisher injects a message as Warden itself (broker.Broker implements it).
@@ -34,18 +40,29 @@ type Directory interface {
 	DeviceExists(ctx context.Context, id string) (bool, error)
 }
 
+// Sealer opens envelope uplinks and seals envelope downlinks
+// (*sealing.Sealing implements it).
+type Sealer interface {
+	Policy(ctx context.Context, id string) (store.EnvelopePolicy, bool, error)
+	OpenUplink(ctx context.Context, id, topic string, msg []byte) (sealing.Opened, error)
+	SealDownlink(ctx context.Context, id, topic string, plaintext []byte) ([]byte, error)
+	RekeyMessage(ctx context.Context, id, topic string, pending registry.EnvelopeSecret) ([]byte, error)
+	CountPlaintext(id, topic string)
+}
+
 // Relay implements broker.Router.
 type Relay struct {
 	pub     Publisher
 	dir     Directory
+	seal    Sealer // nil: no envelope support
 	log     *slog.Logger
 	audit   audit.Recorder
 	now     func() time.Time
 	relayed *prometheus.CounterVec
 }
 
-// New builds a relay. reg may be nil.
-func New(pub Publisher, dir Directory, logger *slog.Logger, rec audit.Recorder, reg prometheus.Registerer) *Relay {
+// New builds a relay. seal and reg may be nil.
+func New(pub Publisher, dir Directory, seal Sealer, logger *slog.Logger, rec audit.Recorder, reg prometheus.Registerer) *Relay {
 	if logger == nil {
 		logger = slog.Default()
 	}
@@ -53,7 +70,7 @@ func New(pub Publisher, dir Directory, logger *slog.Logger, rec audit.Recorder, 
 		rec = audit.Discard{Logger: logger}
 	}
 	r := &Relay{
-		pub: pub, dir: dir, log: logger, audit: rec, now: time.Now,
+		pub: pub, dir: dir, seal: seal, log: logger, audit: rec, now: time.Now,
 		relayed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warden_relay_messages_total", Help: "Messages relayed between private/ and fleet/, by direction and outcome.",
 		}, []string{"direction", "outcome"}),
@@ -65,11 +82,19 @@ func New(pub Publisher, dir Directory, logger *slog.Logger, rec audit.Recorder, 
 }
 
 // Route implements broker.Router.
-func (r *Relay) Route(ctx context.Context, from identity.Principal, topic string, payload []byte, qos byte) (broker.Verdict, string) {
+func (r *Relay) Route(ctx context.Context, from broker.Origin, topic string, payload []byte, qos byte) (broker.Verdict, string) {
 	switch from.Kind {
 	case identity.KindDevice:
 		id, channel, ok := split(topic, "private", "up")
 		if !ok {
+			if from.Plain {
+				// Nothing but sealed uplinks may travel without TLS.
+				if r.seal != nil {
+					r.seal.CountPlaintext(from.ID, topic)
+				}
+				r.relayed.WithLabelValues("up", "refused").Inc()
+				return broker.Refuse, "plaintext"
+			}
 			return broker.Deliver, ""
 		}
 		if id != from.ID { // policy should have made this impossible
@@ -78,12 +103,41 @@ func (r *Relay) Route(ctx context.Context, from identity.Principal, topic string
 			return broker.Refuse, "foreign-subtree"
 		}
 		props := map[string]string{"warden-device": id, "warden-received": r.now().UTC().Format(time.RFC3339Nano)}
-		if err := r.pub.Publish("fleet/"+id+"/up/"+channel, payload, qos, props); err != nil {
+		body := payload
+		sealed, err := r.mustOpen(ctx, from, id)
+		if err != nil {
+			r.relayed.WithLabelValues("up", "error").Inc()
+			r.log.Error("relay: cannot look up the envelope policy; refusing", "device", id, "error", err)
+			return broker.Refuse, "registry-error"
+		}
+		if sealed && r.seal == nil {
+			r.relayed.WithLabelValues("up", "refused").Inc()
+			return broker.Refuse, "envelope"
+		}
+		if sealed {
+			o, err := r.seal.OpenUplink(ctx, id, topic, payload)
+			if err != nil {
+				r.relayed.WithLabelValues("up", "refused").Inc()
+				if !errors.Is(err, envelope.ErrOpen) {
+					r.log.Error("relay: cannot open an envelope", "device", id, "error", err)
+				}
+				return broker.Refuse, "envelope"
+			}
+			body = o.Plaintext
+			props["warden-seq"] = strconv.FormatUint(o.Header.Seq, 10)
+			props["warden-suite"] = o.Header.Suite.String()
+			props["warden-epoch"] = strconv.FormatUint(uint64(o.Epoch), 10)
+		}
+		if err := r.pub.Publish("fleet/"+id+"/up/"+channel, body, qos, props); err != nil {
 			r.relayed.WithLabelValues("up", "error").Inc()
 			r.log.Error("relay: uplink not forwarded", "device", id, "channel", channel, "error", err)
 			return broker.Deliver, ""
 		}
 		r.relayed.WithLabelValues("up", "forwarded").Inc()
+		if sealed {
+			// The sealed original is of use to nobody else on private/.
+			return broker.Consume, ""
+		}
 		return broker.Deliver, ""
 
 	case identity.KindService:
@@ -106,7 +160,13 @@ func (r *Relay) Route(ctx context.Context, from identity.Principal, topic string
 			r.log.Warn("relay: downlink to unknown device dropped", "device", id, "service", from.ID, "channel", channel)
 			return broker.Refuse, "unknown-device"
 		}
-		if err := r.pub.Publish("private/"+id+"/down/"+channel, payload, qos, map[string]string{"warden-service": from.ID}); err != nil {
+		body, err := r.sealDownlink(ctx, id, "private/"+id+"/down/"+channel, payload)
+		if err != nil {
+			r.relayed.WithLabelValues("down", "error").Inc()
+			r.log.Error("relay: downlink cannot be sealed for the device; dropped", "device", id, "service", from.ID, "error", err)
+			return broker.Refuse, "seal-failed"
+		}
+		if err := r.pub.Publish("private/"+id+"/down/"+channel, body, qos, map[string]string{"warden-service": from.ID}); err != nil {
 			r.relayed.WithLabelValues("down", "error").Inc()
 			r.log.Error("relay: downlink not forwarded", "device", id, "service", from.ID, "error", err)
 			return broker.Refuse, "forward-failed"
@@ -121,6 +181,55 @@ func (r *Relay) Route(ctx context.Context, from identity.Principal, topic string
 		return broker.Consume, ""
 	}
 	return broker.Deliver, ""
+}
+
+// mustOpen reports whether an uplink from the device must be an envelope:
+// always on the plain listener, and over TLS when its policy requires it.
+func (r *Relay) mustOpen(ctx context.Context, from broker.Origin, id string) (bool, error) {
+	if from.Plain {
+		return true, nil
+	}
+	if r.seal == nil {
+		return false, nil
+	}
+	pol, ok, err := r.seal.Policy(ctx, id)
+	if err != nil {
+		return false, err
+	}
+	return ok && pol.Required, nil
+}
+
+// sealDownlink seals a downlink for an envelope device (which may collect
+// it over the plain listener, so it is always sealed) and passes others
+// through.
+func (r *Relay) sealDownlink(ctx context.Context, id, topic string, payload []byte) ([]byte, error) {
+	if r.seal == nil {
+		return payload, nil
+	}
+	_, ok, err := r.seal.Policy(ctx, id)
+	if err != nil || !ok {
+		return payload, err
+	}
+	return r.seal.SealDownlink(ctx, id, topic, payload)
+}
+
+// SendRekey delivers a pending epoch's secret to the device on
+// private/<id>/down/_rekey, sealed under its active epoch, at QoS 1 (it
+// waits in a persistent session if the device is offline).
+func (r *Relay) SendRekey(ctx context.Context, id string, pending registry.EnvelopeSecret) error {
+	if r.seal == nil {
+		return errors.New("relay: no envelope support configured")
+	}
+	topic := "private/" + id + "/down/" + sealing.RekeyChannel
+	msg, err := r.seal.RekeyMessage(ctx, id, topic, pending)
+	if err != nil {
+		return fmt.Errorf("rekey device %s: %w", id, err)
+	}
+	if err := r.pub.Publish(topic, msg, 1, nil); err != nil {
+		return fmt.Errorf("rekey device %s: publish: %w", id, err)
+	}
+	r.log.Info("rekey sent to the device", "device", id, "epoch", pending.Epoch)
+	return nil
 }
 
 // split parses "<root>/<id>/<dir>/<channel...>"; channel must be non-empty.

@@ -55,8 +55,8 @@ func TestRoute(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			p := &fakePub{}
-			r := New(p, dir{"abc": true}, nil, nil, nil)
-			v, _ := r.Route(context.Background(), tt.from, tt.topic, []byte("x"), 1)
+			r := New(p, dir{"abc": true}, nil, nil, nil, nil)
+			v, _ := r.Route(context.Background(), broker.Origin{Principal: tt.from}, tt.topic, []byte("x"), 1)
 			if v != tt.verdict {
 				t.Errorf("verdict = %v, want %v", v, tt.verdict)
 			}
@@ -72,9 +72,23 @@ func TestRoute(t *testing.T) {
 
 func TestUplinkCarriesDeviceMetadata(t *testing.T) {
 	p := &fakePub{}
-	r := New(p, dir{}, nil, nil, nil)
-	r.Route(context.Background(), identity.Principal{Kind: identity.KindDevice, ID: "abc"}, "private/abc/up/t", nil, 0)
+	r := New(p, dir{}, nil, nil, nil, nil)
+	r.Route(context.Background(), broker.Origin{Principal: identity.Principal{Kind: identity.KindDevice, ID: "abc"}}, "private/abc/up/t", nil, 0)
 	if len(p.got) != 1 || p.got[0].props["warden-device"] != "abc" || p.got[0].props["warden-received"] == "" {
 		t.Fatalf("props = %+v", p.got)
+	}
+}
+
+func TestPlainOriginMustSeal(t *testing.T) {
+	p := &fakePub{}
+	r := New(p, dir{"abc": true}, nil, nil, nil, nil)
+	dev := broker.Origin{Principal: identity.Principal{Kind: identity.KindDevice, ID: "abc"}, Plain: true}
+	for _, topic := range []string{"private/abc/state", "private/abc/down/x"} {
+		if v, _ := r.Route(context.Background(), dev, topic, []byte("plain"), 1); v != broker.Refuse {
+			t.Errorf("plain publish to %s: verdict %v, want Refuse", topic, v)
+		}
+	}
+	if len(p.got) != 0 {
+		t.Fatalf("plaintext relayed: %v", p.got)
 	}
 }

@@ -82,6 +82,67 @@ type Service struct {
 	UpdatedAt   time.Time
 }
 
+// EnvelopeState is the state of one key epoch of a sealed-envelope device
+// (docs/envelope.md).
+type EnvelopeState string
+
+// Envelope key states. A key is pending from the rekey that issued it until
+// the device confirms it, then active; the key it replaces, and every key of
+// a revoked device, is retired. Retired is final.
+const (
+	EnvelopePending EnvelopeState = "pending"
+	EnvelopeActive  EnvelopeState = "active"
+	EnvelopeRetired EnvelopeState = "retired"
+)
+
+// Valid reports whether s is one of the known envelope key states.
+func (s EnvelopeState) Valid() bool {
+	switch s {
+	case EnvelopePending, EnvelopeActive, EnvelopeRetired:
+		return true
+	}
+	return false
+}
+
+// EnvelopeKey is one key epoch of a sealed-envelope device. The store never
+// sees a master secret in the clear: SealedSecret is sealed by the keystore
+// under a record name that names the device and the epoch, so a blob copied
+// to another row does not open.
+type EnvelopeKey struct {
+	DeviceID string
+	Epoch    uint32 // the envelope spec's key epoch; the first key is epoch 0
+	Suite    string // the envelope suite this secret is for
+	// SealedSecret is the keystore-sealed 16-byte master secret; empty for
+	// sign-p256 (the device's certificate key is used) and for retired
+	// keys, whose secrets the store erases.
+	SealedSecret []byte
+	State        EnvelopeState
+	CreatedAt    time.Time
+	ActivatedAt  time.Time // zero while pending (and if retired before activation)
+	RetiredAt    time.Time // zero unless retired
+}
+
+// EnvelopePolicy is what Warden accepts from a sealed-envelope device. A
+// device with a policy is an envelope device; one without is not.
+type EnvelopePolicy struct {
+	DeviceID  string
+	MinSuite  string // weakest suite accepted from the device (no downgrade)
+	Required  bool   // uplinks must be sealed even over TLS
+	UpdatedAt time.Time
+}
+
+// Envelope directions, as the replay-window and sequence methods name them.
+// They are the names envelope.Direction prints.
+const (
+	EnvelopeUplink   = "uplink"   // device to Warden
+	EnvelopeDownlink = "downlink" // Warden to device
+)
+
+// MaxReplayWindowSize bounds the replay-window state a backend stores per
+// (device, direction, epoch). The envelope window encodes in 18 bytes; the
+// bound leaves room for a later format without letting a bug grow rows.
+const MaxReplayWindowSize = 64
+
 // Paging bounds for ListDevices. A fixed ceiling keeps one API call from
 // pulling an entire fleet into memory.
 const (
@@ -134,9 +195,10 @@ type Store interface {
 	// SetDeviceState moves a device between active and disabled. A revoked
 	// device cannot change state (ErrRevoked); use RevokeDevice to revoke.
 	SetDeviceState(ctx context.Context, id string, s DeviceState, reason string, at time.Time) (Device, error)
-	// RevokeDevice marks the device revoked and revokes all its unrevoked
-	// credentials, in one transaction, and returns the device and the
-	// credentials it newly revoked. Revoking a revoked device changes
+	// RevokeDevice marks the device revoked, revokes all its unrevoked
+	// credentials and retires all its unretired envelope keys (erasing
+	// their sealed secrets), in one transaction, and returns the device and
+	// the credentials it newly revoked. Revoking a revoked device changes
 	// nothing and returns no credentials: the first reason and time stand.
 	RevokeDevice(ctx context.Context, id, reason string, at time.Time) (Device, []Credential, error)
 	// SetDeviceTags replaces all of a device's tags.
@@ -159,6 +221,50 @@ type Store interface {
 	ListServices(ctx context.Context) ([]Service, error)
 	// RevokeService is RevokeDevice for services.
 	RevokeService(ctx context.Context, name, reason string, at time.Time) (Service, []Credential, error)
+
+	// EnableEnvelope makes a device an envelope device: it stores its first
+	// envelope key (as AddEnvelopeKey) and its policy in one transaction.
+	// ErrConflict if the device already has envelope keys, ErrNotFound if it
+	// does not exist, ErrRevoked if it is revoked.
+	EnableEnvelope(ctx context.Context, k EnvelopeKey, p EnvelopePolicy) error
+	// AddEnvelopeKey stores a pending or active key. ErrNotFound if the
+	// device does not exist, ErrRevoked if it is revoked, ErrConflict if the
+	// (device, epoch) exists or the device already has a key in that state
+	// (at most one active and one pending per device).
+	AddEnvelopeKey(ctx context.Context, k EnvelopeKey) error
+	// EnvelopeKeys returns a device's keys in ascending epoch order; an
+	// empty, non-nil slice if it has none (or does not exist).
+	EnvelopeKeys(ctx context.Context, deviceID string) ([]EnvelopeKey, error)
+	// PromoteEnvelopeKey makes a pending key active and retires (erasing
+	// its secret) the key that was active, in one transaction, at time at.
+	// Promoting the active key changes nothing. ErrNotFound if there is no
+	// such key, ErrRevoked if it is retired.
+	PromoteEnvelopeKey(ctx context.Context, deviceID string, epoch uint32, at time.Time) error
+	// SetEnvelopePolicy creates or replaces a device's policy. ErrNotFound
+	// if the device does not exist, ErrRevoked if it is revoked.
+	SetEnvelopePolicy(ctx context.Context, p EnvelopePolicy) error
+	// GetEnvelopePolicy returns ErrNotFound if the device has no policy,
+	// that is, if it is not an envelope device.
+	GetEnvelopePolicy(ctx context.Context, deviceID string) (EnvelopePolicy, error)
+	// LoadReplayWindow returns the replay-window state saved for (device,
+	// direction, epoch), or nil and no error if none is saved (also when
+	// there is no such key).
+	LoadReplayWindow(ctx context.Context, deviceID, direction string, epoch uint32) ([]byte, error)
+	// SaveReplayWindow creates or replaces the replay-window state of
+	// (device, direction, epoch): 1 to MaxReplayWindowSize bytes.
+	// ErrNotFound if the device has no key of that epoch, ErrRevoked if the
+	// key is retired.
+	SaveReplayWindow(ctx context.Context, deviceID, direction string, epoch uint32, state []byte) error
+	// ReserveSequence is the persist-ahead counter of RFC 8613 Appendix
+	// B.1.1 for a sender: in one atomic step it returns the stored next
+	// sequence number of (device, direction, epoch) (0 if none is stored)
+	// and stores next+step, so the caller owns [start, start+step) and may
+	// use those numbers without touching the store. No number is handed
+	// out twice, whatever the number of handles or processes. step must be
+	// at least 1, and next+step at most math.MaxInt64. ErrNotFound if the
+	// device has no key of that epoch, ErrRevoked if the key is retired.
+	ReserveSequence(ctx context.Context, deviceID, direction string, epoch uint32, step uint64) (start uint64, err error)
+
 	// Close releases the database.
 	Close() error
 }

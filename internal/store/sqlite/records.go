@@ -143,9 +143,9 @@ func (s *Store) CreateDevice(ctx context.Context, d store.Device, c store.Creden
 
 // absent returns ErrConflict if query finds a row. The unique constraints
 // remain the real guard; this only makes the error say which key clashed.
-func absent(ctx context.Context, tx *sql.Tx, query string, arg any) error {
+func absent(ctx context.Context, tx *sql.Tx, query string, args ...any) error {
 	var one int
-	switch err := tx.QueryRowContext(ctx, query, arg).Scan(&one); {
+	switch err := tx.QueryRowContext(ctx, query, args...).Scan(&one); {
 	case errors.Is(err, sql.ErrNoRows):
 		return nil
 	case err != nil:
@@ -260,6 +260,10 @@ func (s *Store) RevokeDevice(ctx context.Context, id, reason string, at time.Tim
 		}
 		if creds, err = revokeCredentials(ctx, tx, identity.KindDevice, id, reason, at); err != nil {
 			return err
+		}
+		// A revoked device's envelope secrets are never used again.
+		if err := retireEnvelopeKeys(ctx, tx, id, at, store.EnvelopeActive, store.EnvelopePending); err != nil {
+			return fmt.Errorf("revoke device %q: %w", id, err)
 		}
 		d, err = getDevice(ctx, tx, id)
 		return err

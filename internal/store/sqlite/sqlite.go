@@ -21,6 +21,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"time"
 
 	"github.com/pressly/goose/v3"
 	sqlite "modernc.org/sqlite"
@@ -74,7 +75,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	rw.SetMaxIdleConns(1)
 	rw.SetConnMaxLifetime(0)
 	rw.SetConnMaxIdleTime(0)
-	if err := rw.PingContext(ctx); err != nil {
+	if err := ping(ctx, rw); err != nil {
 		rw.Close()
 		return nil, openError(path, err)
 	}
@@ -91,7 +92,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 	n := max(4, runtime.GOMAXPROCS(0))
 	ro.SetMaxOpenConns(n)
 	ro.SetMaxIdleConns(n)
-	if err := ro.PingContext(ctx); err != nil {
+	if err := ping(ctx, ro); err != nil {
 		rw.Close()
 		ro.Close()
 		return nil, openError(path, err)
@@ -137,6 +138,48 @@ func openError(path string, err error) error {
 	return fmt.Errorf("open SQLite store %s: %w", path, err)
 }
 
+// startupWait bounds how long Open retries while another process is
+// creating or migrating the same file; it matches the busy timeout.
+const startupWait = 5 * time.Second
+
+// untilSettled runs fn until it succeeds, fails in a way fn says is not
+// worth retrying, ctx ends or startupWait has passed, and returns fn's last
+// error. It exists for first use of a file by several processes at once:
+// some of SQLite's locks then (switching a new file to WAL) fail with
+// SQLITE_BUSY at once instead of waiting in the busy handler, and a
+// migration can lose a race to another process's migration.
+func untilSettled(ctx context.Context, fn func() (retry bool, err error)) error {
+	deadline := time.Now().Add(startupWait)
+	delay := 5 * time.Millisecond
+	for {
+		retry, err := fn()
+		if err == nil || !retry || time.Now().After(deadline) {
+			return err
+		}
+		t := time.NewTimer(delay)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+		delay = min(2*delay, 100*time.Millisecond)
+	}
+}
+
+func isBusy(err error) bool {
+	var se *sqlite.Error
+	return errors.As(err, &se) && se.Code()&0xff == sqlite3.SQLITE_BUSY
+}
+
+// ping opens a first connection, which applies the pragmas.
+func ping(ctx context.Context, db *sql.DB) error {
+	return untilSettled(ctx, func() (bool, error) {
+		err := db.PingContext(ctx)
+		return isBusy(err), err
+	})
+}
+
 const gooseTable = "goose_db_version"
 
 // migrate applies the embedded migrations. Several processes may open a new
@@ -162,23 +205,31 @@ func migrate(ctx context.Context, db *sql.DB, path string) error {
 	for _, src := range p.ListSources() {
 		known = max(known, src.Version)
 	}
-	current, err := p.GetDBVersion(ctx)
-	if err != nil {
-		return fmt.Errorf("open SQLite store %s: read schema version: %w", path, err)
-	}
-	if current > known {
-		return fmt.Errorf("open SQLite store %s: schema version %d is newer than this binary supports (%d): run a newer warden, or restore a backup made by this version", path, current, known)
-	}
-	if current == known {
-		return nil
-	}
-	if _, upErr := p.Up(ctx); upErr != nil {
-		pending, err := p.HasPending(ctx)
-		if err != nil || pending {
-			return fmt.Errorf("open SQLite store %s: migrate schema from version %d to %d: %w", path, current, known, upErr)
+	// Another process may be part-way through the same migrations: if ours
+	// fail while the schema version moves on (or on a busy lock), try again
+	// from the new version.
+	return untilSettled(ctx, func() (bool, error) {
+		current, err := p.GetDBVersion(ctx)
+		if err != nil {
+			return isBusy(err), fmt.Errorf("open SQLite store %s: read schema version: %w", path, err)
 		}
-	}
-	return nil
+		if current > known {
+			return false, fmt.Errorf("open SQLite store %s: schema version %d is newer than this binary supports (%d): run a newer warden, or restore a backup made by this version", path, current, known)
+		}
+		if current == known {
+			return false, nil
+		}
+		_, upErr := p.Up(ctx)
+		if upErr == nil {
+			return false, nil
+		}
+		if pending, err := p.HasPending(ctx); err == nil && !pending {
+			return false, nil
+		}
+		after, err := p.GetDBVersion(ctx)
+		moved := err == nil && after > current
+		return moved || isBusy(upErr), fmt.Errorf("open SQLite store %s: migrate schema from version %d to %d: %w", path, current, known, upErr)
+	})
 }
 
 // checkWardenDB refuses a SQLite file that holds some other application's

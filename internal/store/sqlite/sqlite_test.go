@@ -51,6 +51,7 @@ func TestConcurrentHandles(t *testing.T) {
 	}
 	defer b.Close()
 	storetest.ConcurrentWriters(t, a, b)
+	storetest.ConcurrentSequences(t, a, b)
 }
 
 // Several processes starting at once on a new file must all end up with a

@@ -1,7 +1,8 @@
 // Package storetest is the conformance suite for store.Store backends. Every
-// backend's tests call Run (and ConcurrentWriters with two handles on one
-// database), so that callers can rely on the same errors, ordering,
-// atomicity and idempotency whichever database is underneath.
+// backend's tests call Run (and ConcurrentWriters and ConcurrentSequences
+// with two handles on one database), so that callers can rely on the same
+// errors, ordering, atomicity and idempotency whichever database is
+// underneath.
 package storetest
 
 import (
@@ -44,6 +45,14 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"Services", testServices},
 		{"RevokeService", testRevokeService},
 		{"ConcurrentUse", func(t *testing.T, st store.Store) { ConcurrentWriters(t, st, st) }},
+		{"EnableEnvelope", testEnableEnvelope},
+		{"AddEnvelopeKey", testAddEnvelopeKey},
+		{"PromoteEnvelopeKey", testPromoteEnvelopeKey},
+		{"RevokeRetiresEnvelopeKeys", testRevokeRetiresEnvelopeKeys},
+		{"EnvelopePolicy", testEnvelopePolicy},
+		{"ReplayWindows", testReplayWindows},
+		{"ReserveSequence", testReserveSequence},
+		{"ConcurrentSequences", func(t *testing.T, st store.Store) { ConcurrentSequences(t, st, st) }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

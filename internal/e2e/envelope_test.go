@@ -1,0 +1,325 @@
+package e2e
+
+import (
+	"context"
+	"encoding/binary"
+	"encoding/hex"
+	"encoding/json"
+	"net"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/eclipse/paho.golang/packets"
+	"github.com/eclipse/paho.golang/paho"
+
+	"github.com/warden-iot/warden/envelope"
+)
+
+// envDevice is a simulated MCU: its own envelope code path (the public
+// package), a persisted counter, and a bare paho connection.
+type envDevice struct {
+	id      string
+	secret  []byte
+	epoch   uint32
+	suite   envelope.Suite
+	counter *envelope.Counter
+	dir     string
+}
+
+func (s *server) addEnvelopeDevice(t *testing.T, id string, extra ...string) *envDevice {
+	t.Helper()
+	dir := t.TempDir()
+	s.mustWarden(append([]string{"device", "add", id, "--out", dir}, extra...)...)
+	raw, err := os.ReadFile(filepath.Join(dir, id+".envelope.json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var b struct {
+		Suite     string `json:"suite"`
+		Epoch     uint32 `json:"epoch"`
+		SecretHex string `json:"secret_hex"`
+	}
+	if err := json.Unmarshal(raw, &b); err != nil {
+		t.Fatal(err)
+	}
+	for _, f := range []string{".envelope.json", ".envelope.bin", ".envelope.h"} {
+		fi, err := os.Stat(filepath.Join(dir, id+f))
+		if err != nil || fi.Mode().Perm() != 0o600 {
+			t.Fatalf("bundle file %s: %v %v", f, err, fi)
+		}
+	}
+	secret, _ := hex.DecodeString(b.SecretHex)
+	suite, err := envelope.ParseSuite(b.Suite)
+	if err != nil {
+		t.Fatal(err)
+	}
+	d := &envDevice{id: id, secret: secret, epoch: b.Epoch, suite: suite, dir: dir}
+	d.restart(t)
+	return d
+}
+
+// restart reloads the counter from its file, as a rebooted device would.
+func (d *envDevice) restart(t *testing.T) {
+	t.Helper()
+	c, err := envelope.NewCounter(envelope.NewFileCounterStore(filepath.Join(d.dir, "counter")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	d.counter = c
+}
+
+func (d *envDevice) keys(t *testing.T, dir envelope.Direction) *envelope.Keys {
+	t.Helper()
+	k, err := envelope.DeriveKeys(d.secret, d.id, d.epoch, d.suite, dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return k
+}
+
+func (d *envDevice) seal(t *testing.T, topic string, payload []byte) []byte {
+	t.Helper()
+	seq, err := d.counter.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	m, err := envelope.Seal(d.keys(t, envelope.Uplink), seq, topic, payload)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return m
+}
+
+func (d *envDevice) password(t *testing.T) []byte {
+	t.Helper()
+	seq, err := d.counter.Next()
+	if err != nil {
+		t.Fatal(err)
+	}
+	pw, err := envelope.ConnectPassword(d.keys(t, envelope.Uplink), seq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return pw
+}
+
+// connectPlain connects over the plain listener with the given password.
+func connectPlain(t *testing.T, addr, id string, password []byte) (*rawClient, *paho.Connack, error) {
+	t.Helper()
+	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := &rawClient{msgs: make(chan *paho.Publish, 100), down: make(chan struct{})}
+	rc.Client = paho.NewClient(paho.ClientConfig{
+		Conn: packets.NewThreadSafeConn(conn),
+		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+			rc.msgs <- pr.Packet
+			return true, nil
+		}},
+	})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	ca, err := rc.Connect(ctx, &paho.Connect{ClientID: id, KeepAlive: 30, CleanStart: true,
+		UsernameFlag: true, Username: id, PasswordFlag: true, Password: password})
+	if err != nil {
+		conn.Close()
+		return nil, ca, err
+	}
+	t.Cleanup(func() { _ = rc.Disconnect(&paho.Disconnect{}); conn.Close() })
+	return rc, ca, nil
+}
+
+func TestEnvelopeDeviceOverThePlainListener(t *testing.T) {
+	s := startServer(t, t.TempDir(), "--mqtt", "127.0.0.1:0")
+	if s.plain == "" {
+		t.Fatalf("no plain listener in the banner:\n%s", s.out)
+	}
+	if !strings.Contains(s.log.String(), "WITHOUT TLS") {
+		t.Error("the server did not warn that the plain listener is on")
+	}
+	d := s.addEnvelopeDevice(t, "env1", "--envelope")
+	other := s.addEnvelopeDevice(t, "env2", "--envelope")
+	reader := mustConnectRaw(t, s.mqtts, s.addService("ingest", "reader"), rawOpts{clean: true})
+	reader.subscribe(t, "fleet/#", 1)
+	ops := mustConnectRaw(t, s.mqtts, s.addService("ops", "commander"), rawOpts{clean: true})
+
+	pw := d.password(t)
+	dev, _, err := connectPlain(t, s.plain, "env1", pw)
+	if err != nil {
+		t.Fatalf("plain connect with a valid password: %v", err)
+	}
+	if code := dev.subscribe(t, "private/env1/down/#", 1); code > 2 {
+		t.Fatalf("subscribe: 0x%02x", code)
+	}
+
+	// Telemetry arrives decrypted on fleet/, with its envelope metadata.
+	topic := "private/env1/up/telemetry"
+	first := d.seal(t, topic, []byte(`{"kwh":12.5}`))
+	if rc, err := dev.publish(t, topic, first, 1); rc != 0 || err != nil {
+		t.Fatalf("sealed publish: 0x%02x %v", rc, err)
+	}
+	m := expectMessage(t, reader.msgs, "fleet/env1/up/telemetry", `{"kwh":12.5}`, 5*time.Second)
+	if m.Properties.User.Get("warden-suite") != "ccm-8" || m.Properties.User.Get("warden-seq") == "" {
+		t.Errorf("envelope metadata missing: %+v", m.Properties.User)
+	}
+
+	// Each attack is refused and counted; nothing reaches fleet/.
+	refused := func(what string, topic string, payload []byte, reason string) {
+		t.Helper()
+		before := s.metric(t, "warden_envelope_failures_total", `reason="`+reason+`"`)
+		rc, _ := dev.publish(t, topic, payload, 1)
+		if rc < 0x80 {
+			t.Errorf("%s: PUBACK 0x%02x, want a refusal", what, rc)
+		}
+		if after := s.metric(t, "warden_envelope_failures_total", `reason="`+reason+`"`); after != before+1 {
+			t.Errorf("%s: failures{reason=%q} %v -> %v", what, reason, before, after)
+		}
+	}
+	refused("replay", topic, first, "replay")
+	flipped := d.seal(t, topic, []byte("x"))
+	flipped[len(flipped)-3] ^= 0x10
+	refused("flipped bit", topic, flipped, "bad-tag")
+	refused("moved to another topic", "private/env1/up/other", d.seal(t, topic, []byte("x")), "bad-tag")
+	otherKeys := other.keys(t, envelope.Uplink)
+	foreign, _ := envelope.Seal(otherKeys, 1000, topic, []byte("x"))
+	refused("another device's key", topic, foreign, "bad-tag")
+	legacy, _ := envelope.DeriveKeys(d.secret, d.id, d.epoch, envelope.LegacyCBCHMAC, envelope.Uplink)
+	seq, _ := d.counter.Next()
+	down, _ := envelope.Seal(legacy, seq, topic, []byte("x"))
+	refused("downgraded suite", topic, down, "downgrade")
+	refused("plaintext", topic, []byte(`{"kwh":99}`), "malformed")
+	if rc, _ := dev.publish(t, "private/env1/state", []byte("plain"), 1); rc < 0x80 {
+		t.Errorf("plaintext outside up/: PUBACK 0x%02x", rc)
+	}
+	expectNoMessage(t, reader.msgs, 300*time.Millisecond)
+	if !s.auditContains(`"action":"envelope.open"`, `"actor":"device:env1"`, `"reason":"replay"`) {
+		t.Error("no audit line for the replay")
+	}
+
+	// Commands reach the device sealed under its downlink key.
+	if rc, err := ops.publish(t, "fleet/env1/down/cmd", []byte("reboot"), 1); rc != 0 || err != nil {
+		t.Fatalf("command: 0x%02x %v", rc, err)
+	}
+	select {
+	case cm := <-dev.msgs:
+		if cm.Topic != "private/env1/down/cmd" || string(cm.Payload) == "reboot" {
+			t.Fatalf("command arrived as %s %q, want sealed", cm.Topic, cm.Payload)
+		}
+		pt, _, err := envelope.Open(d.keys(t, envelope.Downlink), cm.Topic, cm.Payload)
+		if err != nil || string(pt) != "reboot" {
+			t.Fatalf("device cannot open the command: %v", err)
+		}
+	case <-time.After(5 * time.Second):
+		t.Fatal("command did not reach the device")
+	}
+
+	// A replayed CONNECT password is refused, as is another device's.
+	if _, ca, err := connectPlain(t, s.plain, "env1", pw); err == nil || ca == nil || ca.ReasonCode != codeNotAuthorized {
+		t.Fatalf("replayed password: %+v %v", ca, err)
+	}
+	if _, ca, err := connectPlain(t, s.plain, "env1", other.password(t)); err == nil || ca == nil || ca.ReasonCode != codeNotAuthorized {
+		t.Fatalf("another device's password: %+v %v", ca, err)
+	}
+	if n := s.metric(t, "warden_mqtt_auth_failures_total", `reason="bad-password"`); n != 2 {
+		t.Errorf("bad-password refusals = %v, want 2", n)
+	}
+
+	// A device restart does not reuse a sequence number: the persisted
+	// counter jumps ahead, and the server accepts the next message.
+	d.restart(t)
+	again := d.seal(t, topic, []byte(`{"after":"reboot"}`))
+	h, _ := envelope.Parse(again)
+	hFirst, _ := envelope.Parse(first)
+	if h.Seq <= hFirst.Seq {
+		t.Fatalf("sequence number %d after a restart is not above %d", h.Seq, hFirst.Seq)
+	}
+	if rc, err := dev.publish(t, topic, again, 1); rc != 0 || err != nil {
+		t.Fatalf("publish after a device restart: 0x%02x %v", rc, err)
+	}
+	expectMessage(t, reader.msgs, "fleet/env1/up/telemetry", `{"after":"reboot"}`, 5*time.Second)
+}
+
+func TestEnvelopeRekey(t *testing.T) {
+	s := startServer(t, t.TempDir(), "--mqtt", "127.0.0.1:0")
+	d := s.addEnvelopeDevice(t, "rk1", "--envelope")
+	reader := mustConnectRaw(t, s.mqtts, s.addService("ingest", "reader"), rawOpts{clean: true})
+	reader.subscribe(t, "fleet/#", 1)
+	dev, _, err := connectPlain(t, s.plain, "rk1", d.password(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	dev.subscribe(t, "private/rk1/down/#", 1)
+
+	out := s.mustWarden("device", "rekey", "rk1")
+	if !strings.Contains(out, "epoch 1") {
+		t.Errorf("rekey output: %q", out)
+	}
+	var msg *paho.Publish
+	select {
+	case msg = <-dev.msgs:
+	case <-time.After(5 * time.Second):
+		t.Fatal("no rekey message")
+	}
+	if msg.Topic != "private/rk1/down/_rekey" {
+		t.Fatalf("rekey on %s", msg.Topic)
+	}
+	pt, _, err := envelope.Open(d.keys(t, envelope.Downlink), msg.Topic, msg.Payload)
+	if err != nil || len(pt) != 20 || binary.BigEndian.Uint32(pt) != 1 {
+		t.Fatalf("rekey message: %v", err)
+	}
+	oldSecret := d.secret
+	// The old epoch works until the device switches ...
+	topic := "private/rk1/up/t"
+	if rc, err := dev.publish(t, topic, d.seal(t, topic, []byte("old")), 1); rc != 0 || err != nil {
+		t.Fatalf("old epoch before the switch: 0x%02x %v", rc, err)
+	}
+	expectMessage(t, reader.msgs, "fleet/rk1/up/t", "old", 5*time.Second)
+	// ... the device switches (new secret, new epoch, counter from 0) ...
+	d.secret, d.epoch = append([]byte(nil), pt[4:]...), 1
+	c, _ := envelope.NewCounter(envelope.NewFileCounterStore(filepath.Join(d.dir, "counter-epoch1")))
+	d.counter = c
+	if rc, err := dev.publish(t, topic, d.seal(t, topic, []byte("new")), 1); rc != 0 || err != nil {
+		t.Fatalf("new epoch: 0x%02x %v", rc, err)
+	}
+	m := expectMessage(t, reader.msgs, "fleet/rk1/up/t", "new", 5*time.Second)
+	if m.Properties.User.Get("warden-epoch") != "1" {
+		t.Errorf("epoch metadata = %q", m.Properties.User.Get("warden-epoch"))
+	}
+	// ... and from then on the old epoch is refused.
+	oldKeys, _ := envelope.DeriveKeys(oldSecret, "rk1", 0, envelope.CCM8, envelope.Uplink)
+	stale, _ := envelope.Seal(oldKeys, 1<<20, topic, []byte("old again"))
+	if rc, _ := dev.publish(t, topic, stale, 1); rc < 0x80 {
+		t.Fatalf("old epoch after the switch: PUBACK 0x%02x", rc)
+	}
+	if !s.auditContains(`"action":"envelope.rekey"`, `"subject":"device:rk1"`) {
+		t.Error("rekey confirmation not audited")
+	}
+}
+
+func TestEnvelopeRequiredOverTLS(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	d := s.addEnvelopeDevice(t, "req1", "--envelope", "--envelope-required")
+	reader := mustConnectRaw(t, s.mqtts, s.addService("ingest", "reader"), rawOpts{clean: true})
+	reader.subscribe(t, "fleet/#", 1)
+	c := creds{id: "req1", cert: filepath.Join(d.dir, "req1.crt"), key: filepath.Join(d.dir, "req1.key"), ca: filepath.Join(d.dir, "ca.crt")}
+	dev := mustConnectRaw(t, s.mqtts, c, rawOpts{clean: true})
+	topic := "private/req1/up/t"
+	if rc, _ := dev.publish(t, topic, []byte("plaintext over TLS"), 1); rc < 0x80 {
+		t.Errorf("plaintext from a required-envelope device over TLS: PUBACK 0x%02x", rc)
+	}
+	if rc, err := dev.publish(t, topic, d.seal(t, topic, []byte("sealed")), 1); rc != 0 || err != nil {
+		t.Fatalf("sealed over TLS: 0x%02x %v", rc, err)
+	}
+	expectMessage(t, reader.msgs, "fleet/req1/up/t", "sealed", 5*time.Second)
+
+	// A device that is not an envelope device cannot use the plain listener.
+	s2 := startServer(t, t.TempDir(), "--mqtt", "127.0.0.1:0")
+	s2.addDevice("tlsonly")
+	if _, ca, err := connectPlain(t, s2.plain, "tlsonly", []byte("6100aa")); err == nil || ca == nil || ca.ReasonCode != codeNotAuthorized {
+		t.Fatalf("non-envelope device on the plain listener: %+v %v", ca, err)
+	}
+}
