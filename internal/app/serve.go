@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"path/filepath"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -37,6 +38,8 @@ type Server struct {
 	adminLn  net.Listener
 	unsub    func()
 	stop     context.CancelFunc
+	seal     *sealing.Sealing
+	bgDone   chan struct{}
 }
 
 // BrokerLimits converts configured limits to the broker's.
@@ -107,6 +110,10 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 		listeners = append(listeners, broker.ListenerConfig{Name: "mqtt", Kind: broker.KindMQTT, Addr: cfg.MQTT.Addr})
 	}
 	seal := sealing.New(env.Registry, log.With("component", "sealing"), s.audit, reg)
+	if err := seal.OpenJournal(ctx, filepath.Join(p.Data, "replay.journal")); err != nil {
+		return nil, err
+	}
+	s.seal = seal
 	s.Broker, err = broker.New(broker.Options{
 		Logger:            log.With("component", "broker"),
 		Audit:             s.audit,
@@ -166,7 +173,9 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 	}
 	mctx, stop := context.WithCancel(context.Background())
 	s.stop = stop
+	s.bgDone = make(chan struct{})
 	go s.maintain(mctx)
+	go func() { defer close(s.bgDone); seal.Run(mctx, 30*time.Second) }()
 
 	s.adminSrv = &http.Server{Handler: admin.Handler(admin.Local{Registry: env.Registry, RekeyFunc: rekeyWith(env.Registry, rel)}, log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = s.adminSrv.Serve(s.adminLn) }()
@@ -226,9 +235,6 @@ func (s *Server) opsHandler(reg *prometheus.Registry) http.Handler {
 // Close stops everything in reverse order of start.
 func (s *Server) Close() error {
 	var errs []error
-	if s.stop != nil {
-		s.stop()
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
 	if s.adminSrv != nil {
@@ -246,6 +252,14 @@ func (s *Server) Close() error {
 	}
 	if s.Broker != nil {
 		errs = append(errs, s.Broker.Close())
+	}
+	// With no more uplinks coming, fold the replay journal one last time.
+	if s.stop != nil {
+		s.stop()
+		<-s.bgDone
+	}
+	if s.seal != nil {
+		errs = append(errs, s.seal.CloseJournal())
 	}
 	if s.audit != nil {
 		errs = append(errs, s.audit.Close())

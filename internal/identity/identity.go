@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"net/url"
-	"regexp"
 	"strings"
 )
 
@@ -38,16 +37,32 @@ type Principal struct {
 
 func (p Principal) String() string { return string(p.Kind) + ":" + p.ID }
 
-// idPattern is the device-ID grammar from ARCHITECTURE.md. It excludes every
-// MQTT wildcard and separator, so an ID can be substituted into a topic.
-var idPattern = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
+// validID checks the ID grammar from ARCHITECTURE.md,
+// [A-Za-z0-9][A-Za-z0-9_-]{0,63}, without a regexp: it runs on every
+// relayed message. The grammar excludes every MQTT wildcard and separator,
+// so an ID can be substituted into a topic.
+func validID(s string) bool {
+	if len(s) == 0 || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		switch {
+		case 'a' <= c && c <= 'z', 'A' <= c && c <= 'Z', '0' <= c && c <= '9':
+		case (c == '_' || c == '-') && i > 0:
+		default:
+			return false
+		}
+	}
+	return true
+}
 
 // ErrInvalidID is wrapped by every ID validation error.
 var ErrInvalidID = errors.New("invalid identifier")
 
 // ValidateDeviceID checks a device ID against [A-Za-z0-9][A-Za-z0-9_-]{0,63}.
 func ValidateDeviceID(id string) error {
-	if !idPattern.MatchString(id) {
+	if !validID(id) {
 		return fmt.Errorf("%w: device ID %q must be 1-64 characters of letters, digits, '_' or '-', starting with a letter or digit", ErrInvalidID, id)
 	}
 	return nil
@@ -55,7 +70,7 @@ func ValidateDeviceID(id string) error {
 
 // ValidateServiceName checks a service name; the grammar is the device one.
 func ValidateServiceName(name string) error {
-	if !idPattern.MatchString(name) {
+	if !validID(name) {
 		return fmt.Errorf("%w: service name %q must be 1-64 characters of letters, digits, '_' or '-', starting with a letter or digit", ErrInvalidID, name)
 	}
 	return nil

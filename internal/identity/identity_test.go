@@ -2,6 +2,7 @@ package identity
 
 import (
 	"net/url"
+	"regexp"
 	"testing"
 )
 
@@ -63,4 +64,17 @@ func TestFromURIs(t *testing.T) {
 	if err != nil || k != KindService || id != "billing" {
 		t.Fatalf("FromURIs = %v %v %v", k, id, err)
 	}
+}
+
+// validID must agree with the grammar's regular expression.
+func FuzzValidID(f *testing.F) {
+	re := regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9_-]{0,63}$`)
+	for _, s := range []string{"", "a", "-a", "a-", "0badf00d", "a/b", "ä", "a\x00"} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if validID(s) != re.MatchString(s) {
+			t.Fatalf("validID(%q) = %v, regexp says %v", s, validID(s), re.MatchString(s))
+		}
+	})
 }

@@ -59,6 +59,7 @@ type Relay struct {
 	audit   audit.Recorder
 	now     func() time.Time
 	relayed *prometheus.CounterVec
+	upOK    prometheus.Counter // relayed.WithLabelValues("up", "forwarded"), resolved once: it runs per message
 }
 
 // New builds a relay. seal and reg may be nil.
@@ -75,6 +76,7 @@ func New(pub Publisher, dir Directory, seal Sealer, logger *slog.Logger, rec aud
 			Name: "warden_relay_messages_total", Help: "Messages relayed between private/ and fleet/, by direction and outcome.",
 		}, []string{"direction", "outcome"}),
 	}
+	r.upOK = r.relayed.WithLabelValues("up", "forwarded")
 	if reg != nil {
 		reg.MustRegister(r.relayed)
 	}
@@ -133,7 +135,7 @@ func (r *Relay) Route(ctx context.Context, from broker.Origin, topic string, pay
 			r.log.Error("relay: uplink not forwarded", "device", id, "channel", channel, "error", err)
 			return broker.Deliver, ""
 		}
-		r.relayed.WithLabelValues("up", "forwarded").Inc()
+		r.upOK.Inc()
 		if sealed {
 			// The sealed original is of use to nobody else on private/.
 			return broker.Consume, ""

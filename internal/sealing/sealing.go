@@ -65,6 +65,14 @@ type Sealing struct {
 	mu      sync.Mutex
 	devices map[string]*device // nil value = known not to be an envelope device
 
+	// Uplink replay windows live apart from the device cache: dropping
+	// cached keys must never lose an accepted sequence number.
+	wmu     sync.Mutex
+	windows map[windowKey]*window
+	journal *journal // nil: every accepted number is written to the store
+	foldNow chan struct{}
+	foldMu  sync.Mutex
+
 	failures *prometheus.CounterVec
 	opened   *prometheus.CounterVec
 	sealed   *prometheus.CounterVec
@@ -89,9 +97,8 @@ type epoch struct {
 	suite    envelope.Suite
 	up       *envelope.Keys // opens the device's messages
 	down     *envelope.Keys // seals Warden's messages (nil for sign-p256: Warden has no signing key)
-	window   *envelope.ReplayWindow
-	nextDown uint64 // next downlink sequence number ...
-	downEnd  uint64 // ... reserved up to (exclusive)
+	nextDown uint64         // next downlink sequence number ...
+	downEnd  uint64         // ... reserved up to (exclusive)
 }
 
 // New builds the sealing component. reg may be nil.
@@ -105,6 +112,8 @@ func New(dir Directory, logger *slog.Logger, rec audit.Recorder, reg prometheus.
 	s := &Sealing{
 		dir: dir, log: logger, audit: rec,
 		devices: map[string]*device{},
+		windows: map[windowKey]*window{},
+		foldNow: make(chan struct{}, 1),
 		failures: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warden_envelope_failures_total", Help: "Envelopes refused, by reason (malformed, downgrade, unknown-key, replay, bad-tag, bad-padding, plaintext).",
 		}, []string{"reason"}),
@@ -306,14 +315,12 @@ func (s *Sealing) open(ctx context.Context, id, topic string, msg []byte, connec
 	if e == nil {
 		return Opened{}, s.fail(id, topic, &envelope.OpenError{Reason: envelope.ReasonUnknownKey})
 	}
-	if e.window == nil {
-		w, err := s.dir.ReplayWindow(ctx, id, envelope.Uplink, e.n)
-		if err != nil {
-			return Opened{}, fmt.Errorf("uplink replay window of device %s: %w", id, err)
-		}
-		e.window = &w
+	w, err := s.windowFor(ctx, id, e.n)
+	if err != nil {
+		return Opened{}, err
 	}
-	if err := e.window.Check(h.Seq); err != nil {
+	defer w.mu.Unlock()
+	if err := w.w.Check(h.Seq); err != nil {
 		return Opened{}, s.fail(id, topic, err)
 	}
 	pt, _, err := envelope.Open(e.up, topic, msg)
@@ -323,16 +330,14 @@ func (s *Sealing) open(ctx context.Context, id, topic string, msg []byte, connec
 	if connect && len(pt) != 0 {
 		return Opened{}, s.fail(id, topic, &envelope.OpenError{Reason: envelope.ReasonMalformed})
 	}
-	next := *e.window
-	if err := next.Commit(h.Seq); err != nil {
-		return Opened{}, s.fail(id, topic, err)
+	// The number is durable before the message is acknowledged or relayed:
+	// a restart must never accept it again.
+	if err := s.commit(ctx, id, e.n, w, h.Seq); err != nil {
+		if envelope.ReasonOf(err) != "" {
+			return Opened{}, s.fail(id, topic, err)
+		}
+		return Opened{}, err
 	}
-	// The window is saved before the message is acknowledged or relayed:
-	// a restart must never accept this sequence number again.
-	if err := s.dir.SaveReplayWindow(ctx, id, envelope.Uplink, e.n, next); err != nil {
-		return Opened{}, fmt.Errorf("save uplink replay window of device %s: %w", id, err)
-	}
-	*e.window = next
 	s.opened.WithLabelValues(h.Suite.String()).Inc()
 
 	if e.state == store.EnvelopePending {

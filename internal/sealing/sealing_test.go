@@ -234,6 +234,9 @@ func TestDownlinksAndRekey(t *testing.T) {
 func BenchmarkOpenUplink64(b *testing.B) {
 	t := &testing.T{}
 	f := newFixture(t)
+	if err := f.seal.OpenJournal(context.Background(), filepath.Join(b.TempDir(), "j")); err != nil {
+		b.Fatal(err)
+	}
 	secret := f.addEnvelopeDevice(t, "dev1", "ccm-8")
 	up := keys(t, secret, "dev1", 0, envelope.CCM8, envelope.Uplink)
 	topic := "private/dev1/up/telemetry"
