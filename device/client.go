@@ -15,6 +15,7 @@ import (
 	"github.com/eclipse/paho.golang/autopaho"
 	"github.com/eclipse/paho.golang/paho"
 
+	"github.com/warden-iot/warden/envelope"
 	"github.com/warden-iot/warden/internal/policy"
 )
 
@@ -29,6 +30,14 @@ type Message struct {
 	Payload  []byte
 	QoS      byte
 	Retained bool
+
+	// Sealed is true when Payload is the opened plaintext of a sealed
+	// downlink (an envelope client's SubscribeDown handlers get only
+	// those). Seq is its envelope sequence number and Epoch the key epoch
+	// it was sealed under; both are 0 when Sealed is false.
+	Sealed bool
+	Seq    uint64
+	Epoch  uint32
 }
 
 // subscription is one filter the client keeps subscribed across
@@ -37,7 +46,8 @@ type subscription struct {
 	filter  string // as sent to the broker
 	match   string // what messages are matched against: the filter without any $share/<group>/ prefix
 	qos     byte
-	handler func(Message)
+	handler func(Message) // nil for the SDK's own rekey subscription
+	down    bool          // from SubscribeDown: an envelope client opens what it gets
 }
 
 // Client is a device's connection to Warden. It reconnects by itself until
@@ -46,7 +56,9 @@ type subscription struct {
 type Client struct {
 	s          *settings
 	cm         *autopaho.ConnectionManager
-	downPrefix string // private/<id>/down/
+	downPrefix string         // private/<id>/down/
+	env        *envelopeState // nil: not an envelope device
+	rekeyTopic string         // private/<id>/down/_rekey, for an envelope device
 
 	life context.Context // ends at Close or a failed Connect; bounds background work
 	stop context.CancelFunc
@@ -60,7 +72,8 @@ type Client struct {
 	subs      map[string]*subscription // by filter
 	dialed    *trackedConn             // the connection being attempted
 	dialedURL string
-	dialErr   error        // why the last dial failed, if it did
+	dialErr   error        // why the last attempt failed before CONNECT, if it did
+	dialPlain bool         // the attempt is to a plain mqtt:// server
 	current   *trackedConn // the connection that is up, if any
 	everUp    bool
 	lastErr   error // the last failed attempt, for Connect's error
@@ -77,21 +90,35 @@ type Client struct {
 // certificate the pinned root does not vouch for — end Connect at once when
 // every server has failed that way in a row; a refusal comes back as a
 // *RefusedError.
+//
+// With Config.Envelope, the client also subscribes to RekeyChannel (except
+// for sign-p256) and handles Warden's rekey messages itself.
 func Connect(ctx context.Context, cfg Config) (*Client, error) {
 	s, err := cfg.validate()
 	if err != nil {
 		return nil, fmt.Errorf("device: %w", err)
 	}
-	life, stop := context.WithCancel(context.WithoutCancel(ctx))
 	c := &Client{
 		s:          s,
 		downPrefix: "private/" + s.id + "/down/",
-		life:       life,
-		stop:       stop,
 		firstUp:    make(chan struct{}),
 		refused:    make(chan error, 1),
 		subs:       make(map[string]*subscription),
 	}
+	if s.env != nil {
+		if c.env, err = newEnvelopeState(s.env, s.id, s.log); err != nil {
+			return nil, fmt.Errorf("device: %w", err)
+		}
+		c.rekeyTopic = c.downPrefix + RekeyChannel
+		if s.env.suite != envelope.SignP256 {
+			// Registered before the first connection, so that every
+			// connection (re)subscribes it with the application's filters.
+			c.subs[c.rekeyTopic] = &subscription{filter: c.rekeyTopic, match: c.rekeyTopic, qos: 1}
+		}
+		s.log.Info("envelope device", "suite", s.env.suite.String(), "epoch", s.env.epoch, "seal_uplinks", s.env.sealUp)
+	}
+	life, stop := context.WithCancel(context.WithoutCancel(ctx))
+	c.life, c.stop = life, stop
 	pahoLog := pahoLogger{s.log.With(slog.String("component", "paho"))}
 	c.cm, err = autopaho.NewConnection(life, autopaho.ClientConfig{
 		ServerUrls:                    s.servers,
@@ -190,25 +217,63 @@ func (c *Client) Close(ctx context.Context) error {
 // PublishUp publishes payload on the device's uplink channel,
 // private/<id>/up/<channel>. channel is one topic level: non-empty, valid
 // UTF-8, without '/', '+', '#' or NUL.
+//
+// An envelope client seals payload (at most envelope.MaxPlaintext bytes)
+// when every server is plain mqtt:// or Envelope.Required is set, taking a
+// sequence number from the epoch's Counter; it fails without sending if the
+// counter cannot persist its bound or the epoch's numbers are used up
+// (envelope.ErrRekeyRequired). A sealed message that must be sent again
+// after a lost connection is sent as the same bytes, which Warden accepts
+// once.
 func (c *Client) PublishUp(ctx context.Context, channel string, payload []byte, qos byte) error {
 	if err := validChannel(channel, false); err != nil {
 		return fmt.Errorf("device: publish up: %w", err)
 	}
-	return c.Publish(ctx, "private/"+c.s.id+"/up/"+channel, payload, qos, false)
+	topic := "private/" + c.s.id + "/up/" + channel
+	if c.env != nil && c.env.cfg.sealUp {
+		if qos > 2 { // before a sequence number is spent on it
+			return fmt.Errorf("device: publish to %q: QoS %d is not 0, 1 or 2", topic, qos)
+		}
+		if c.life.Err() != nil {
+			return fmt.Errorf("device: publish to %q: %w", topic, ErrClosed)
+		}
+		sealed, err := c.env.seal(topic, payload)
+		if err != nil {
+			return fmt.Errorf("device: publish to %q: seal: %w", topic, err)
+		}
+		payload = sealed
+	}
+	return c.Publish(ctx, topic, payload, qos, false)
 }
 
 // SubscribeDown subscribes h to the device's downlink channel,
 // private/<id>/down/<channel>. channel is one topic level as for PublishUp,
 // or exactly "+" (every channel) or "#" (every channel and sub-level). The
 // subscription is restored after every reconnection; see Subscribe.
+//
+// An envelope client's handlers get the opened plaintext of Warden's sealed
+// downlinks (Message.Sealed, Seq and Epoch set); a message that does not
+// open, or was already accepted, is dropped, counted in EnvelopeStats and
+// reported to Envelope.OnDropped. RekeyChannel is reserved.
 func (c *Client) SubscribeDown(ctx context.Context, channel string, qos byte, h func(Message)) error {
 	if err := validChannel(channel, true); err != nil {
 		return fmt.Errorf("device: subscribe down: %w", err)
 	}
-	return c.Subscribe(ctx, c.downPrefix+channel, qos, h)
+	return c.subscribe(ctx, c.downPrefix+channel, qos, h, true)
+}
+
+// EnvelopeStats returns what an envelope client has sealed, opened and
+// dropped so far, and its current key epoch; the zero value for a client
+// without Config.Envelope.
+func (c *Client) EnvelopeStats() EnvelopeStats {
+	if c.env == nil {
+		return EnvelopeStats{}
+	}
+	return c.env.stats()
 }
 
 // Publish publishes payload to a raw topic; most devices want PublishUp.
+// It never seals, even for an envelope client.
 // It waits for a connection if there is none. With QoS 1 or 2 it returns
 // once the broker has acknowledged, and a refusal (reason code 0x80 or
 // above, for example 0x87 for a topic the device may not use) is returned
@@ -256,7 +321,19 @@ func (c *Client) Publish(ctx context.Context, topic string, payload []byte, qos 
 // and 2 messages are acknowledged when they return: a handler must return
 // promptly, or the broker stops sending once ReceiveMaximum messages are
 // waiting.
+//
+// Subscribe's handlers get messages as they arrive, also an envelope
+// client's: sealed downlinks stay sealed (SubscribeDown opens them). The
+// SDK's rekey topic cannot be subscribed to this way, and its messages are
+// never delivered to any handler.
 func (c *Client) Subscribe(ctx context.Context, filter string, qos byte, h func(Message)) error {
+	return c.subscribe(ctx, filter, qos, h, false)
+}
+
+func (c *Client) subscribe(ctx context.Context, filter string, qos byte, h func(Message), down bool) error {
+	if c.env != nil && filter == c.rekeyTopic {
+		return fmt.Errorf("device: subscribe to %q: the %s channel is reserved for Warden's rekey messages, which the SDK handles itself", filter, RekeyChannel)
+	}
 	if h == nil {
 		return fmt.Errorf("device: subscribe to %q: the handler is nil", filter)
 	}
@@ -276,7 +353,7 @@ func (c *Client) Subscribe(ctx context.Context, filter string, qos byte, h func(
 
 	// Register first, so that a reconnection racing with this call restores
 	// the subscription too; undo it if the broker refuses.
-	sub := &subscription{filter: filter, match: match, qos: qos, handler: h}
+	sub := &subscription{filter: filter, match: match, qos: qos, handler: h, down: down}
 	c.mu.Lock()
 	prev := c.subs[filter]
 	c.subs[filter] = sub
@@ -374,8 +451,27 @@ func (c *Client) attempt(ctx context.Context, _ autopaho.ClientConfig, u *url.UR
 	return conn, nil
 }
 
-// buildConnect completes the CONNECT packet autopaho builds.
-func (c *Client) buildConnect(cp *paho.Connect, _ *url.URL) (*paho.Connect, error) {
+// buildConnect completes the CONNECT packet autopaho builds. autopaho calls
+// it before each attempt's dial, so it also starts the attempt's record.
+func (c *Client) buildConnect(cp *paho.Connect, u *url.URL) (*paho.Connect, error) {
+	plain := u.Scheme == "mqtt"
+	c.mu.Lock()
+	c.dialedURL, c.dialed, c.dialErr, c.dialPlain = u.Redacted(), nil, nil, plain
+	c.mu.Unlock()
+	if plain {
+		// A fresh single-use password per attempt, from the same counter
+		// as the messages (docs/envelope.md, "Connecting without TLS").
+		pw, err := c.env.connectPassword()
+		if err != nil {
+			err = fmt.Errorf("device: %s: make the envelope CONNECT password: %w", u.Redacted(), err)
+			c.mu.Lock()
+			c.dialErr = err
+			c.mu.Unlock()
+			return nil, err
+		}
+		cp.Username, cp.UsernameFlag = c.s.id, true
+		cp.Password, cp.PasswordFlag = pw, true
+	}
 	// autopaho sets clean start on the first connection only; the SDK's
 	// contract is per connection.
 	cp.CleanStart = c.s.sessionExpiry == 0
@@ -400,7 +496,7 @@ func (c *Client) onConnectError(err error) {
 	var ce *autopaho.ConnackError
 	switch {
 	case errors.As(err, &ce):
-		err = &RefusedError{Op: "connect", Target: server, ReasonCode: ce.ReasonCode, Reason: ce.Reason}
+		err = &RefusedError{Op: "connect", Target: server, ReasonCode: ce.ReasonCode, Reason: ce.Reason, plain: c.dialPlain}
 	case c.dialErr != nil:
 		err = c.dialErr // already says what failed; autopaho's wrapping adds nothing
 	case rejectedCertificate(err):
@@ -532,18 +628,29 @@ func (c *Client) onServerDisconnect(d *paho.Disconnect) {
 }
 
 // onPublish dispatches an incoming message to every subscription it
-// matches, using the same matcher the broker's policy uses.
+// matches, using the same matcher the broker's policy uses. An envelope
+// client opens a downlink once for all its SubscribeDown handlers, and
+// keeps rekey messages to itself.
 func (c *Client) onPublish(pr paho.PublishReceived) (bool, error) {
 	p := pr.Packet
+	if c.env != nil && p.Topic == c.rekeyTopic {
+		c.env.handleRekey(p.Topic, p.Payload)
+		return true, nil
+	}
 	c.mu.Lock()
-	var handlers []func(Message)
+	var raw, sealed []func(Message)
 	for _, s := range c.subs {
-		if policy.Matches(s.match, p.Topic) {
-			handlers = append(handlers, s.handler)
+		if s.handler == nil || !policy.Matches(s.match, p.Topic) {
+			continue
+		}
+		if s.down && c.env != nil {
+			sealed = append(sealed, s.handler)
+		} else {
+			raw = append(raw, s.handler)
 		}
 	}
 	c.mu.Unlock()
-	if len(handlers) == 0 {
+	if len(raw) == 0 && len(sealed) == 0 {
 		c.s.log.Debug("message matches no subscription; dropped", "topic", p.Topic)
 		return false, nil
 	}
@@ -551,8 +658,18 @@ func (c *Client) onPublish(pr paho.PublishReceived) (bool, error) {
 	if ch, ok := strings.CutPrefix(p.Topic, c.downPrefix); ok {
 		m.Channel = ch
 	}
-	for _, h := range handlers {
+	for _, h := range raw {
 		h(m)
+	}
+	if len(sealed) > 0 {
+		pt, hdr, epoch, ok := c.env.openDownlink(p.Topic, m.Channel, p.Payload)
+		if !ok {
+			return true, nil
+		}
+		m.Payload, m.Sealed, m.Seq, m.Epoch = pt, true, hdr.Seq, epoch
+		for _, h := range sealed {
+			h(m)
+		}
 	}
 	return true, nil
 }

@@ -1,6 +1,7 @@
 package device
 
 import (
+	"crypto"
 	"crypto/tls"
 	"crypto/x509"
 	"errors"
@@ -11,6 +12,9 @@ import (
 	"net/url"
 	"strings"
 	"time"
+
+	"github.com/warden-iot/warden/envelope"
+	"github.com/warden-iot/warden/internal/identity"
 )
 
 // Defaults for the zero values of Config.
@@ -26,26 +30,40 @@ const (
 )
 
 // Config describes how a device connects to Warden. Servers, Certificate
-// and RootCAs are required; everything else has a default.
+// and RootCAs are required (Certificate and RootCAs not for an envelope
+// device on plain servers only); everything else has a default.
 type Config struct {
 	// Servers are the broker URLs, tried in order on every connection
 	// attempt: "mqtts://host:8883" (the port defaults to 8883) or
-	// "wss://host:8884/mqtt". Unencrypted schemes are refused.
+	// "wss://host:8884/mqtt". Plain "mqtt://host:1883" (the port
+	// defaults to 1883), Warden's listener for devices without TLS, is
+	// accepted only with Envelope; other unencrypted schemes are refused.
 	Servers []string
 
 	// Certificate is the device's own certificate (with its chain) and
-	// private key, as LoadCredentials returns it. It is always sent.
+	// private key, as LoadCredentials returns it. It is sent on every TLS
+	// connection, and never on a plain one. It is required when a TLS
+	// server is listed, and for a sign-p256 envelope device, which signs
+	// with its key.
 	Certificate tls.Certificate
 
 	// RootCAs is the Warden root the broker's certificate must chain to.
-	// It is required and is the only trust anchor: the system roots are
-	// never consulted, so no public CA can vouch for an impostor broker.
+	// It is required when a TLS server is listed and is the only trust
+	// anchor: the system roots are never consulted, so no public CA can
+	// vouch for an impostor broker.
 	RootCAs *x509.CertPool
 
 	// DeviceID defaults to the ID in the certificate's
 	// urn:warden:device: URI SAN; if set, it must equal that ID. It is
 	// also the MQTT client ID, which Warden binds to the certificate.
+	// Without a certificate (an envelope device on plain servers only) it
+	// is required.
 	DeviceID string
+
+	// Envelope, if set, makes the client an envelope device: it seals
+	// uplinks and opens Warden's sealed downlinks (see Envelope), and it may
+	// use plain mqtt:// servers.
+	Envelope *Envelope
 
 	// ServerName overrides the host name the broker's certificate is
 	// checked against (by default the host of each server URL).
@@ -101,6 +119,7 @@ type settings struct {
 	log            *slog.Logger
 	onUp           func()
 	onDown         func(error)
+	env            *envelopeConfig // nil: not an envelope device
 }
 
 // validate checks cfg and returns the settings Connect runs with. Every
@@ -119,27 +138,53 @@ func (cfg Config) validate() (*settings, error) {
 	}
 
 	if len(cfg.Servers) == 0 {
-		return nil, errors.New("Config.Servers is empty; give at least one mqtts:// or wss:// URL")
+		return nil, errors.New("Config.Servers is empty; give at least one mqtts:// or wss:// URL (or mqtt:// for an envelope device)")
 	}
+	var plain, tlsToo bool
 	for i, raw := range cfg.Servers {
-		u, err := parseServer(raw)
+		u, err := parseServer(raw, cfg.Envelope != nil)
 		if err != nil {
 			return nil, fmt.Errorf("Config.Servers[%d]: %w", i, err)
+		}
+		if u.Scheme == "mqtt" {
+			plain = true
+		} else {
+			tlsToo = true
 		}
 		s.servers = append(s.servers, u)
 	}
 
-	if cfg.RootCAs == nil {
+	if tlsToo && cfg.RootCAs == nil {
 		return nil, errors.New("Config.RootCAs is nil; it must hold the Warden root (see LoadCredentials): the system roots are never used")
 	}
-	_, id, err := deviceIdentity(cfg.Certificate)
-	if err != nil {
-		return nil, err
+	needCert := tlsToo || (cfg.Envelope != nil && cfg.Envelope.Suite == envelope.SignP256)
+	var signer crypto.Signer
+	if needCert || len(cfg.Certificate.Certificate) > 0 {
+		_, id, err := deviceIdentity(cfg.Certificate)
+		if err != nil {
+			return nil, err
+		}
+		if cfg.DeviceID != "" && cfg.DeviceID != id {
+			return nil, fmt.Errorf("Config.DeviceID %q differs from the ID %q in the certificate; leave it empty or fix it", cfg.DeviceID, id)
+		}
+		s.id = id
+		signer, _ = cfg.Certificate.PrivateKey.(crypto.Signer) // deviceIdentity checked it
+	} else {
+		if cfg.DeviceID == "" {
+			return nil, errors.New("Config.DeviceID is empty; without a certificate (plain mqtt:// servers only) it must name the device")
+		}
+		if err := identity.ValidateDeviceID(cfg.DeviceID); err != nil {
+			return nil, fmt.Errorf("Config.DeviceID: %w", err)
+		}
+		s.id = cfg.DeviceID
 	}
-	if cfg.DeviceID != "" && cfg.DeviceID != id {
-		return nil, fmt.Errorf("Config.DeviceID %q differs from the ID %q in the certificate; leave it empty or fix it", cfg.DeviceID, id)
+	if cfg.Envelope != nil {
+		env, err := validateEnvelope(cfg.Envelope, s.id, plain, tlsToo, signer)
+		if err != nil {
+			return nil, err
+		}
+		s.env = env
 	}
-	s.id = id
 
 	keepAlive := orDefault(cfg.KeepAlive, DefaultKeepAlive)
 	if keepAlive < time.Second || keepAlive > math.MaxUint16*time.Second {
@@ -164,8 +209,22 @@ func (cfg Config) validate() (*settings, error) {
 		return nil, fmt.Errorf("Config.ConnectTimeout %v must not be negative", cfg.ConnectTimeout)
 	}
 
+	if tlsToo {
+		s.tls = tlsConfig(cfg)
+	}
+
+	s.log = cfg.Logger
+	if s.log == nil {
+		s.log = slog.New(slog.DiscardHandler)
+	}
+	s.log = s.log.With(slog.String("device", s.id))
+	return s, nil
+}
+
+// tlsConfig is the client side of mutual TLS 1.3 with the pinned root.
+func tlsConfig(cfg Config) *tls.Config {
 	cert := cfg.Certificate
-	s.tls = &tls.Config{
+	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		RootCAs:    cfg.RootCAs,
 		ServerName: cfg.ServerName,
@@ -177,13 +236,6 @@ func (cfg Config) validate() (*settings, error) {
 			return &cert, nil
 		},
 	}
-
-	s.log = cfg.Logger
-	if s.log == nil {
-		s.log = slog.New(slog.DiscardHandler)
-	}
-	s.log = s.log.With(slog.String("device", id))
-	return s, nil
 }
 
 func orDefault(d, def time.Duration) time.Duration {
@@ -193,9 +245,10 @@ func orDefault(d, def time.Duration) time.Duration {
 	return d
 }
 
-// parseServer accepts mqtts:// and wss:// URLs only: the SDK never speaks
-// MQTT without TLS.
-func parseServer(raw string) (*url.URL, error) {
+// parseServer accepts mqtts:// and wss:// URLs, and with envelope mqtt://
+// too: the SDK speaks MQTT without TLS only when every message is sealed and
+// the CONNECT carries a single-use password.
+func parseServer(raw string, envelope bool) (*url.URL, error) {
 	u, err := url.Parse(raw)
 	if err != nil {
 		return nil, err
@@ -207,8 +260,18 @@ func parseServer(raw string) (*url.URL, error) {
 			u.Host = net.JoinHostPort(u.Hostname(), "8883")
 		}
 	case "wss":
-	case "mqtt", "tcp", "ws":
-		return nil, fmt.Errorf("%q is not encrypted; use mqtts:// or wss://", u.Redacted())
+	case "mqtt":
+		if !envelope {
+			return nil, fmt.Errorf("%q is not encrypted; use mqtts:// or wss://, or set Config.Envelope for an envelope device, the only kind Warden admits on its plain listener", u.Redacted())
+		}
+		if u.Port() == "" && u.Hostname() != "" {
+			u.Host = net.JoinHostPort(u.Hostname(), "1883")
+		}
+		if u.Path != "" && u.Path != "/" {
+			return nil, fmt.Errorf("%q has a path; an mqtt:// server is host and port only", u.Redacted())
+		}
+	case "tcp", "ws":
+		return nil, fmt.Errorf("%q is not encrypted; use mqtts:// or wss:// (or mqtt:// for an envelope device)", u.Redacted())
 	default:
 		return nil, fmt.Errorf("%q: scheme %q is not mqtts or wss", u.Redacted(), u.Scheme)
 	}
@@ -216,7 +279,7 @@ func parseServer(raw string) (*url.URL, error) {
 		return nil, fmt.Errorf("%q has no host", u.Redacted())
 	}
 	if u.User != nil {
-		return nil, fmt.Errorf("%q carries user information; devices authenticate with their certificate only", u.Redacted())
+		return nil, fmt.Errorf("%q carries user information; devices authenticate with their certificate, or an envelope password the SDK makes", u.Redacted())
 	}
 	return u, nil
 }

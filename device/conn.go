@@ -16,7 +16,8 @@ import (
 )
 
 // dial opens one network connection to u and completes the TLS handshake
-// (and for wss the WebSocket upgrade) within timeout. The SDK dials itself
+// (and for wss the WebSocket upgrade) within timeout; mqtt:// (envelope
+// devices only) is plain TCP. The SDK dials itself
 // rather than letting autopaho do it so that it sees every connection it
 // hands to paho: that is how OnConnectionDown learns why a connection died.
 func dial(ctx context.Context, u *url.URL, tlsCfg *tls.Config, timeout time.Duration) (*trackedConn, error) {
@@ -28,6 +29,9 @@ func dial(ctx context.Context, u *url.URL, tlsCfg *tls.Config, timeout time.Dura
 		err  error
 	)
 	switch u.Scheme {
+	case "mqtt":
+		var d net.Dialer
+		conn, err = d.DialContext(ctx, "tcp", u.Host)
 	case "mqtts":
 		d := tls.Dialer{Config: tlsCfg}
 		conn, err = d.DialContext(ctx, "tcp", u.Host)

@@ -16,6 +16,12 @@
 // by a broker restart does not return in one wave, and it restores its
 // subscriptions on every new connection.
 //
+// A device that cannot rely on TLS alone is an envelope device
+// (Config.Envelope, docs/envelope.md): it seals its uplinks, opens Warden's
+// sealed downlinks, follows Warden's rekeys, and may connect to Warden's
+// plain mqtt:// listener with a single-use password instead of a
+// certificate. EnvelopeStats counts what it sealed, opened and dropped.
+//
 // Typical use:
 //
 //	cert, roots, err := device.LoadCredentials("device.crt", "device.key", "warden-root.crt")

@@ -8,6 +8,8 @@ import (
 	"net"
 
 	"github.com/eclipse/paho.golang/autopaho"
+
+	"github.com/warden-iot/warden/envelope"
 )
 
 // ErrClosed is returned by every method called after Close.
@@ -22,6 +24,8 @@ type RefusedError struct {
 	Target     string // the server URL, topic or topic filter
 	ReasonCode byte   // the MQTT 5 reason code
 	Reason     string // the broker's reason string, if it sent one
+
+	plain bool // a CONNECT on a plain listener, with an envelope password
 }
 
 func (e *RefusedError) Error() string {
@@ -31,9 +35,13 @@ func (e *RefusedError) Error() string {
 	}
 	switch e.ReasonCode {
 	case 0x86, 0x87, 0x8A:
-		if e.Op == "connect" {
+		switch {
+		case e.Op == "connect" && e.plain:
+			msg += "; check that the device is registered, active and an envelope device in Warden, that its envelope secret and epoch are current, " +
+				"and that its sequence counter was not restored from an older copy (an old counter replays passwords already used, which Warden refuses)"
+		case e.Op == "connect":
 			msg += "; check that the device is registered and active in Warden"
-		} else {
+		default:
 			msg += "; a device may only use its own private/<id>/ topics"
 		}
 	}
@@ -133,9 +141,13 @@ func rejectedCertificate(err error) bool {
 
 // permanent reports whether a failed connection attempt will fail the same
 // way next time: the broker refused this device, or the broker's
-// certificate is not one the device trusts. Connect gives up on these
-// instead of retrying until its context ends.
+// certificate is not one the device trusts, or an envelope device's epoch has
+// no sequence numbers left. Connect gives up on these instead of retrying
+// until its context ends.
 func permanent(err error) bool {
+	if errors.Is(err, envelope.ErrRekeyRequired) {
+		return true // no CONNECT password can be made any more
+	}
 	var ce *autopaho.ConnackError
 	if errors.As(err, &ce) {
 		return !transientConnack(ce.ReasonCode)

@@ -52,7 +52,7 @@ func StartExampleBroker() (certFile, keyFile, caFile, server string, stop func()
 	keyFile = write("device.key", "PRIVATE KEY", keyDER)
 	caFile = write("warden-root.crt", "CERTIFICATE", ca.cert.Raw)
 	return certFile, keyFile, caFile, b.url(), func() {
-		_ = b.srv.Close()
+		b.close()
 		_ = os.RemoveAll(dir)
 	}
 }

@@ -125,6 +125,9 @@ type testHook struct {
 	rights     map[string]*policy.Rights
 	refuse     map[string]bool
 	subscribed chan string // filters the broker accepted, in order
+	// plainAuth decides CONNECTs on the plain listener; nil refuses them.
+	// It stands in for Warden's envelope password check (see standIn).
+	plainAuth func(clientID string, username, password []byte) bool
 }
 
 func (h *testHook) ID() string { return "warden-device-sdk-test" }
@@ -133,8 +136,15 @@ func (h *testHook) Provides(b byte) bool {
 	return slices.Contains([]byte{mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSubscribed}, b)
 }
 
-func (h *testHook) OnConnectAuthenticate(cl *mqtt.Client, _ packets.Packet) bool {
-	if tc, ok := cl.Net.Conn.(*tls.Conn); ok {
+func (h *testHook) OnConnectAuthenticate(cl *mqtt.Client, pk packets.Packet) bool {
+	if cl.Net.Listener == "mqtt" {
+		h.mu.Lock()
+		auth := h.plainAuth
+		h.mu.Unlock()
+		if auth == nil || !auth(cl.ID, pk.Connect.Username, pk.Connect.Password) {
+			return false
+		}
+	} else if tc, ok := cl.Net.Conn.(*tls.Conn); ok {
 		st := tc.ConnectionState()
 		if len(st.PeerCertificates) == 0 {
 			return false
@@ -183,15 +193,17 @@ func (h *testHook) OnSubscribed(_ *mqtt.Client, pk packets.Packet, codes []byte)
 }
 
 type testBroker struct {
-	srv  *mqtt.Server
-	hook *testHook
-	addr string // the mqtts listener, host:port
+	srv       *mqtt.Server
+	hook      *testHook
+	addr      string // the mqtts listener, host:port
+	plainAddr string // the plain mqtt listener, if any
 }
 
 type brokerOptions struct {
 	serverCert tls.Certificate
 	clientCAs  *x509.CertPool
 	wssAddr    string // also listen for wss here, if set
+	plain      bool   // also listen for plain MQTT (envelope devices)
 }
 
 func startTestBroker(o brokerOptions) (*testBroker, error) {
@@ -219,6 +231,13 @@ func startTestBroker(o brokerOptions) (*testBroker, error) {
 	if err := srv.AddListener(tcp); err != nil {
 		return nil, err
 	}
+	var plain *listeners.TCP
+	if o.plain {
+		plain = listeners.NewTCP(listeners.Config{ID: "mqtt", Address: "127.0.0.1:0"})
+		if err := srv.AddListener(plain); err != nil {
+			return nil, err
+		}
+	}
 	if o.wssAddr != "" {
 		ws := listeners.NewWebsocket(listeners.Config{ID: "wss", Address: o.wssAddr, TLSConfig: tlsCfg})
 		if err := srv.AddListener(ws); err != nil {
@@ -228,10 +247,46 @@ func startTestBroker(o brokerOptions) (*testBroker, error) {
 	if err := srv.Serve(); err != nil {
 		return nil, err
 	}
-	return &testBroker{srv: srv, hook: hook, addr: tcp.Address()}, nil
+	b := &testBroker{srv: srv, hook: hook, addr: tcp.Address()}
+	if plain != nil {
+		b.plainAddr = plain.Address()
+	}
+	return b, nil
+}
+
+// close shuts the broker down. mochi-mqtt v2.7.9's Server.Close can
+// deadlock when a client is being removed while it closes its second
+// listener (Clients.GetByListener takes the read lock twice, and a waiting
+// Clients.Delete blocks the second), so every client is stopped, and
+// its removal awaited, first.
+func (b *testBroker) close() {
+	for _, cl := range b.srv.Clients.GetAll() {
+		if cl.Net.Inline {
+			continue
+		}
+		cl.Stop(errors.New("test broker shutting down"))
+	}
+	deadline := time.Now().Add(2 * time.Second)
+	for time.Now().Before(deadline) && b.clientsLingering() {
+		time.Sleep(2 * time.Millisecond)
+	}
+	_ = b.srv.Close()
+}
+
+// clientsLingering reports whether a stopped client whose session expires
+// at once has not been removed yet.
+func (b *testBroker) clientsLingering() bool {
+	for _, cl := range b.srv.Clients.GetAll() {
+		if !cl.Net.Inline && (!cl.Closed() || cl.Properties.Props.SessionExpiryInterval == 0) {
+			return true
+		}
+	}
+	return false
 }
 
 func (b *testBroker) url() string { return "mqtts://" + b.addr }
+
+func (b *testBroker) plainURL() string { return "mqtt://" + b.plainAddr }
 
 // kill drops a client's connection without a DISCONNECT, as a crash or a
 // network failure would.
@@ -242,6 +297,24 @@ func (b *testBroker) kill(id string) error {
 	}
 	cl.Stop(errors.New("killed by the test"))
 	return nil
+}
+
+// awaitGone waits until the broker has finished with a client that
+// disconnected. A device that reconnects under the same ID before then can
+// lose its new subscriptions: mochi-mqtt v2.7.9 cleans up the old clean
+// session by client ID, after the new one may have subscribed.
+func (b *testBroker) awaitGone(t testing.TB, id string) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, ok := b.srv.Clients.Get(id); !ok {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the broker still holds client %q 5s after it disconnected", id)
+		}
+		time.Sleep(2 * time.Millisecond)
+	}
 }
 
 func (b *testBroker) refuse(id string) {
@@ -294,7 +367,7 @@ func newEnvWith(t testing.TB, ca *testCA, o brokerOptions) *env {
 	if err != nil {
 		t.Fatalf("start broker: %v", err)
 	}
-	t.Cleanup(func() { _ = b.srv.Close() })
+	t.Cleanup(b.close)
 	id, err := identity.NewDeviceID()
 	if err != nil {
 		t.Fatal(err)
