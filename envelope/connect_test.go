@@ -109,3 +109,11 @@ func FuzzOpenConnectPassword(f *testing.F) {
 		}
 	})
 }
+
+func TestVerifyKeysRefusesIncompleteKeys(t *testing.T) {
+	for _, pub := range []*ecdsa.PublicKey{nil, {Curve: elliptic.P256()}, {Curve: elliptic.P384()}} {
+		if _, err := VerifyKeys(pub, "d", 0, Uplink); err == nil {
+			t.Errorf("VerifyKeys(%v) accepted", pub)
+		}
+	}
+}

@@ -129,7 +129,7 @@ func SignKeys(signer crypto.Signer, deviceID string, epoch uint32, dir Direction
 // VerifyKeys returns sign-p256 keys that only open: they verify the sender's
 // signatures with its public key and cannot seal.
 func VerifyKeys(pub *ecdsa.PublicKey, deviceID string, epoch uint32, dir Direction) (*Keys, error) {
-	if pub == nil || pub.Curve != elliptic.P256() {
+	if pub == nil || pub.Curve != elliptic.P256() || pub.X == nil || pub.Y == nil {
 		return nil, fmt.Errorf("envelope: sign-p256 needs an ECDSA P-256 public key")
 	}
 	if _, err := pub.Bytes(); err != nil {

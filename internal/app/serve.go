@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/warden-iot/warden/envelope"
 	"github.com/warden-iot/warden/internal/admin"
 	"github.com/warden-iot/warden/internal/audit"
 	"github.com/warden-iot/warden/internal/broker"
@@ -186,6 +187,13 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 // sends it the new secret, sealed under the current one.
 func rekeyWith(reg *registry.Registry, rel *relay.Relay) func(ctx context.Context, id string) (uint32, error) {
 	return func(ctx context.Context, id string) (uint32, error) {
+		pol, err := reg.EnvelopePolicy(ctx, id)
+		if err != nil {
+			return 0, err
+		}
+		if pol.MinSuite == envelope.SignP256.String() {
+			return 0, fmt.Errorf("device %s signs with its certificate key (sign-p256): it has no envelope secret to rekey; renew its certificate instead: %w", id, registry.ErrInvalid)
+		}
 		pending, err := reg.BeginRekey(ctx, id)
 		if err != nil {
 			return 0, err

@@ -288,9 +288,10 @@ func (r *Registry) SetEnvelopePolicy(ctx context.Context, id, minSuite string, r
 }
 
 // BeginRekey issues a pending key for the next epoch (one above the
-// highest), for the active key's suite, or for the policy's minimum suite
-// if that is stronger (the way to move a device to a stronger suite). The
-// caller sends the returned secret to the device sealed under the active
+// highest), for the active key's suite: a rekey never changes the suite
+// (the rekey message carries none, and the firmware must support a new
+// suite anyway), so a device whose policy now demands a stronger suite than
+// its key is refused and must be re-provisioned. The caller sends the returned secret to the device sealed under the active
 // epoch; both epochs are accepted until ConfirmRekey.
 //
 // While a rekey is pending, BeginRekey returns the pending key again instead
@@ -347,7 +348,8 @@ func (r *Registry) BeginRekey(ctx context.Context, id string) (EnvelopeSecret, e
 		return EnvelopeSecret{}, fmt.Errorf("rekey device %q: its policy names a suite this Warden does not know: %w", id, err)
 	}
 	if !suite.AtLeast(minS) {
-		suite = minS
+		return EnvelopeSecret{}, fmt.Errorf("rekey device %q: its policy requires suite %v but its key is %v, and a rekey keeps the suite; re-provision the device with the new suite: %w",
+			id, minS, suite, ErrInvalid)
 	}
 	epoch := last + 1
 	secret, sealed, err := r.newSecret(id, epoch, suite)
