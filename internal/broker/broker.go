@@ -18,6 +18,7 @@ import (
 	"math"
 	"net"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
@@ -324,6 +325,21 @@ func (b *Broker) Close() error {
 		return nil
 	default:
 		close(b.done)
+	}
+	// mochi v2.7.9's Close can deadlock: Clients.GetByListener takes the
+	// clients' read lock twice, and a client being removed meanwhile (a
+	// writer waiting between the two) blocks it forever. So stop accepting,
+	// disconnect every client and wait until they are gone before mochi
+	// walks its listeners.
+	b.closeListeners()
+	for _, cl := range b.srv.Clients.GetAll() {
+		if !cl.Closed() && !cl.Net.Inline {
+			_ = b.srv.DisconnectClient(cl, packets.ErrServerShuttingDown)
+		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for atomic.LoadInt64(&b.srv.Info.ClientsConnected) > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
 	}
 	return b.srv.Close()
 }
