@@ -570,7 +570,8 @@ type FileWindowStore struct {
 	dir string
 }
 
-// NewFileWindowStore returns a store in dir, which must exist.
+// NewFileWindowStore returns a store in dir; Save creates dir (mode 0700)
+// if it does not exist.
 func NewFileWindowStore(dir string) *FileWindowStore {
 	return &FileWindowStore{dir: dir}
 }
@@ -593,6 +594,9 @@ func (s *FileWindowStore) Load(epoch uint32) ([]byte, error) {
 
 // Save replaces the window of epoch atomically and durably.
 func (s *FileWindowStore) Save(epoch uint32, window []byte) error {
+	if err := os.MkdirAll(s.dir, 0o700); err != nil {
+		return fmt.Errorf("save downlink replay window: %w", err)
+	}
 	if err := fileutil.WriteFileAtomic(s.path(epoch), window, 0o600); err != nil {
 		return fmt.Errorf("save downlink replay window: %w", err)
 	}
