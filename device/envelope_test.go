@@ -9,6 +9,7 @@ import (
 	"crypto/tls"
 	"encoding/hex"
 	"errors"
+	"os"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -665,8 +666,17 @@ func TestFileWindowStore(t *testing.T) {
 	if b, err := s.Load(4); b != nil || err != nil {
 		t.Errorf("epoch 4 shares epoch 3's window: %v, %v", b, err)
 	}
-	if err := NewFileWindowStore(filepath.Join(t.TempDir(), "missing")).Save(0, b); err == nil {
-		t.Error("Save into a missing directory succeeded")
+	fresh := filepath.Join(t.TempDir(), "new", "dir")
+	if err := NewFileWindowStore(fresh).Save(0, b); err != nil {
+		t.Errorf("Save into a missing directory: %v", err)
+	}
+	if fi, err := os.Stat(fresh); err != nil || fi.Mode().Perm() != 0o700 {
+		t.Errorf("created directory: %v %v", fi, err)
+	}
+	blocked := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(blocked, nil, 0o600)
+	if err := NewFileWindowStore(filepath.Join(blocked, "sub")).Save(0, b); err == nil {
+		t.Error("Save under a regular file succeeded")
 	}
 }
 
