@@ -134,6 +134,16 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 	}
 	rel := relay.New(s.Broker, env.Registry, seal, log.With("component", "relay"), s.audit, reg)
 	s.Broker.SetRouter(rel)
+	rekey := rekeyWith(env.Registry, rel)
+	seal.OnRekeyDue = func(id string) {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		if epoch, err := rekey(ctx, id); err != nil {
+			log.Error("automatic rekey failed; run `warden device rekey` for the device", "device", id, "error", err)
+		} else {
+			log.Info("automatic rekey sent", "device", id, "epoch", epoch)
+		}
+	}
 
 	// Revocation and disabling act on live connections at once. The
 	// subscriber runs under the registry's lock: it must not block or call
@@ -178,7 +188,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 	go s.maintain(mctx)
 	go func() { defer close(s.bgDone); seal.Run(mctx, 30*time.Second) }()
 
-	s.adminSrv = &http.Server{Handler: admin.Handler(admin.Local{Registry: env.Registry, RekeyFunc: rekeyWith(env.Registry, rel)}, log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}
+	s.adminSrv = &http.Server{Handler: admin.Handler(admin.Local{Registry: env.Registry, RekeyFunc: rekey}, log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = s.adminSrv.Serve(s.adminLn) }()
 	return s, nil
 }

@@ -76,6 +76,13 @@ type Sealing struct {
 	failures *prometheus.CounterVec
 	opened   *prometheus.CounterVec
 	sealed   *prometheus.CounterVec
+
+	// OnRekeyDue, if set, is called (in its own goroutine, at most once per
+	// device and epoch) when a device's sequence numbers in either
+	// direction pass envelope.RekeyThreshold, so the epoch is rotated long
+	// before its numbers run out.
+	OnRekeyDue func(id string)
+	rekeyDue   sync.Map // windowKey -> struct{}: already reported
 }
 
 type device struct {
@@ -339,6 +346,9 @@ func (s *Sealing) open(ctx context.Context, id, topic string, msg []byte, connec
 		return Opened{}, err
 	}
 	s.opened.WithLabelValues(h.Suite.String()).Inc()
+	if h.Seq >= envelope.RekeyThreshold {
+		s.rekeyIsDue(id, e.n)
+	}
 
 	if e.state == store.EnvelopePending {
 		if err := s.dir.ConfirmRekey(ctx, id, e.n); err != nil {
@@ -418,12 +428,26 @@ func (s *Sealing) sealLocked(ctx context.Context, d *device, e *epoch, topic str
 	}
 	seq := e.nextDown
 	e.nextDown++
+	if seq >= envelope.RekeyThreshold {
+		s.rekeyIsDue(d.id, e.n)
+	}
 	out, err := envelope.Seal(e.down, seq, topic, plaintext)
 	if err != nil {
 		return nil, err
 	}
 	s.sealed.WithLabelValues(e.suite.String()).Inc()
 	return out, nil
+}
+
+func (s *Sealing) rekeyIsDue(id string, epoch uint32) {
+	if s.OnRekeyDue == nil {
+		return
+	}
+	if _, seen := s.rekeyDue.LoadOrStore(windowKey{id, epoch}, struct{}{}); seen {
+		return
+	}
+	s.log.Warn("envelope sequence numbers passed the rekey threshold; rekeying the device", "device", id, "epoch", epoch)
+	go s.OnRekeyDue(id)
 }
 
 // RekeyMessage builds the message that carries a pending epoch's secret to

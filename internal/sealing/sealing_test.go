@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"path/filepath"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
@@ -250,5 +251,33 @@ func BenchmarkOpenUplink64(b *testing.B) {
 		if _, err := f.seal.OpenUplink(context.Background(), "dev1", topic, msgs[i]); err != nil {
 			b.Fatal(err)
 		}
+	}
+}
+
+func TestRekeyIsTriggeredBeforeNumbersRunOut(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	secret := f.addEnvelopeDevice(t, "dev1", "ccm-8")
+	due := make(chan string, 4)
+	f.seal.OnRekeyDue = func(id string) { due <- id }
+	up := keys(t, secret, "dev1", 0, envelope.CCM8, envelope.Uplink)
+	for _, seq := range []uint64{envelope.RekeyThreshold - 1, envelope.RekeyThreshold, envelope.RekeyThreshold + 1} {
+		m, _ := envelope.Seal(up, seq, "private/dev1/up/t", nil)
+		if _, err := f.seal.OpenUplink(ctx, "dev1", "private/dev1/up/t", m); err != nil {
+			t.Fatal(err)
+		}
+	}
+	select {
+	case id := <-due:
+		if id != "dev1" {
+			t.Fatalf("rekey due for %q", id)
+		}
+	case <-time.After(2 * time.Second):
+		t.Fatal("no rekey triggered past the threshold")
+	}
+	select {
+	case <-due:
+		t.Fatal("rekey triggered twice for one epoch")
+	case <-time.After(100 * time.Millisecond):
 	}
 }
