@@ -13,6 +13,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/warden-iot/warden/internal/wsconn"
 )
 
 // dial opens one network connection to u and completes the TLS handshake
@@ -53,7 +55,7 @@ func dial(ctx context.Context, u *url.URL, tlsCfg *tls.Config, timeout time.Dura
 				_ = ws.Close()
 				return nil, fmt.Errorf("device: %s: the server did not accept the \"mqtt\" WebSocket subprotocol", u.Redacted())
 			}
-			conn = &wsConn{ws: ws}
+			conn = wsconn.New(ws)
 		}
 	default:
 		// Config validation admits no other scheme.
@@ -136,57 +138,4 @@ func (c *trackedConn) cause() error {
 	default:
 		return fmt.Errorf("device: connection to %s lost: %w", c.server, c.err)
 	}
-}
-
-// wsConn carries MQTT over WebSocket binary messages as a net.Conn. A
-// packet may span messages and a message may hold several packets (MQTT 5
-// §6), so reads simply stream through message boundaries.
-type wsConn struct {
-	ws  *websocket.Conn
-	rmu sync.Mutex
-	r   io.Reader // the current message
-}
-
-func (c *wsConn) Read(p []byte) (int, error) {
-	c.rmu.Lock()
-	defer c.rmu.Unlock()
-	for {
-		if c.r == nil {
-			typ, r, err := c.ws.NextReader()
-			if err != nil {
-				return 0, err
-			}
-			if typ != websocket.BinaryMessage {
-				return 0, errors.New("device: the broker sent a WebSocket text message; MQTT uses binary messages only")
-			}
-			c.r = r
-		}
-		n, err := c.r.Read(p)
-		if errors.Is(err, io.EOF) {
-			c.r = nil
-			if n > 0 {
-				return n, nil
-			}
-			continue
-		}
-		return n, err
-	}
-}
-
-// Write sends p as one binary message. Callers serialise writes (see
-// trackedConn), as gorilla/websocket requires.
-func (c *wsConn) Write(p []byte) (int, error) {
-	if err := c.ws.WriteMessage(websocket.BinaryMessage, p); err != nil {
-		return 0, err
-	}
-	return len(p), nil
-}
-
-func (c *wsConn) Close() error                       { return c.ws.Close() }
-func (c *wsConn) LocalAddr() net.Addr                { return c.ws.LocalAddr() }
-func (c *wsConn) RemoteAddr() net.Addr               { return c.ws.RemoteAddr() }
-func (c *wsConn) SetReadDeadline(t time.Time) error  { return c.ws.SetReadDeadline(t) }
-func (c *wsConn) SetWriteDeadline(t time.Time) error { return c.ws.SetWriteDeadline(t) }
-func (c *wsConn) SetDeadline(t time.Time) error {
-	return errors.Join(c.ws.SetReadDeadline(t), c.ws.SetWriteDeadline(t))
 }

@@ -3,8 +3,6 @@ package broker
 import (
 	"context"
 	"crypto/tls"
-	"errors"
-	"io"
 	"log/slog"
 	"net"
 	"net/http"
@@ -12,6 +10,8 @@ import (
 	"time"
 
 	"github.com/gorilla/websocket"
+
+	"github.com/warden-iot/warden/internal/wsconn"
 )
 
 // wsListener serves MQTT over secure WebSocket. mochi's own WebSocket
@@ -74,7 +74,7 @@ func (l *wsListener) upgrade(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return // the upgrader has already answered
 	}
-	c := &wsConn{ws: ws, tlsConn: raw}
+	c := &wsConn{Conn: wsconn.New(ws), tlsConn: raw}
 	// The handshake deadline set at accept may have been cleared by the HTTP
 	// server; CONNECT must still arrive in time.
 	_ = c.SetDeadline(time.Now().Add(l.front.deadline))
@@ -105,55 +105,13 @@ func (l *wsListener) Close() error {
 
 func (l *wsListener) Addr() net.Addr { return l.front.Addr() }
 
-// wsConn adapts a WebSocket to the byte stream MQTT expects: each binary
-// message is a chunk of the stream (MQTT over WebSocket, MQTT 5 §6).
+// wsConn is an MQTT-over-WebSocket connection that still exposes the TLS
+// state (and so the verified client certificate) of the connection
+// underneath.
 type wsConn struct {
-	ws      *websocket.Conn
+	*wsconn.Conn
 	tlsConn *guardedConn
-	r       io.Reader
-	wmu     sync.Mutex
 }
 
-func (c *wsConn) Read(p []byte) (int, error) {
-	for {
-		if c.r == nil {
-			typ, r, err := c.ws.NextReader()
-			if err != nil {
-				return 0, err
-			}
-			if typ != websocket.BinaryMessage {
-				return 0, errors.New("websocket: MQTT requires binary frames")
-			}
-			c.r = r
-		}
-		n, err := c.r.Read(p)
-		if errors.Is(err, io.EOF) {
-			c.r = nil
-			if n > 0 {
-				return n, nil
-			}
-			continue
-		}
-		return n, err
-	}
-}
-
-func (c *wsConn) Write(p []byte) (int, error) {
-	c.wmu.Lock()
-	defer c.wmu.Unlock()
-	if err := c.ws.WriteMessage(websocket.BinaryMessage, p); err != nil {
-		return 0, err
-	}
-	return len(p), nil
-}
-
-func (c *wsConn) Close() error                       { return c.ws.Close() }
-func (c *wsConn) LocalAddr() net.Addr                { return c.ws.LocalAddr() }
-func (c *wsConn) RemoteAddr() net.Addr               { return c.ws.RemoteAddr() }
-func (c *wsConn) SetDeadline(t time.Time) error      { return c.ws.NetConn().SetDeadline(t) }
-func (c *wsConn) SetReadDeadline(t time.Time) error  { return c.ws.SetReadDeadline(t) }
-func (c *wsConn) SetWriteDeadline(t time.Time) error { return c.ws.SetWriteDeadline(t) }
-
-// ConnectionState exposes the TLS state (and so the verified client
-// certificate) of the connection underneath the WebSocket.
+// ConnectionState exposes the TLS state of the connection underneath.
 func (c *wsConn) ConnectionState() tls.ConnectionState { return c.tlsConn.ConnectionState() }
