@@ -6,6 +6,7 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"github.com/warden-iot/warden/internal/fileutil"
 	"io"
 	"io/fs"
 	"os"
@@ -118,70 +119,8 @@ func parseMasterKey(data []byte) ([]byte, error) {
 	return key, nil
 }
 
-// writeNewFile writes data to path atomically and without ever replacing an
-// existing file: the data goes to a temporary file in the same directory,
-// which is fsynced and then hard-linked to path. If path exists the error
-// wraps fs.ErrExist. On file systems without hard links it falls back to a
-// rename after checking that path is absent (a narrow race, but still never
-// a partial file).
+// writeNewFile writes data to path atomically, never replacing an existing
+// file (fileutil.WriteNewFileAtomic).
 func writeNewFile(path string, data []byte, perm fs.FileMode) error {
-	dir := filepath.Dir(path)
-	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".tmp-*")
-	if err != nil {
-		return fmt.Errorf("create temporary file: %w", err)
-	}
-	tmpName := tmp.Name()
-	defer os.Remove(tmpName)
-	if err := writeAndSync(tmp, data, perm); err != nil {
-		return err
-	}
-	if err := os.Link(tmpName, path); err != nil {
-		if errors.Is(err, fs.ErrExist) {
-			return fmt.Errorf("%s already exists: %w", path, fs.ErrExist)
-		}
-		if _, serr := os.Lstat(path); serr == nil {
-			return fmt.Errorf("%s already exists: %w", path, fs.ErrExist)
-		}
-		if err := os.Rename(tmpName, path); err != nil {
-			return fmt.Errorf("move %s into place: %w", path, err)
-		}
-	}
-	return syncDir(dir)
-}
-
-func writeAndSync(f *os.File, data []byte, perm fs.FileMode) error {
-	name := f.Name()
-	if err := f.Chmod(perm); err != nil {
-		f.Close()
-		return fmt.Errorf("set mode of %s: %w", name, err)
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		return fmt.Errorf("write %s: %w", name, err)
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		return fmt.Errorf("sync %s: %w", name, err)
-	}
-	if err := f.Close(); err != nil {
-		return fmt.Errorf("close %s: %w", name, err)
-	}
-	return nil
-}
-
-// syncDir makes a new directory entry durable; without it a crash after
-// the rename or link can lose the file even though its data was synced.
-func syncDir(dir string) error {
-	if runtime.GOOS == "windows" {
-		return nil
-	}
-	d, err := os.Open(dir)
-	if err != nil {
-		return fmt.Errorf("open directory %s to sync it: %w", dir, err)
-	}
-	defer d.Close()
-	if err := d.Sync(); err != nil {
-		return fmt.Errorf("sync directory %s: %w", dir, err)
-	}
-	return nil
+	return fileutil.WriteNewFileAtomic(path, data, perm)
 }
