@@ -346,8 +346,8 @@ func (b *Broker) Close() error {
 
 // Publish injects a message as Warden itself (the relay's path to devices
 // and services). It bypasses the ACL: only Warden's own code calls it.
-// userProps become MQTT 5 user properties (dropped for 3.1.1 receivers).
-func (b *Broker) Publish(topic string, payload []byte, qos byte, userProps map[string]string) error {
+// props become MQTT 5 user properties (dropped for 3.1.1 receivers).
+func (b *Broker) Publish(topic string, payload []byte, qos byte, props ...Property) error {
 	pk := packets.Packet{
 		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: qos},
 		TopicName:   topic,
@@ -356,11 +356,17 @@ func (b *Broker) Publish(topic string, payload []byte, qos byte, userProps map[s
 	if qos > 0 {
 		pk.PacketID = 1 // required for validity; the inline client never waits for acks
 	}
-	for k, v := range userProps {
-		pk.Properties.User = append(pk.Properties.User, packets.UserProperty{Key: k, Val: v})
+	if len(props) > 0 {
+		pk.Properties.User = make([]packets.UserProperty, len(props))
+		for i, p := range props {
+			pk.Properties.User[i] = packets.UserProperty{Key: p.Key, Val: p.Value}
+		}
 	}
 	return b.srv.InjectPacket(b.relayCl, pk)
 }
+
+// Property is an MQTT 5 user property Warden adds to a message it publishes.
+type Property struct{ Key, Value string }
 
 // Cut disconnects a principal's live connection at once (on every listener:
 // client IDs are unique across the broker) and refuses connects that were

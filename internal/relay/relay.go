@@ -32,7 +32,7 @@ import (
 
 // Publisher injects a message as Warden itself (broker.Broker implements it).
 type Publisher interface {
-	Publish(topic string, payload []byte, qos byte, userProps map[string]string) error
+	Publish(topic string, payload []byte, qos byte, props ...broker.Property) error
 }
 
 // Directory answers whether a device exists (registry.Registry implements it).
@@ -104,7 +104,9 @@ func (r *Relay) Route(ctx context.Context, from broker.Origin, topic string, pay
 			r.log.Error("relay: device published into another device's subtree; refusing", "device", from.ID, "topic", topic)
 			return broker.Refuse, "foreign-subtree"
 		}
-		props := map[string]string{"warden-device": id, "warden-received": r.now().UTC().Format(time.RFC3339Nano)}
+		var buf [5]broker.Property // on the stack: this runs per message
+		props := append(buf[:0], broker.Property{Key: "warden-device", Value: id},
+			broker.Property{Key: "warden-received", Value: r.now().UTC().Format(time.RFC3339Nano)})
 		body := payload
 		sealed, err := r.mustOpen(ctx, from, id)
 		if err != nil {
@@ -126,11 +128,12 @@ func (r *Relay) Route(ctx context.Context, from broker.Origin, topic string, pay
 				return broker.Refuse, "envelope"
 			}
 			body = o.Plaintext
-			props["warden-seq"] = strconv.FormatUint(o.Header.Seq, 10)
-			props["warden-suite"] = o.Header.Suite.String()
-			props["warden-epoch"] = strconv.FormatUint(uint64(o.Epoch), 10)
+			props = append(props,
+				broker.Property{Key: "warden-seq", Value: strconv.FormatUint(o.Header.Seq, 10)},
+				broker.Property{Key: "warden-suite", Value: o.Header.Suite.String()},
+				broker.Property{Key: "warden-epoch", Value: strconv.FormatUint(uint64(o.Epoch), 10)})
 		}
-		if err := r.pub.Publish("fleet/"+id+"/up/"+channel, body, qos, props); err != nil {
+		if err := r.pub.Publish("fleet/"+id+"/up/"+channel, body, qos, props...); err != nil {
 			r.relayed.WithLabelValues("up", "error").Inc()
 			r.log.Error("relay: uplink not forwarded", "device", id, "channel", channel, "error", err)
 			return broker.Deliver, ""
@@ -168,7 +171,7 @@ func (r *Relay) Route(ctx context.Context, from broker.Origin, topic string, pay
 			r.log.Error("relay: downlink cannot be sealed for the device; dropped", "device", id, "service", from.ID, "error", err)
 			return broker.Refuse, "seal-failed"
 		}
-		if err := r.pub.Publish("private/"+id+"/down/"+channel, body, qos, map[string]string{"warden-service": from.ID}); err != nil {
+		if err := r.pub.Publish("private/"+id+"/down/"+channel, body, qos, broker.Property{Key: "warden-service", Value: from.ID}); err != nil {
 			r.relayed.WithLabelValues("down", "error").Inc()
 			r.log.Error("relay: downlink not forwarded", "device", id, "service", from.ID, "error", err)
 			return broker.Refuse, "forward-failed"
@@ -227,7 +230,7 @@ func (r *Relay) SendRekey(ctx context.Context, id string, pending registry.Envel
 	if err != nil {
 		return fmt.Errorf("rekey device %s: %w", id, err)
 	}
-	if err := r.pub.Publish(topic, msg, 1, nil); err != nil {
+	if err := r.pub.Publish(topic, msg, 1); err != nil {
 		return fmt.Errorf("rekey device %s: publish: %w", id, err)
 	}
 	r.log.Info("rekey sent to the device", "device", id, "epoch", pending.Epoch)

@@ -16,8 +16,12 @@ type sent struct {
 
 type fakePub struct{ got []sent }
 
-func (f *fakePub) Publish(topic string, payload []byte, qos byte, props map[string]string) error {
-	f.got = append(f.got, sent{topic, props})
+func (f *fakePub) Publish(topic string, payload []byte, qos byte, props ...broker.Property) error {
+	m := map[string]string{}
+	for _, p := range props {
+		m[p.Key] = p.Value
+	}
+	f.got = append(f.got, sent{topic, m})
 	return nil
 }
 

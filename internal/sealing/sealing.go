@@ -75,6 +75,7 @@ type Sealing struct {
 
 	failures *prometheus.CounterVec
 	opened   *prometheus.CounterVec
+	openedBy map[envelope.Suite]prometheus.Counter // resolved once: it runs per message
 	sealed   *prometheus.CounterVec
 
 	// OnRekeyDue, if set, is called (in its own goroutine, at most once per
@@ -130,6 +131,10 @@ func New(dir Directory, logger *slog.Logger, rec audit.Recorder, reg prometheus.
 		sealed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warden_envelope_sealed_total", Help: "Downlinks sealed, by suite.",
 		}, []string{"suite"}),
+	}
+	s.openedBy = map[envelope.Suite]prometheus.Counter{}
+	for _, su := range []envelope.Suite{envelope.LegacyCBCHMAC, envelope.CCM8, envelope.SignP256} {
+		s.openedBy[su] = s.opened.WithLabelValues(su.String())
 	}
 	if reg != nil {
 		reg.MustRegister(s.failures, s.opened, s.sealed)
@@ -345,7 +350,7 @@ func (s *Sealing) open(ctx context.Context, id, topic string, msg []byte, connec
 		}
 		return Opened{}, err
 	}
-	s.opened.WithLabelValues(h.Suite.String()).Inc()
+	s.openedBy[h.Suite].Inc()
 	if h.Seq >= envelope.RekeyThreshold {
 		s.rekeyIsDue(id, e.n)
 	}
