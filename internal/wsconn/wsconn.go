@@ -79,10 +79,17 @@ func (c *Conn) RemoteAddr() net.Addr { return c.ws.RemoteAddr() }
 // SetReadDeadline implements net.Conn.
 func (c *Conn) SetReadDeadline(t time.Time) error { return c.ws.SetReadDeadline(t) }
 
-// SetWriteDeadline implements net.Conn.
-func (c *Conn) SetWriteDeadline(t time.Time) error { return c.ws.SetWriteDeadline(t) }
+// SetWriteDeadline implements net.Conn. gorilla/websocket keeps the write
+// deadline in unguarded state that every write reads, so it is set under
+// the write lock (the MQTT server refreshes deadlines from its read loop
+// while another goroutine writes).
+func (c *Conn) SetWriteDeadline(t time.Time) error {
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
+	return c.ws.SetWriteDeadline(t)
+}
 
 // SetDeadline implements net.Conn.
 func (c *Conn) SetDeadline(t time.Time) error {
-	return errors.Join(c.ws.SetReadDeadline(t), c.ws.SetWriteDeadline(t))
+	return errors.Join(c.ws.SetReadDeadline(t), c.SetWriteDeadline(t))
 }
