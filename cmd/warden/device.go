@@ -181,6 +181,31 @@ func (c *cli) runHook(ctx context.Context, command, id string, key []byte, certP
 	return nil
 }
 
+// openIssuing prepares a command that issues credentials: the service to
+// act on, the root certificate, and (when outDir is set) outDir/ca.crt
+// written for the device or service to pin.
+func (c *cli) openIssuing(cmd *cobra.Command, outDir string) (admin.Service, []byte, func(), error) {
+	cfg, log, err := c.load(cmd)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	root, err := c.rootPEM(cfg)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	svc, done, err := c.service(cmd.Context(), cfg, log)
+	if err != nil {
+		return nil, nil, nil, err
+	}
+	if outDir != "" {
+		if err := writeCA(outDir, root); err != nil {
+			done()
+			return nil, nil, nil, err
+		}
+	}
+	return svc, root, done, nil
+}
+
 func writeCA(outDir string, rootPEM []byte) error {
 	if err := os.MkdirAll(outDir, 0o700); err != nil {
 		return fmt.Errorf("create %s: %w", outDir, err)
@@ -226,22 +251,11 @@ secret). --envelope-required makes the device seal its uplinks even over TLS.`,
 			if err != nil {
 				return err
 			}
-			cfg, log, err := c.load(cmd)
-			if err != nil {
-				return err
-			}
-			root, err := c.rootPEM(cfg)
-			if err != nil {
-				return err
-			}
-			svc, done, err := c.service(cmd.Context(), cfg, log)
+			svc, root, done, err := c.openIssuing(cmd, outDir)
 			if err != nil {
 				return err
 			}
 			defer done()
-			if err := writeCA(outDir, root); err != nil {
-				return err
-			}
 			if envSuite != "" {
 				if _, err := envelope.ParseSuite(envSuite); err != nil {
 					return fmt.Errorf("--envelope: %w", err)
@@ -410,24 +424,11 @@ fails, provisioning stops and nothing is registered for that device.`,
 			if err != nil {
 				return err
 			}
-			cfg, log, err := c.load(cmd)
-			if err != nil {
-				return err
-			}
-			root, err := c.rootPEM(cfg)
-			if err != nil {
-				return err
-			}
-			svc, done, err := c.service(cmd.Context(), cfg, log)
+			svc, root, done, err := c.openIssuing(cmd, outDir)
 			if err != nil {
 				return err
 			}
 			defer done()
-			if outDir != "" {
-				if err := writeCA(outDir, root); err != nil {
-					return err
-				}
-			}
 			p := &provisioner{svc: svc, rootPEM: root, outDir: outDir, format: format, execCmd: execCmd}
 			var bar *progressbar.ProgressBar
 			if f, ok := c.err.(*os.File); ok && term.IsTerminal(int(f.Fd())) {

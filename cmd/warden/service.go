@@ -43,22 +43,11 @@ func (c *cli) serviceAddCmd() *cobra.Command {
 			if err := identity.ValidateRole(role); err != nil {
 				return err
 			}
-			cfg, log, err := c.load(cmd)
-			if err != nil {
-				return err
-			}
-			root, err := c.rootPEM(cfg)
-			if err != nil {
-				return err
-			}
-			svc, done, err := c.service(cmd.Context(), cfg, log)
+			svc, _, done, err := c.openIssuing(cmd, outDir)
 			if err != nil {
 				return err
 			}
 			defer done()
-			if err := writeCA(outDir, root); err != nil {
-				return err
-			}
 			km, err := newKeyMaterial(name, "pem")
 			if err != nil {
 				return err

@@ -410,7 +410,9 @@ func (b *Broker) Connected(id string) bool {
 func (b *Broker) handshakeFailed(listener, remote string, err error) {
 	reason := handshakeReason(err)
 	b.metrics.handshakeFailures.WithLabelValues(listener, reason).Inc()
-	if reason == "peer-closed" || (reason == "timeout" && !b.hook.sampleLog()) {
+	// Always counted; audited unless the peer just went away, and sampled so
+	// a scanner or a flood of bad handshakes cannot flood the audit log.
+	if reason == "peer-closed" || !b.hook.sampleLog() {
 		return
 	}
 	b.audit.Record(context.Background(), audit.Event{
