@@ -265,6 +265,10 @@ type Store interface {
 	// device has no key of that epoch, ErrRevoked if the key is retired.
 	ReserveSequence(ctx context.Context, deviceID, direction string, epoch uint32, step uint64) (start uint64, err error)
 
+	// FirmwareStore keeps release keys, firmware images, rollouts and what
+	// devices report running (firmware.go).
+	FirmwareStore
+
 	// Close releases the database.
 	Close() error
 }

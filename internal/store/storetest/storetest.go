@@ -1,6 +1,6 @@
 // Package storetest is the conformance suite for store.Store backends. Every
-// backend's tests call Run (and ConcurrentWriters and ConcurrentSequences
-// with two handles on one database), so that callers can rely on the same
+// backend's tests call Run (and ConcurrentWriters, ConcurrentSequences and
+// ConcurrentRolloutDevices with two handles on one database), so that callers can rely on the same
 // errors, ordering, atomicity and idempotency whichever database is
 // underneath.
 package storetest
@@ -53,6 +53,26 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"ReplayWindows", testReplayWindows},
 		{"ReserveSequence", testReserveSequence},
 		{"ConcurrentSequences", func(t *testing.T, st store.Store) { ConcurrentSequences(t, st, st) }},
+		{"ReleaseKeys", testReleaseKeys},
+		{"RevokeReleaseKey", testRevokeReleaseKey},
+		{"AddReleaseKeyRejectsBadInput", testAddReleaseKeyRejectsBadInput},
+		{"PutFirmwareImage", testPutFirmwareImage},
+		{"PutFirmwareImageRejectsBadInput", testPutFirmwareImageRejectsBadInput},
+		{"ListFirmwareImages", testListFirmwareImages},
+		{"DeleteFirmwareImage", testDeleteFirmwareImage},
+		{"CreateAndGetRollout", testCreateAndGetRollout},
+		{"ListRollouts", testListRollouts},
+		{"CreateRolloutConflicts", testCreateRolloutConflicts},
+		{"CreateRolloutRejectsBadInput", testCreateRolloutRejectsBadInput},
+		{"OneLiveRolloutPerDevice", testOneLiveRolloutPerDevice},
+		{"UpdateRollout", testUpdateRollout},
+		{"RolloutCounts", testRolloutCounts},
+		{"ListRolloutDevices", testListRolloutDevices},
+		{"ActiveRollout", testActiveRollout},
+		{"SetRolloutDeviceState", testSetRolloutDeviceState},
+		{"TimeOutRolloutDevices", testTimeOutRolloutDevices},
+		{"DeviceFirmware", testDeviceFirmware},
+		{"ConcurrentRolloutDevices", func(t *testing.T, st store.Store) { ConcurrentRolloutDevices(t, st, st) }},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
