@@ -93,7 +93,7 @@ terminal. It must be at least 12 characters.`,
 			if !env.CA.HasRootKey() {
 				return fmt.Errorf("%w: the root key has already been moved off this server", pki.ErrNoRootKey)
 			}
-			pass, err := c.passphrase(passFile)
+			pass, err := c.passphrase(passFile, "Passphrase for the exported root key: ", true)
 			if err != nil {
 				return err
 			}
@@ -122,7 +122,9 @@ terminal. It must be at least 12 characters.`,
 	return cmd
 }
 
-func (c *cli) passphrase(file string) ([]byte, error) {
+// passphrase reads a passphrase from file, or asks on the terminal (twice
+// when confirm is set, for a new secret).
+func (c *cli) passphrase(file, prompt string, confirm bool) ([]byte, error) {
 	if file != "" {
 		b, err := os.ReadFile(file)
 		if err != nil {
@@ -134,11 +136,14 @@ func (c *cli) passphrase(file string) ([]byte, error) {
 	if !term.IsTerminal(fd) {
 		return nil, errors.New("no terminal to ask for a passphrase; use --passphrase-file FILE")
 	}
-	fmt.Fprint(c.err, "Passphrase for the exported root key: ")
+	fmt.Fprint(c.err, prompt)
 	p1, err := term.ReadPassword(fd)
 	fmt.Fprintln(c.err)
 	if err != nil {
 		return nil, err
+	}
+	if !confirm {
+		return p1, nil
 	}
 	fmt.Fprint(c.err, "Repeat it: ")
 	p2, err := term.ReadPassword(fd)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/warden-iot/warden/internal/admin"
 	"github.com/warden-iot/warden/internal/app"
+	"github.com/warden-iot/warden/internal/audit"
 	"github.com/warden-iot/warden/internal/config"
 )
 
@@ -56,6 +57,8 @@ variables and its flags, in that order of precedence; see docs/configuration.md.
 		c.caCmd(),
 		c.deviceCmd(),
 		c.serviceCmd(),
+		c.fwCmd(),
+		c.rolloutCmd(),
 	)
 	return root
 }
@@ -95,7 +98,18 @@ func (c *cli) service(ctx context.Context, cfg *config.Config, log *slog.Logger)
 	if err != nil {
 		return nil, nil, err
 	}
-	return admin.Local{Registry: env.Registry}, func() { env.Close() }, nil
+	rec, err := audit.Open(env.Paths.AuditLog, quiet(log))
+	if err != nil {
+		env.Close()
+		return nil, nil, err
+	}
+	fw, err := env.OpenOTA(rec, nil, nil)
+	if err != nil {
+		rec.Close()
+		env.Close()
+		return nil, nil, err
+	}
+	return admin.Local{Registry: env.Registry, OTA: fw}, func() { rec.Close(); env.Close() }, nil
 }
 
 // openService loads the configuration for cmd and returns the service to

@@ -68,7 +68,10 @@ Listeners:
   --mqtt ADDR    plain MQTT for envelope devices only (off unless set): username =
                  device ID, password = a single-use envelope; every publish must
                  be an envelope (docs/envelope.md).
-  --http ADDR    health, metrics and CRL (default 127.0.0.1:8080).
+  --api ADDR     HTTPS (default :8443): devices check for and download firmware
+                 with their client certificate (docs/firmware.md).
+  --http ADDR    health, metrics and CRL (default 127.0.0.1:8080); envelope
+                 devices may also check for firmware here with sealed requests.
 
 While serve runs, 'warden device ...' commands act on the running server
 through the admin socket <data>/warden.sock (mode 0600), so revoking or
@@ -124,6 +127,9 @@ func (c *cli) banner(cfg *config.Config, srv *app.Server, firstRun bool) {
 	}
 	if a := srv.Broker.Addr("mqtt"); a != nil {
 		fmt.Fprintf(w, "  mqtt   %s  (NO TLS: envelope devices only)\n", a)
+	}
+	if a := srv.APIAddr(); a != nil {
+		fmt.Fprintf(w, "  api    https://%s  (%s TLS profile; firmware updates: /ota/v1/)\n", a, cfg.API.TLSProfile)
 	}
 	if a := srv.HTTPAddr(); a != nil {
 		fmt.Fprintf(w, "  http   http://%s  (/healthz /metrics /crl)\n", a)

@@ -12,6 +12,7 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/warden-iot/warden/internal/ota"
 	"github.com/warden-iot/warden/internal/registry"
 	"github.com/warden-iot/warden/internal/store"
 )
@@ -40,6 +41,8 @@ type Service interface {
 	// Rekey moves an envelope device to a new epoch; it needs the running
 	// server, which sends the new secret sealed under the current one.
 	Rekey(ctx context.Context, id string) (uint32, error)
+
+	Firmware
 }
 
 // EnvelopeBundle is what an envelope device must hold.
@@ -61,6 +64,7 @@ type Issued struct {
 // inside the running server, which can deliver the new key.
 type Local struct {
 	Registry  *registry.Registry
+	OTA       *ota.Service // nil: firmware commands fail
 	RekeyFunc func(ctx context.Context, id string) (uint32, error)
 }
 
@@ -171,6 +175,7 @@ const (
 	codeNotFound = "not_found"
 	codeConflict = "conflict"
 	codeInvalid  = "invalid"
+	codeRefused  = "refused"
 	codeInternal = "internal"
 )
 
@@ -182,6 +187,8 @@ func errorCode(err error) string {
 		return codeConflict
 	case errors.Is(err, registry.ErrInvalid):
 		return codeInvalid
+	case errors.Is(err, ota.ErrRefused):
+		return codeRefused
 	}
 	return codeInternal
 }

@@ -15,6 +15,7 @@ import (
 	"strconv"
 	"time"
 
+	"github.com/warden-iot/warden/internal/ota"
 	"github.com/warden-iot/warden/internal/registry"
 	"github.com/warden-iot/warden/internal/store"
 )
@@ -71,6 +72,7 @@ func Handler(svc Service, logger *slog.Logger) http.Handler {
 	mux.HandleFunc("POST /v1/services", h.addService)
 	mux.HandleFunc("GET /v1/services", h.listServices)
 	mux.HandleFunc("POST /v1/services/{name}/revoke", h.revokeService)
+	h.firmwareRoutes(mux)
 	return mux
 }
 
@@ -105,7 +107,7 @@ func writeJSON(w http.ResponseWriter, status int, v any) {
 
 func (h *handler) fail(w http.ResponseWriter, err error) {
 	code := errorCode(err)
-	status := map[string]int{codeNotFound: 404, codeConflict: 409, codeInvalid: 400}[code]
+	status := map[string]int{codeNotFound: 404, codeConflict: 409, codeInvalid: 400, codeRefused: 422}[code]
 	if status == 0 {
 		status = 500
 		h.log.Error("admin request failed", "error", err)
@@ -352,6 +354,12 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 		return err
 	}
 	defer resp.Body.Close()
+	return c.decodeResponse(resp, out)
+}
+
+// decodeResponse turns an error answer back into the error the server
+// had (so errors.Is works across the socket) or decodes the result.
+func (c *Client) decodeResponse(resp *http.Response, out any) error {
 	data, err := io.ReadAll(io.LimitReader(resp.Body, 16<<20))
 	if err != nil {
 		return fmt.Errorf("read admin response: %w", err)
@@ -368,6 +376,8 @@ func (c *Client) do(ctx context.Context, method, path string, in, out any) error
 			return &remoteError{msg: eb.Message, is: store.ErrConflict}
 		case codeInvalid:
 			return &remoteError{msg: eb.Message, is: registry.ErrInvalid}
+		case codeRefused:
+			return &remoteError{msg: eb.Message, is: ota.ErrRefused}
 		}
 		return errors.New(eb.Message)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/warden-iot/warden/internal/broker"
 	"github.com/warden-iot/warden/internal/config"
 	"github.com/warden-iot/warden/internal/identity"
+	"github.com/warden-iot/warden/internal/ota"
 	"github.com/warden-iot/warden/internal/policy"
 	"github.com/warden-iot/warden/internal/registry"
 	"github.com/warden-iot/warden/internal/relay"
@@ -31,10 +32,13 @@ import (
 type Server struct {
 	Env    *Env
 	Broker *broker.Broker
+	OTA    *ota.Service
 
 	audit    *audit.Log
 	httpSrv  *http.Server
 	httpLn   net.Listener
+	apiSrv   *http.Server
+	apiLn    net.Listener
 	adminSrv *http.Server
 	adminLn  net.Listener
 	unsub    func()
@@ -133,7 +137,27 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 		return nil, err
 	}
 	rel := relay.New(s.Broker, env.Registry, seal, log.With("component", "relay"), s.audit, reg)
-	s.Broker.SetRouter(rel)
+
+	// Firmware: the HTTPS listener is bound first because offers carry
+	// download URLs that name its port.
+	var urls *ota.URLSigner
+	var imageURL func(deviceID, sha string) string
+	if cfg.API.Addr != "" {
+		if s.apiLn, err = net.Listen("tcp", cfg.API.Addr); err != nil {
+			return nil, fmt.Errorf("api listener: listen on %s: %w", cfg.API.Addr, err)
+		}
+		urls = ota.NewURLSigner(publicBase(cfg.OTA.PublicURL, cfg.Hostnames, s.apiLn.Addr()))
+		imageURL = urls.URL
+	}
+	if s.OTA, err = env.OpenOTA(s.audit, reg, imageURL); err != nil {
+		return nil, err
+	}
+	if err := s.OTA.Sweep(ctx); err != nil {
+		log.Warn("could not sweep orphaned firmware files", "error", err)
+	}
+	otaMQTT := ota.NewMQTT(s.OTA, s.Broker, seal, reg)
+	s.Broker.SetRouter(router{ota: otaMQTT, relay: rel})
+	otaHTTP := ota.NewHTTPMetrics(reg)
 	rekey := rekeyWith(env.Registry, rel)
 	seal.OnRekeyDue = func(id string) {
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
@@ -174,9 +198,23 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 		if s.httpLn, err = net.Listen("tcp", cfg.HTTP.Addr); err != nil {
 			return nil, fmt.Errorf("http listener: listen on %s: %w", cfg.HTTP.Addr, err)
 		}
-		s.httpSrv = &http.Server{Handler: s.opsHandler(reg), ReadHeaderTimeout: 10 * time.Second}
+		// Devices without TLS (envelope devices) check and report here with
+		// sealed requests and download with the capability in their offer.
+		ops := s.opsHandler(reg)
+		sealedOTA := s.OTA.HTTPHandler(ota.HTTPOptions{Opener: seal, URLs: urls, Metrics: otaHTTP, Name: "http"})
+		mux := http.NewServeMux()
+		mux.Handle("/ota/", sealedOTA)
+		mux.Handle("/", ops)
+		s.httpSrv = &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second}
 		go func() { _ = s.httpSrv.Serve(s.httpLn) }()
 		log.Info("listening", "listener", "http", "addr", s.httpLn.Addr().String())
+	}
+
+	if s.apiLn != nil {
+		h := s.OTA.HTTPHandler(ota.HTTPOptions{Auth: env.Registry, Opener: seal, URLs: urls, Metrics: otaHTTP, Name: "api"})
+		if err := s.startAPI(cfg.API.TLSProfile, cfg.TLS.HybridPQ, serverCert, h); err != nil {
+			return nil, err
+		}
 	}
 
 	if s.adminLn, err = admin.Listen(p.AdminSocket); err != nil {
@@ -186,9 +224,11 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 	s.stop = stop
 	s.bgDone = make(chan struct{})
 	go s.maintain(mctx)
-	go func() { defer close(s.bgDone); seal.Run(mctx, 30*time.Second) }()
+	otaDone := make(chan struct{})
+	go func() { defer close(otaDone); s.OTA.Run(mctx, 5*time.Second) }()
+	go func() { defer close(s.bgDone); seal.Run(mctx, 30*time.Second); <-otaDone }()
 
-	s.adminSrv = &http.Server{Handler: admin.Handler(admin.Local{Registry: env.Registry, RekeyFunc: rekey}, log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}
+	s.adminSrv = &http.Server{Handler: admin.Handler(admin.Local{Registry: env.Registry, OTA: s.OTA, RekeyFunc: rekey}, log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = s.adminSrv.Serve(s.adminLn) }()
 	return s, nil
 }
@@ -260,6 +300,11 @@ func (s *Server) Close() error {
 	} else if s.adminLn != nil {
 		errs = append(errs, ignoreClosed(s.adminLn.Close()))
 	}
+	if s.apiSrv != nil {
+		errs = append(errs, ignoreClosed(s.apiSrv.Shutdown(ctx)))
+	} else if s.apiLn != nil {
+		errs = append(errs, ignoreClosed(s.apiLn.Close()))
+	}
 	if s.httpSrv != nil {
 		errs = append(errs, ignoreClosed(s.httpSrv.Shutdown(ctx)))
 	} else if s.httpLn != nil {
@@ -275,6 +320,9 @@ func (s *Server) Close() error {
 	if s.stop != nil {
 		s.stop()
 		<-s.bgDone
+	}
+	if s.OTA != nil {
+		errs = append(errs, s.OTA.Close())
 	}
 	if s.seal != nil {
 		errs = append(errs, s.seal.CloseJournal())

@@ -33,11 +33,25 @@ type Config struct {
 	// MQTT is a plain (non-TLS) MQTT listener for envelope devices only:
 	// they authenticate with a single-use password and every publish must
 	// be an envelope (docs/envelope.md). Off unless an address is set.
-	MQTT    PlainListener `koanf:"mqtt"`
+	MQTT PlainListener `koanf:"mqtt"`
+	// API is the HTTPS listener: device OTA endpoints (mutual TLS) and the
+	// operator API. An empty address turns it off.
+	API     HTTPSListener `koanf:"api"`
 	HTTP    HTTP          `koanf:"http"`
 	TLS     TLS           `koanf:"tls"`
 	Limits  Limits        `koanf:"limits"`
 	Devices Devices       `koanf:"devices"`
+	OTA     OTA           `koanf:"ota"`
+}
+
+// OTA configures firmware delivery (docs/firmware.md).
+type OTA struct {
+	// PublicURL is the base URL devices download images from, e.g.
+	// https://updates.example.com:8443; empty means https://<first
+	// hostname>:<api port>.
+	PublicURL string `koanf:"public_url"`
+	// MaxImageSize bounds an uploaded image.
+	MaxImageSize ByteSize `koanf:"max_image_size"`
 }
 
 // Log configures the process log.
@@ -56,6 +70,14 @@ type Listener struct {
 	// Path is the HTTP path of the WebSocket upgrade; wss only (Validate
 	// rejects it on mqtts, where it would silently mean nothing).
 	Path string `koanf:"path"`
+}
+
+// HTTPSListener is a TLS listener for HTTP.
+type HTTPSListener struct {
+	// Addr is host:port; empty turns the listener off.
+	Addr string `koanf:"addr"`
+	// TLSProfile is "strict" (TLS 1.3 only) or "compat" (also TLS 1.2).
+	TLSProfile string `koanf:"tls_profile"`
 }
 
 // PlainListener is a listener without TLS.
@@ -166,7 +188,9 @@ func Default() Config {
 			TLSProfile: ProfileStrict,
 			Path:       "/mqtt",
 		},
+		API:  HTTPSListener{Addr: ":8443", TLSProfile: ProfileStrict},
 		HTTP: HTTP{Addr: "127.0.0.1:8080"},
+		OTA:  OTA{MaxImageSize: 64 * MiB},
 		TLS:  TLS{HybridPQ: true},
 		Limits: Limits{
 			ConnectTimeout:   10 * time.Second,
@@ -199,6 +223,7 @@ type Paths struct {
 	CRLDER      string // current CRL, DER
 	CRLPEM      string // current CRL, PEM
 	AuditLog    string // hash-chained audit log
+	Firmware    string // firmware image files, by SHA-256
 }
 
 // Paths derives every file location from c.Data. The paths are absolute when
@@ -222,5 +247,6 @@ func (c *Config) Paths() Paths {
 		CRLDER:      filepath.Join(pki, "crl.der"),
 		CRLPEM:      filepath.Join(pki, "crl.pem"),
 		AuditLog:    filepath.Join(data, "audit.log"),
+		Firmware:    filepath.Join(data, "firmware"),
 	}
 }

@@ -44,7 +44,7 @@ mqtts:
   tls_profile: strict
 
 # MQTT over WebSocket with mutual TLS, for devices behind proxies that only
-# pass HTTPS. Empty addr turns it off; e.g. ":8443".
+# pass HTTPS. Empty addr turns it off; e.g. ":443".
 wss:
   addr: ""
   tls_profile: strict
@@ -56,6 +56,12 @@ wss:
 # Example: ":1883".
 mqtt:
   addr: ""
+
+# HTTPS listener: devices check for and download firmware here (mutual TLS;
+# docs/firmware.md), and operators use the API. Empty addr turns it off.
+api:
+  addr: ":8443"
+  tls_profile: strict
 
 # HTTP listener: API, health and metrics. Empty addr turns it off.
 http:
@@ -85,6 +91,11 @@ limits:
   flap_window: 1m            # 1s..24h
   flap_ban: 5m               # 1s..168h
   max_session_expiry: 168h   # longest a disconnected session is kept (1s..87600h)
+
+ota:
+  # Base URL devices download images from; empty: https://<first hostname>:<api port>.
+  public_url: ""
+  max_image_size: 64MiB   # largest firmware image accepted (1KiB..1GiB)
 
 devices:
   # Validity of certificates Warden issues. 0 means the default, 87600h

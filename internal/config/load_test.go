@@ -192,7 +192,7 @@ func TestEnvMapping(t *testing.T) {
 		"WARDEN_MASTER_KEY_FILE=/run/secrets/warden.key",
 		"WARDEN_MQTTS__ADDR=0.0.0.0:8884",
 		"WARDEN_MQTTS__TLS_PROFILE=compat",
-		"WARDEN_WSS__ADDR=:8443",
+		"WARDEN_WSS__ADDR=:8444",
 		"WARDEN_WSS__PATH=/ws",
 		"WARDEN_HTTP__ADDR=",
 		"WARDEN_HOSTNAMES=mqtt.example.com, 192.0.2.10",
@@ -208,7 +208,7 @@ func TestEnvMapping(t *testing.T) {
 	want.Data = "/srv/warden"
 	want.MasterKeyFile = "/run/secrets/warden.key"
 	want.MQTTS = Listener{Addr: "0.0.0.0:8884", TLSProfile: ProfileCompat}
-	want.WSS = Listener{Addr: ":8443", TLSProfile: ProfileStrict, Path: "/ws"}
+	want.WSS = Listener{Addr: ":8444", TLSProfile: ProfileStrict, Path: "/ws"}
 	want.HTTP.Addr = ""
 	want.Hostnames = []string{"mqtt.example.com", "192.0.2.10"}
 	want.TLS.HybridPQ = false
@@ -292,7 +292,7 @@ func TestFlagTypes(t *testing.T) {
 	hermetic(t)
 	c := mustLoad(t, LoadOptions{Flags: newFlags(t,
 		"--connect-timeout", "30s", "--hybrid-pq=false", "--max-inflight", "10", "--connection-rate", "0.5",
-		"--wss", ":8443", "--wss-path", "/ws", "--http", "", "--max-session-expiry", "1h",
+		"--wss", ":8444", "--wss-path", "/ws", "--http", "", "--max-session-expiry", "1h",
 		"--device-cert-lifetime", "8760h", "--log-format", "json", "--master-key-file", "/k",
 	)})
 	want := Default()
@@ -301,7 +301,7 @@ func TestFlagTypes(t *testing.T) {
 	want.TLS.HybridPQ = false
 	want.Limits.MaxInflight = 10
 	want.Limits.ConnectionRate = 0.5
-	want.WSS.Addr, want.WSS.Path = ":8443", "/ws"
+	want.WSS.Addr, want.WSS.Path = ":8444", "/ws"
 	want.HTTP.Addr = ""
 	want.Limits.MaxSessionExpiry = time.Hour
 	want.Devices.CertLifetime = 8760 * time.Hour

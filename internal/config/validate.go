@@ -6,6 +6,7 @@ import (
 	"math"
 	"net"
 	"net/netip"
+	"net/url"
 	"strconv"
 	"strings"
 	"time"
@@ -35,6 +36,8 @@ const (
 	maxSessionExpiry    = 10 * 365 * 24 * time.Hour
 	minCertLifetime     = time.Hour
 	maxCertLifetime     = 100 * 365 * 24 * time.Hour
+	minImageSize        = 1 * KiB
+	maxImageSize        = 1 * GiB
 	maxDNSNameLength    = 253
 	maxDNSLabelLength   = 63
 	secondsResolutionOf = "MQTT carries it in whole seconds"
@@ -84,6 +87,12 @@ func (c *Config) Validate() error {
 			listeners = append(listeners, l)
 		}
 	}
+	if c.API.Addr != "" {
+		if l, ok := v.addr("api.addr", c.API.Addr); ok {
+			listeners = append(listeners, l)
+		}
+	}
+	v.oneOf("api.tls_profile", c.API.TLSProfile, ProfileStrict, ProfileCompat)
 	if c.HTTP.Addr != "" {
 		if l, ok := v.addr("http.addr", c.HTTP.Addr); ok {
 			listeners = append(listeners, l)
@@ -108,6 +117,16 @@ func (c *Config) Validate() error {
 	v.duration("limits.flap_window", l.FlapWindow, minFlapWindow, maxFlapWindow)
 	v.duration("limits.flap_ban", l.FlapBan, minFlapBan, maxFlapBan)
 	v.seconds("limits.max_session_expiry", l.MaxSessionExpiry, minSessionExpiry, maxSessionExpiry)
+
+	// Firmware delivery.
+	if c.OTA.PublicURL != "" {
+		if u, err := url.Parse(c.OTA.PublicURL); err != nil || u.Scheme != "https" || u.Host == "" || u.RawQuery != "" || u.Fragment != "" {
+			v.add("ota.public_url", quote(c.OTA.PublicURL), "must be an https:// URL with a host and no query, e.g. https://updates.example.com:8443")
+		}
+	}
+	if c.OTA.MaxImageSize < minImageSize || c.OTA.MaxImageSize > maxImageSize {
+		v.add("ota.max_image_size", c.OTA.MaxImageSize.String(), "must be between "+minImageSize.String()+" and "+maxImageSize.String())
+	}
 
 	// Certificates.
 	v.lifetime("devices.cert_lifetime", c.Devices.CertLifetime)

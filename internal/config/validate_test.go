@@ -39,7 +39,7 @@ func TestValidateAcceptsEdges(t *testing.T) {
 		}},
 		{"listeners", func(c *Config) {
 			c.MQTTS = Listener{Addr: "[::1]:8883", TLSProfile: ProfileCompat}
-			c.WSS = Listener{Addr: "localhost:8443", TLSProfile: ProfileCompat, Path: "/mqtt/v1"}
+			c.WSS = Listener{Addr: "localhost:8444", TLSProfile: ProfileCompat, Path: "/mqtt/v1"}
 			c.HTTP.Addr = ""
 		}},
 		{"port 0 never conflicts", func(c *Config) {

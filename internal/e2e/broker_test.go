@@ -232,7 +232,7 @@ func TestClientIDMustEqualCertificateIdentity(t *testing.T) {
 
 // foreignCert makes a certificate that looks exactly like a Warden device
 // certificate but is signed by another CA.
-func foreignCert(t *testing.T, id string) creds {
+func foreignCert(t testing.TB, id string) creds {
 	t.Helper()
 	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Evil CA"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
@@ -254,7 +254,7 @@ func foreignCert(t *testing.T, id string) creds {
 
 // handshakeRefused dials with the given credentials (trusting Warden's root)
 // and reports whether the server refused before MQTT could start.
-func handshakeRefused(t *testing.T, addr string, c creds, root string) bool {
+func handshakeRefused(t testing.TB, addr string, c creds, root string) bool {
 	t.Helper()
 	cert, err := tls.LoadX509KeyPair(c.cert, c.key)
 	if err != nil {

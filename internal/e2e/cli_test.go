@@ -20,7 +20,7 @@ import (
 	"github.com/warden-iot/warden/internal/pki"
 )
 
-func mustRun(t *testing.T, data string, args ...string) string {
+func mustRun(t testing.TB, data string, args ...string) string {
 	t.Helper()
 	out, errOut, err := runWarden(data, args...)
 	if err != nil {
@@ -29,7 +29,7 @@ func mustRun(t *testing.T, data string, args ...string) string {
 	return out
 }
 
-func readCert(t *testing.T, path string) *x509.Certificate {
+func readCert(t testing.TB, path string) *x509.Certificate {
 	t.Helper()
 	b, err := os.ReadFile(path)
 	if err != nil {

@@ -29,7 +29,7 @@ type envDevice struct {
 	dir     string
 }
 
-func (s *server) addEnvelopeDevice(t *testing.T, id string, extra ...string) *envDevice {
+func (s *server) addEnvelopeDevice(t testing.TB, id string, extra ...string) *envDevice {
 	t.Helper()
 	dir := t.TempDir()
 	s.mustWarden(append([]string{"device", "add", id, "--out", dir}, extra...)...)
@@ -62,7 +62,7 @@ func (s *server) addEnvelopeDevice(t *testing.T, id string, extra ...string) *en
 }
 
 // restart reloads the counter from its file, as a rebooted device would.
-func (d *envDevice) restart(t *testing.T) {
+func (d *envDevice) restart(t testing.TB) {
 	t.Helper()
 	c, err := envelope.NewCounter(envelope.NewFileCounterStore(filepath.Join(d.dir, "counter")))
 	if err != nil {
@@ -71,7 +71,7 @@ func (d *envDevice) restart(t *testing.T) {
 	d.counter = c
 }
 
-func (d *envDevice) keys(t *testing.T, dir envelope.Direction) *envelope.Keys {
+func (d *envDevice) keys(t testing.TB, dir envelope.Direction) *envelope.Keys {
 	t.Helper()
 	k, err := envelope.DeriveKeys(d.secret, d.id, d.epoch, d.suite, dir)
 	if err != nil {
@@ -80,7 +80,7 @@ func (d *envDevice) keys(t *testing.T, dir envelope.Direction) *envelope.Keys {
 	return k
 }
 
-func (d *envDevice) seal(t *testing.T, topic string, payload []byte) []byte {
+func (d *envDevice) seal(t testing.TB, topic string, payload []byte) []byte {
 	t.Helper()
 	seq, err := d.counter.Next()
 	if err != nil {
@@ -93,7 +93,7 @@ func (d *envDevice) seal(t *testing.T, topic string, payload []byte) []byte {
 	return m
 }
 
-func (d *envDevice) password(t *testing.T) []byte {
+func (d *envDevice) password(t testing.TB) []byte {
 	t.Helper()
 	seq, err := d.counter.Next()
 	if err != nil {
@@ -107,7 +107,7 @@ func (d *envDevice) password(t *testing.T) []byte {
 }
 
 // connectPlain connects over the plain listener with the given password.
-func connectPlain(t *testing.T, addr, id string, password []byte) (*rawClient, *paho.Connack, error) {
+func connectPlain(t testing.TB, addr, id string, password []byte) (*rawClient, *paho.Connack, error) {
 	t.Helper()
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {

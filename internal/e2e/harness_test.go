@@ -55,7 +55,7 @@ func TestMain(m *testing.M) {
 
 // requireTool fails in CI (where `make deps` installs it) and skips
 // elsewhere when an outside tool is missing.
-func requireTool(t *testing.T, name, pkg string) string {
+func requireTool(t testing.TB, name, pkg string) string {
 	t.Helper()
 	p, err := exec.LookPath(name)
 	if err == nil {
@@ -88,7 +88,7 @@ func (s *syncBuffer) String() string {
 
 // server is a `warden serve` process.
 type server struct {
-	t     *testing.T
+	t     testing.TB
 	data  string
 	args  []string
 	cmd   *exec.Cmd
@@ -98,6 +98,7 @@ type server struct {
 	wss   string
 	plain string // the plain listener, when started with --mqtt
 	http  string
+	api   string // the HTTPS listener (OTA)
 	done  chan struct{}
 }
 
@@ -106,14 +107,15 @@ var (
 	reWSS   = regexp.MustCompile(`(?m)^\s+wss\s+(\S+?)(/\S*)?$`)
 	reHTTP  = regexp.MustCompile(`(?m)^\s+http\s+http://(\S+)`)
 	rePlain = regexp.MustCompile(`(?m)^\s+mqtt\s+(\S+)`)
+	reAPI   = regexp.MustCompile(`(?m)^\s+api\s+https://(\S+)`)
 )
 
 // startServer runs `warden serve` on a data directory with every listener
 // on a free loopback port and short limits suited to tests.
-func startServer(t *testing.T, data string, extra ...string) *server {
+func startServer(t testing.TB, data string, extra ...string) *server {
 	t.Helper()
 	args := append([]string{"serve", "--data", data,
-		"--mqtts", "127.0.0.1:0", "--wss", "127.0.0.1:0", "--http", "127.0.0.1:0",
+		"--mqtts", "127.0.0.1:0", "--wss", "127.0.0.1:0", "--http", "127.0.0.1:0", "--api", "127.0.0.1:0",
 		"--connect-timeout", "2s", "--log-level", "debug"}, extra...)
 	s := &server{t: t, data: data, args: args}
 	s.start()
@@ -145,6 +147,9 @@ func (s *server) start() {
 			}
 			if p := rePlain.FindStringSubmatch(s.out.String()); p != nil {
 				s.plain = p[1]
+			}
+			if a := reAPI.FindStringSubmatch(s.out.String()); a != nil {
+				s.api = a[1]
 			}
 			return
 		}
@@ -250,7 +255,7 @@ func (s *server) addService(name, role string) creds {
 	return creds{id: name, cert: filepath.Join(dir, name+".crt"), key: filepath.Join(dir, name+".key"), ca: filepath.Join(dir, "ca.crt")}
 }
 
-func (c creds) tls(t *testing.T) (tls.Certificate, *x509.CertPool) {
+func (c creds) tls(t testing.TB) (tls.Certificate, *x509.CertPool) {
 	t.Helper()
 	cert, pool, err := device.LoadCredentials(c.cert, c.key, c.ca)
 	if err != nil {
@@ -260,7 +265,7 @@ func (c creds) tls(t *testing.T) (tls.Certificate, *x509.CertPool) {
 }
 
 // connectSDK connects a device with the Go SDK.
-func connectSDK(t *testing.T, s *server, c creds, opts ...func(*device.Config)) *device.Client {
+func connectSDK(t testing.TB, s *server, c creds, opts ...func(*device.Config)) *device.Client {
 	t.Helper()
 	cert, pool := c.tls(t)
 	cfg := device.Config{
@@ -304,7 +309,7 @@ type rawOpts struct {
 	will          *paho.WillMessage
 }
 
-func dialTLS(t *testing.T, addr string, cert *tls.Certificate, roots *x509.CertPool, cfgs ...func(*tls.Config)) (*tls.Conn, error) {
+func dialTLS(t testing.TB, addr string, cert *tls.Certificate, roots *x509.CertPool, cfgs ...func(*tls.Config)) (*tls.Conn, error) {
 	t.Helper()
 	cfg := &tls.Config{RootCAs: roots, ServerName: "localhost", MinVersion: tls.VersionTLS12}
 	if cert != nil {
@@ -323,7 +328,7 @@ func dialTLS(t *testing.T, addr string, cert *tls.Certificate, roots *x509.CertP
 
 // connectRaw opens one MQTT 5 connection and returns the client and the
 // CONNACK (or the error).
-func connectRaw(t *testing.T, addr string, c creds, o rawOpts) (*rawClient, *paho.Connack, error) {
+func connectRaw(t testing.TB, addr string, c creds, o rawOpts) (*rawClient, *paho.Connack, error) {
 	t.Helper()
 	cert, pool := c.tls(t)
 	conn, err := dialTLS(t, addr, &cert, pool)
@@ -366,7 +371,7 @@ func connectRaw(t *testing.T, addr string, c creds, o rawOpts) (*rawClient, *pah
 	return rc, ca, nil
 }
 
-func mustConnectRaw(t *testing.T, addr string, c creds, o rawOpts) *rawClient {
+func mustConnectRaw(t testing.TB, addr string, c creds, o rawOpts) *rawClient {
 	t.Helper()
 	rc, ca, err := connectRaw(t, addr, c, o)
 	if err != nil {
@@ -379,7 +384,7 @@ func mustConnectRaw(t *testing.T, addr string, c creds, o rawOpts) *rawClient {
 	return rc
 }
 
-func (rc *rawClient) subscribe(t *testing.T, filter string, qos byte) byte {
+func (rc *rawClient) subscribe(t testing.TB, filter string, qos byte) byte {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -394,7 +399,7 @@ func (rc *rawClient) subscribe(t *testing.T, filter string, qos byte) byte {
 	return 0
 }
 
-func (rc *rawClient) publish(t *testing.T, topic string, payload []byte, qos byte) (byte, error) {
+func (rc *rawClient) publish(t testing.TB, topic string, payload []byte, qos byte) (byte, error) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
@@ -406,7 +411,7 @@ func (rc *rawClient) publish(t *testing.T, topic string, payload []byte, qos byt
 }
 
 // expectMessage waits for one message on topic.
-func expectMessage(t *testing.T, ch <-chan *paho.Publish, topic, payload string, within time.Duration) *paho.Publish {
+func expectMessage(t testing.TB, ch <-chan *paho.Publish, topic, payload string, within time.Duration) *paho.Publish {
 	t.Helper()
 	deadline := time.After(within)
 	for {
@@ -424,7 +429,7 @@ func expectMessage(t *testing.T, ch <-chan *paho.Publish, topic, payload string,
 }
 
 // expectNoMessage fails if anything arrives within d.
-func expectNoMessage(t *testing.T, ch <-chan *paho.Publish, d time.Duration) {
+func expectNoMessage(t testing.TB, ch <-chan *paho.Publish, d time.Duration) {
 	t.Helper()
 	select {
 	case m := <-ch:
@@ -435,7 +440,7 @@ func expectNoMessage(t *testing.T, ch <-chan *paho.Publish, d time.Duration) {
 
 // metric fetches /metrics and returns the sum of the series matching name
 // and all given label fragments.
-func (s *server) metric(t *testing.T, name string, labels ...string) float64 {
+func (s *server) metric(t testing.TB, name string, labels ...string) float64 {
 	t.Helper()
 	body := httpGet(t, "http://"+s.http+"/metrics")
 	var sum float64
@@ -466,7 +471,7 @@ func (s *server) metric(t *testing.T, name string, labels ...string) float64 {
 	return sum
 }
 
-func httpGet(t *testing.T, url string) string {
+func httpGet(t testing.TB, url string) string {
 	t.Helper()
 	c := &http.Client{Timeout: 5 * time.Second}
 	resp, err := c.Get(url)
@@ -502,7 +507,7 @@ func (s *server) auditContains(fragments ...string) bool {
 	return false
 }
 
-func eventually(t *testing.T, within time.Duration, what string, cond func() bool) {
+func eventually(t testing.TB, within time.Duration, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(within)
 	for time.Now().Before(deadline) {

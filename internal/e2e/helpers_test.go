@@ -85,7 +85,7 @@ func (s *server) addExpiredDevice(id string) creds {
 }
 
 // jsonField walks a dotted path ("credentials.0.serial") through JSON.
-func jsonField(t *testing.T, doc, path string) string {
+func jsonField(t testing.TB, doc, path string) string {
 	t.Helper()
 	var v any
 	if err := json.Unmarshal([]byte(doc), &v); err != nil {

@@ -11,7 +11,7 @@ import (
 
 // sClient runs openssl s_client against addr and returns its output and
 // whether a session was established (a negotiated cipher other than NONE).
-func sClient(t *testing.T, addr string, c creds, args ...string) (string, bool) {
+func sClient(t testing.TB, addr string, c creds, args ...string) (string, bool) {
 	t.Helper()
 	openssl := requireTool(t, "openssl", "openssl")
 	ctx, cancel := context.WithTimeout(context.Background(), 15*time.Second)
