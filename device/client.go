@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 	"unicode/utf8"
 
@@ -59,6 +60,7 @@ type Client struct {
 	downPrefix string         // private/<id>/down/
 	env        *envelopeState // nil: not an envelope device
 	rekeyTopic string         // private/<id>/down/_rekey, for an envelope device
+	otaAgent   atomic.Bool    // an OTA agent (OTA) holds the client's OTA topics
 
 	life context.Context // ends at Close or a failed Connect; bounds background work
 	stop context.CancelFunc
