@@ -43,4 +43,13 @@
 //	})
 //	...
 //	err = c.PublishUp(ctx, "telemetry", []byte(`{"temp":21.5}`), 1)
+//
+// # Firmware updates
+//
+// Client.OTA returns the device's update agent (docs/firmware.md,
+// "Delivery"). It trusts nothing but a release statement that verifies
+// against the pinned release key, checks model, expiry, sequence, security
+// counter and version before it downloads, resumes interrupted downloads
+// (HTTPS Range or MQTT blocks), verifies the MCUboot image against the
+// statement and hands it to an Installer, reporting every step to Warden.
 package device

@@ -157,9 +157,9 @@ Connect SDK use 0x200). --slot-size checks that the image and MCUboot's
 trailer fit the slot; --pad fills the slot with 0xff for direct flashing.
 --security-counter is the anti-rollback floor: once a device boots an image,
 it refuses any image with a lower counter. Raise it for security fixes.
---sequence defaults to the current Unix time, which keeps growing as long as
-one machine signs; a device refuses a statement whose sequence is not above
-the one it runs.`,
+--sequence defaults to the current Unix time in microseconds, which keeps
+growing as long as one machine (with a sane clock) signs; a device refuses a
+statement whose sequence is not above the one it accepted last.`,
 		Example: `  warden fw sign --key release.key --model sensor-v2 --version 1.2.3+4 --security-counter 3 app.bin app.img
   warden fw sign --key release.key --model sensor-v2 --version 1.3.0 --security-counter 4 \
       --header-size 0x200 --align 8 --slot-size 0x60000 --expires 30d zephyr.bin zephyr.signed.img`,
@@ -215,7 +215,9 @@ the one it runs.`,
 			}
 			now := time.Now().UTC().Truncate(time.Second)
 			if sequence == 0 {
-				sequence = uint64(now.Unix())
+				// Microseconds: two releases signed in the same second
+				// still get different, growing sequence numbers.
+				sequence = uint64(time.Now().UnixMicro())
 			}
 			sum := sha256.Sum256(img)
 			st, err := firmware.SignStatement(firmware.Statement{
@@ -246,7 +248,7 @@ the one it runs.`,
 	f.IntVar(&align, "align", 8, "flash write alignment: 1, 2, 4, 8, 16 or 32")
 	f.StringVar(&slotS, "slot-size", "", "slot size; checks that image and trailer fit (decimal or 0x hex)")
 	f.BoolVar(&pad, "pad", false, "pad the image to --slot-size with 0xff (for direct flashing)")
-	f.Uint64Var(&sequence, "sequence", 0, "statement sequence number (default: the current Unix time)")
+	f.Uint64Var(&sequence, "sequence", 0, "statement sequence number (default: the current Unix time in microseconds)")
 	f.StringVar(&expiresS, "expires", "90d", "how long the statement stays valid (e.g. 30d, 720h)")
 	f.StringVar(&statementOut, "statement-out", "", "release statement file (default OUT.statement)")
 	for _, r := range []string{"key", "version", "model"} {
