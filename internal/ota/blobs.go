@@ -83,7 +83,7 @@ func (b FileBlobs) Put(ctx context.Context, sha string, data []byte) (bool, erro
 		return false, fmt.Errorf("image store: %s exists with the wrong size; remove it and upload again", p)
 	}
 	if err != nil {
-		return false, fmt.Errorf("image store: write %s: %w (check free space and permissions)", p, err)
+		return false, fmt.Errorf("image store: %w (check free space and permissions)", err)
 	}
 	return true, nil
 }

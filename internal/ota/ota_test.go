@@ -11,8 +11,10 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/signal"
 	"path/filepath"
 	"sync"
+	"syscall"
 	"testing"
 	"testing/iotest"
 	"time"
@@ -506,5 +508,45 @@ func TestReportsOutOfOrderAndForeign(t *testing.T) {
 	ds, _ := f.st.ListRolloutDevices(ctx, r.ID, store.RolloutDeviceFilter{State: store.DeviceRolledBack})
 	if len(ds) != 1 || ds[0].DeviceID != ids[1] {
 		t.Fatalf("rolled-back devices %+v", ds)
+	}
+}
+
+// A write that fails part-way (the disk fills up: here the file-size
+// limit stands in for it, a real write(2) failure) stores nothing, and the
+// same upload works once there is room.
+func TestUploadOnFullDiskStoresNothing(t *testing.T) {
+	ctx := context.Background()
+	f := newFixture(t)
+	f.trust()
+	img, st := f.release("4.0.0", 1, 300<<10, f.key)
+
+	signal.Ignore(syscall.SIGXFSZ)
+	defer signal.Reset(syscall.SIGXFSZ)
+	var old syscall.Rlimit
+	if err := syscall.Getrlimit(syscall.RLIMIT_FSIZE, &old); err != nil {
+		t.Skipf("getrlimit: %v", err)
+	}
+	lim := old
+	lim.Cur = 100 << 10
+	if err := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &lim); err != nil {
+		t.Skipf("setrlimit: %v", err)
+	}
+	_, err := f.svc.Upload(ctx, st, bytes.NewReader(img), "op")
+	if rerr := syscall.Setrlimit(syscall.RLIMIT_FSIZE, &old); rerr != nil {
+		t.Fatal(rerr)
+	}
+	if err == nil {
+		t.Fatal("upload succeeded past the file-size limit")
+	}
+	t.Logf("upload on a full disk: %v", err)
+	if imgs, _ := f.st.ListFirmwareImages(ctx, ""); len(imgs) != 0 {
+		t.Fatalf("a failed write left a row: %+v", imgs)
+	}
+	entries, _ := os.ReadDir(filepath.Join(f.dir, "firmware"))
+	if len(entries) != 0 {
+		t.Fatalf("a failed write left files: %v", entries)
+	}
+	if _, err := f.svc.Upload(ctx, st, bytes.NewReader(img), "op"); err != nil {
+		t.Fatalf("upload after the disk has room again: %v", err)
 	}
 }
