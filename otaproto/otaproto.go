@@ -133,10 +133,16 @@ func (b BlockRequest) Validate() error {
 // total size (uint32, big-endian), then the bytes.
 func EncodeBlock(offset, total int64, data []byte) []byte {
 	b := make([]byte, BlockHeaderSize+len(data))
-	binary.BigEndian.PutUint32(b[0:4], uint32(offset))
-	binary.BigEndian.PutUint32(b[4:8], uint32(total))
+	PutBlockHeader(b, offset, total)
 	copy(b[BlockHeaderSize:], data)
 	return b
+}
+
+// PutBlockHeader writes a block frame's header into b[:BlockHeaderSize],
+// for a sender that reads the data into b[BlockHeaderSize:] itself.
+func PutBlockHeader(b []byte, offset, total int64) {
+	binary.BigEndian.PutUint32(b[0:4], uint32(offset))
+	binary.BigEndian.PutUint32(b[4:8], uint32(total))
 }
 
 // ParseBlock splits a block frame. data aliases b.

@@ -108,9 +108,9 @@ func (d *simDevice) until(t *testing.T, states ...string) device.OTAEvent {
 }
 
 type rolloutDev struct {
-	DeviceID string
-	Stage    int
-	State    string
+	DeviceID string `json:"device_id"`
+	Stage    int    `json:"stage"`
+	State    string `json:"state"`
 }
 
 func rolloutDevices(t *testing.T, s *server, id string) []rolloutDev {
@@ -126,8 +126,8 @@ func rolloutState(t *testing.T, s *server, id string) (string, int) {
 	t.Helper()
 	var st struct {
 		Rollout struct {
-			State string
-			Stage int
+			State string `json:"state"`
+			Stage int    `json:"stage"`
 		} `json:"rollout"`
 	}
 	if err := json.Unmarshal([]byte(s.mustWarden("rollout", "status", id, "--json")), &st); err != nil {

@@ -129,7 +129,12 @@ func (s *Service) HTTPHandler(o HTTPOptions) http.Handler {
 	return mux
 }
 
-const maxStatusBody = 4096
+// Bounds on what a device may send: a report is small JSON, a sealed
+// check query a few dozen bytes plus the envelope's overhead.
+const (
+	maxStatusBody  = 4096
+	maxSealedQuery = 1024
+)
 
 // deny answers every refusal the same way (403, no detail) and records why.
 func (h *httpAPI) deny(w http.ResponseWriter, r *http.Request, endpoint, device, reason string) {
@@ -176,6 +181,24 @@ func (h *httpAPI) certDevice(r *http.Request) (string, string) {
 	return p.ID, ""
 }
 
+// mustSeal refuses an unsealed request from a device whose envelope
+// policy requires sealing even over TLS, as the relay and the MQTT
+// transport do; a policy that cannot be read refuses too.
+func (h *httpAPI) mustSeal(r *http.Request, device string) string {
+	if h.o.Opener == nil {
+		return ""
+	}
+	pol, ok, err := h.o.Opener.Policy(r.Context(), device)
+	switch {
+	case err != nil:
+		h.o.Logger.Error("OTA: cannot look up the envelope policy; refusing", "device", device, "error", err)
+		return "registry-error"
+	case ok && pol.Required:
+		return "envelope-required"
+	}
+	return ""
+}
+
 // opened authenticates a sealed request from an envelope device.
 func (h *httpAPI) opened(r *http.Request, device, channel string, sealed []byte) ([]byte, string) {
 	if h.o.Opener == nil {
@@ -196,6 +219,9 @@ func (h *httpAPI) check(w http.ResponseWriter, r *http.Request) {
 	device, reason := h.certDevice(r)
 	if sealed := q.Get("sealed"); sealed != "" {
 		msg, err := base64.RawURLEncoding.DecodeString(sealed)
+		if len(sealed) > maxSealedQuery {
+			err = errors.New("too long")
+		}
 		if err != nil {
 			h.deny(w, r, "check", q.Get("device"), "sealed-not-base64url")
 			return
@@ -212,6 +238,8 @@ func (h *httpAPI) check(w http.ResponseWriter, r *http.Request) {
 		device, reason = r.URL.Query().Get("device"), ""
 	} else if reason == "" && q.Get("device") != "" && q.Get("device") != device {
 		reason = "device-mismatch"
+	} else if reason == "" {
+		reason = h.mustSeal(r, device)
 	}
 	if reason != "" {
 		h.deny(w, r, "check", firstNonEmpty(device, q.Get("device")), reason)
@@ -317,19 +345,15 @@ func (h *httpAPI) status(w http.ResponseWriter, r *http.Request) {
 			return
 		}
 		body, device, reason = plain, d, ""
-	} else if reason == "" && h.o.Opener != nil {
-		if pol, ok, err := h.o.Opener.Policy(r.Context(), device); err == nil && ok && pol.Required {
-			reason = "envelope-required"
-		}
+	} else if reason == "" {
+		reason = h.mustSeal(r, device)
 	}
 	if reason != "" {
 		h.deny(w, r, "status", firstNonEmpty(device, r.URL.Query().Get("device")), reason)
 		return
 	}
 	var rep otaproto.Report
-	dec := json.NewDecoder(strings.NewReader(string(body)))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&rep); err != nil {
+	if err := decodeStrict(body, &rep); err != nil {
 		h.count("status", "invalid")
 		http.Error(w, "bad request: the body is not an OTA report", http.StatusBadRequest)
 		return

@@ -201,7 +201,7 @@ func (m *MQTT) get(ctx context.Context, id string, body []byte) error {
 	if _, err := b.ReadAt(frame[otaproto.BlockHeaderSize:], req.Offset); err != nil && !errors.Is(err, io.EOF) {
 		return err
 	}
-	copy(frame, otaproto.EncodeBlock(req.Offset, size, nil))
+	otaproto.PutBlockHeader(frame, req.Offset, size)
 	if err := m.pub.Publish(otaproto.Topic(id, otaproto.TopicBlock), frame, 0); err != nil {
 		return err
 	}

@@ -20,13 +20,13 @@ import (
 
 // RolloutSpec is what an operator asks for.
 type RolloutSpec struct {
-	Image            string            // SHA-256, or a unique prefix of at least 8 hex digits
-	Model            string            // empty: the image's model
-	Tags             map[string]string // every pair must match
-	Stages           []int             // cumulative percentages; empty: 100
-	FailureThreshold float64           // fraction 0..1
-	MinFinished      int
-	Timeout          time.Duration
+	Image            string            `json:"image"`             // SHA-256, or a unique prefix of at least 8 hex digits
+	Model            string            `json:"model"`             // empty: the image's model
+	Tags             map[string]string `json:"tags"`              // every pair must match
+	Stages           []int             `json:"stages"`            // cumulative percentages; empty: 100
+	FailureThreshold float64           `json:"failure_threshold"` // fraction 0..1
+	MinFinished      int               `json:"min_finished"`
+	Timeout          time.Duration     `json:"timeout_ns"`
 }
 
 // Defaults for a rollout when the operator gives none.
@@ -58,10 +58,10 @@ func ParseStages(s string) ([]int, error) {
 
 // RolloutSummary is what CreateRollout reports besides the rollout.
 type RolloutSummary struct {
-	Selected int // devices that matched the selector
-	Members  int // devices in the rollout
-	Busy     int // matched, but already in another unfinished rollout
-	Skipped  int // members that will not be offered (already running it, or counter floor)
+	Selected int `json:"selected"` // devices that matched the selector
+	Members  int `json:"members"`  // devices in the rollout
+	Busy     int `json:"busy"`     // matched, but already in another unfinished rollout
+	Skipped  int `json:"skipped"`  // members that will not be offered (already running it, or counter floor)
 }
 
 func (s *Service) resolveImage(ctx context.Context, ref string) (store.FirmwareImage, error) {

@@ -9,11 +9,11 @@ import (
 // signed images and release statements. Only the public half is ever
 // stored: the server cannot forge a release.
 type ReleaseKey struct {
-	ID        string // lowercase hex SHA-256 of PublicKey: the MCUboot key hash and the statement's kid
-	Name      string // operator's label, e.g. the file it was trusted from; not unique
-	PublicKey []byte // DER SubjectPublicKeyInfo (ECDSA P-256 or Ed25519)
-	CreatedAt time.Time
-	RevokedAt time.Time // zero while trusted; a revoked key stays revoked
+	ID        string    `json:"id"`         // lowercase hex SHA-256 of PublicKey: the MCUboot key hash and the statement's kid
+	Name      string    `json:"name"`       // operator's label, e.g. the file it was trusted from; not unique
+	PublicKey []byte    `json:"public_key"` // DER SubjectPublicKeyInfo (ECDSA P-256 or Ed25519)
+	CreatedAt time.Time `json:"created_at"`
+	RevokedAt time.Time `json:"revoked_at"` // zero while trusted; a revoked key stays revoked
 }
 
 // Revoked reports whether the key is no longer trusted.
@@ -24,17 +24,17 @@ func (k ReleaseKey) Revoked() bool { return !k.RevokedAt.IsZero() }
 // row is written only after the blob is durable, so a row always names a
 // complete image.
 type FirmwareImage struct {
-	SHA256          string // lowercase hex SHA-256 of the whole image file
-	Model           string
-	Version         string // MCUboot version, "major.minor.revision+build"
-	SecurityCounter uint32
-	Size            int64
-	KeyID           string // the ReleaseKey that signed image and statement
-	Statement       []byte // the signed release statement (COSE_Sign1)
-	Sequence        uint64 // the statement's sequence number
-	ExpiresAt       time.Time
-	UploadedAt      time.Time // first upload; a statement refresh keeps it
-	UpdatedAt       time.Time // last statement change
+	SHA256          string    `json:"sha256"` // lowercase hex SHA-256 of the whole image file
+	Model           string    `json:"model"`
+	Version         string    `json:"version"` // MCUboot version, "major.minor.revision+build"
+	SecurityCounter uint32    `json:"security_counter"`
+	Size            int64     `json:"size"`
+	KeyID           string    `json:"key_id"`    // the ReleaseKey that signed image and statement
+	Statement       []byte    `json:"statement"` // the signed release statement (COSE_Sign1)
+	Sequence        uint64    `json:"sequence"`  // the statement's sequence number
+	ExpiresAt       time.Time `json:"expires_at"`
+	UploadedAt      time.Time `json:"uploaded_at"` // first upload; a statement refresh keeps it
+	UpdatedAt       time.Time `json:"updated_at"`  // last statement change
 }
 
 // RolloutState is the state of a rollout. Aborted and completed are final.
@@ -62,20 +62,20 @@ func (s RolloutState) Valid() bool {
 
 // Rollout is a staged deployment of one image to a frozen set of devices.
 type Rollout struct {
-	ID               string
-	ImageSHA256      string
-	Model            string            // selector: devices of this model
-	Tags             map[string]string // selector: every pair must match; never nil when read
-	Stages           []int             // cumulative percentages, ascending, the last 100
-	Stage            int               // index into Stages of the stage now open
-	FailureThreshold float64           // fraction (0..1) of finished devices that may fail
-	MinFinished      int               // finished devices needed before a stage is judged
-	Timeout          time.Duration     // how long a stage waits for a device to finish
-	State            RolloutState
-	Reason           string // why it is paused, aborted or completed
-	StageStartedAt   time.Time
-	CreatedAt        time.Time
-	UpdatedAt        time.Time
+	ID               string            `json:"id"`
+	ImageSHA256      string            `json:"image_sha256"`
+	Model            string            `json:"model"`             // selector: devices of this model
+	Tags             map[string]string `json:"tags"`              // selector: every pair must match; never nil when read
+	Stages           []int             `json:"stages"`            // cumulative percentages, ascending, the last 100
+	Stage            int               `json:"stage"`             // index into Stages of the stage now open
+	FailureThreshold float64           `json:"failure_threshold"` // fraction (0..1) of finished devices that may fail
+	MinFinished      int               `json:"min_finished"`      // finished devices needed before a stage is judged
+	Timeout          time.Duration     `json:"timeout_ns"`        // how long a stage waits for a device to finish
+	State            RolloutState      `json:"state"`
+	Reason           string            `json:"reason"` // why it is paused, aborted or completed
+	StageStartedAt   time.Time         `json:"stage_started_at"`
+	CreatedAt        time.Time         `json:"created_at"`
+	UpdatedAt        time.Time         `json:"updated_at"`
 }
 
 // Per-device rollout states. Booted is success; failed, rolled-back and
@@ -115,29 +115,29 @@ func RolloutDeviceStateValid(s string) bool {
 
 // RolloutDevice is one device's membership in a rollout.
 type RolloutDevice struct {
-	RolloutID string
-	DeviceID  string
-	Stage     int    // index of the first stage that includes the device
-	State     string // one of the Device* states
-	Reason    string // the device's or Warden's reason for a failure or skip
-	UpdatedAt time.Time
+	RolloutID string    `json:"rollout_id"`
+	DeviceID  string    `json:"device_id"`
+	Stage     int       `json:"stage"`  // index of the first stage that includes the device
+	State     string    `json:"state"`  // one of the Device* states
+	Reason    string    `json:"reason"` // the device's or Warden's reason for a failure or skip
+	UpdatedAt time.Time `json:"updated_at"`
 }
 
 // RolloutCount is the number of a rollout's devices in one stage and state.
 type RolloutCount struct {
-	Stage int
-	State string
-	N     int
+	Stage int    `json:"stage"`
+	State string `json:"state"`
+	N     int    `json:"n"`
 }
 
 // DeviceFirmware is what a device last reported running.
 type DeviceFirmware struct {
-	DeviceID        string
-	Version         string
-	SecurityCounter uint32
-	ImageSHA256     string // empty if the device did not say
-	Sequence        uint64 // the statement sequence of the running image, 0 if unknown
-	ReportedAt      time.Time
+	DeviceID        string    `json:"device_id"`
+	Version         string    `json:"version"`
+	SecurityCounter uint32    `json:"security_counter"`
+	ImageSHA256     string    `json:"image_sha256"` // empty if the device did not say
+	Sequence        uint64    `json:"sequence"`     // the statement sequence of the running image, 0 if unknown
+	ReportedAt      time.Time `json:"reported_at"`
 }
 
 // RolloutDeviceFilter selects a rollout's devices for ListRolloutDevices.
