@@ -59,6 +59,8 @@ variables and its flags, in that order of precedence; see docs/configuration.md.
 		c.serviceCmd(),
 		c.fwCmd(),
 		c.rolloutCmd(),
+		c.claimCertCmd(),
+		c.tokenCmd(),
 	)
 	return root
 }

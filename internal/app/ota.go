@@ -1,7 +1,6 @@
 package app
 
 import (
-	"context"
 	"crypto/tls"
 	"log/slog"
 	"net"
@@ -43,20 +42,6 @@ func publicBase(cfgURL string, hostnames []string, apiAddr net.Addr) string {
 	return "https://" + net.JoinHostPort(host, port)
 }
 
-// router sends a device's OTA topics to the OTA service and everything else
-// to the relay.
-type router struct {
-	ota   *ota.MQTT
-	relay broker.Router
-}
-
-func (r router) Route(ctx context.Context, from broker.Origin, topic string, payload []byte, qos byte) (broker.Verdict, string) {
-	if ota.IsOTATopic(topic) {
-		return r.ota.Route(ctx, from, topic, payload, qos)
-	}
-	return r.relay.Route(ctx, from, topic, payload, qos)
-}
-
 // startAPI starts the HTTPS listener: OTA endpoints for devices with a
 // client certificate (optional at the TLS layer, required by the handlers
 // that need it, so the operator API can share the port).
@@ -67,6 +52,7 @@ func (s *Server) startAPI(profile string, hybridPQ bool, cert tls.Certificate, h
 	}
 	tlsCfg.ClientAuth = tls.VerifyClientCertIfGiven
 	tlsCfg.NextProtos = []string{"h2", "http/1.1"}
+	tlsCfg = broker.FollowTrust(tlsCfg, s.Env.CA)
 	s.apiSrv = &http.Server{
 		Handler:           h,
 		TLSConfig:         tlsCfg,

@@ -17,10 +17,12 @@ import (
 
 	"github.com/warden-iot/warden/envelope"
 	"github.com/warden-iot/warden/internal/admin"
+	"github.com/warden-iot/warden/internal/apitoken"
 	"github.com/warden-iot/warden/internal/audit"
 	"github.com/warden-iot/warden/internal/broker"
 	"github.com/warden-iot/warden/internal/config"
 	"github.com/warden-iot/warden/internal/identity"
+	"github.com/warden-iot/warden/internal/onboard"
 	"github.com/warden-iot/warden/internal/ota"
 	"github.com/warden-iot/warden/internal/policy"
 	"github.com/warden-iot/warden/internal/registry"
@@ -30,9 +32,11 @@ import (
 
 // Server is a running `warden serve`.
 type Server struct {
-	Env    *Env
-	Broker *broker.Broker
-	OTA    *ota.Service
+	Env     *Env
+	Broker  *broker.Broker
+	OTA     *ota.Service
+	Onboard *onboard.Service
+	Tokens  *apitoken.Service
 
 	audit    *audit.Log
 	httpSrv  *http.Server
@@ -124,10 +128,12 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 		Audit:             s.audit,
 		Registerer:        reg,
 		Authenticator:     env.Registry,
+		Claims:            env.Registry,
 		Passwords:         seal,
 		Policy:            pol,
 		ServerCertificate: serverCert,
 		ClientCAs:         env.CA.ClientCAs(),
+		Trust:             env.CA,
 		HybridPQ:          cfg.TLS.HybridPQ,
 		Listeners:         listeners,
 		Limits:            BrokerLimits(cfg.Limits),
@@ -156,7 +162,12 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 		log.Warn("could not sweep orphaned firmware files", "error", err)
 	}
 	otaMQTT := ota.NewMQTT(s.OTA, s.Broker, seal, reg)
-	s.Broker.SetRouter(router{ota: otaMQTT, relay: rel})
+	if s.Onboard, err = env.OpenOnboard(s.audit, reg); err != nil {
+		return nil, err
+	}
+	s.Tokens = env.OpenTokens(s.audit)
+	onboardMQTT := s.Onboard.NewMQTT(s.Broker, seal)
+	s.Broker.SetRouter(router{ota: otaMQTT, onboard: onboardMQTT, relay: rel})
 	otaHTTP := ota.NewHTTPMetrics(reg)
 	rekey := rekeyWith(env.Registry, rel)
 	seal.OnRekeyDue = func(id string) {
@@ -211,7 +222,12 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 	}
 
 	if s.apiLn != nil {
-		h := s.OTA.HTTPHandler(ota.HTTPOptions{Auth: env.Registry, Opener: seal, URLs: urls, Metrics: otaHTTP, Name: "api"})
+		mux := http.NewServeMux()
+		mux.Handle("/ota/", s.OTA.HTTPHandler(ota.HTTPOptions{Auth: env.Registry, Opener: seal, URLs: urls, Metrics: otaHTTP, Name: "api"}))
+		onb := s.Onboard.Handler(onboard.HTTPOptions{Tokens: s.Tokens, TokenHeader: apitoken.FromRequest})
+		mux.Handle("/.well-known/est/", onb)
+		mux.Handle(onboard.PathClaims, onb)
+		var h http.Handler = mux
 		if err := s.startAPI(cfg.API.TLSProfile, cfg.TLS.HybridPQ, serverCert, h); err != nil {
 			return nil, err
 		}

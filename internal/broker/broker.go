@@ -76,6 +76,14 @@ type Authenticator interface {
 	Authenticate(ctx context.Context, leaf *x509.Certificate) (identity.Principal, error)
 }
 
+// ClaimAuthenticator admits a fleet claim certificate on a TLS listener
+// for the one thing it may do: enroll the device whose ID is the
+// connection's client ID (registry.Registry implements it). Refusals are
+// *registry.EnrollError.
+type ClaimAuthenticator interface {
+	AuthenticateClaim(ctx context.Context, leaf *x509.Certificate, deviceID string) (identity.Principal, error)
+}
+
 // PasswordAuthenticator admits envelope devices on the plain listener:
 // username = device ID, password = a single-use envelope (sealing.Sealing
 // implements it). Refusals are *registry.AuthError.
@@ -117,13 +125,17 @@ type Options struct {
 	Registerer        prometheus.Registerer // metrics go here; nil = not exported
 	Authenticator     Authenticator
 	Passwords         PasswordAuthenticator // required when a KindMQTT listener is configured
+	Claims            ClaimAuthenticator    // nil: claim certificates cannot connect
 	Policy            *policy.Policy
 	ServerCertificate tls.Certificate
 	ClientCAs         *x509.CertPool
-	HybridPQ          bool
-	Listeners         []ListenerConfig
-	Limits            Limits
-	StoragePath       string // bbolt file for sessions, retained and inflight messages; "" = memory only
+	// Trust, if set, replaces ServerCertificate and ClientCAs on every
+	// handshake with its current answers (CA rotation without a restart).
+	Trust       TrustSource
+	HybridPQ    bool
+	Listeners   []ListenerConfig
+	Limits      Limits
+	StoragePath string // bbolt file for sessions, retained and inflight messages; "" = memory only
 }
 
 // Broker is the embedded MQTT broker.
@@ -258,6 +270,9 @@ func (b *Broker) addListener(lc ListenerConfig) error {
 		var err error
 		if tlsCfg, err = ServerTLSConfig(b.opts.ServerCertificate, b.opts.ClientCAs, lc.TLSProfile, b.opts.HybridPQ); err != nil {
 			return fmt.Errorf("listener %s: %w", lc.Name, err)
+		}
+		if b.opts.Trust != nil {
+			tlsCfg = FollowTrust(tlsCfg, b.opts.Trust)
 		}
 	}
 	raw, err := net.Listen("tcp", lc.Addr)

@@ -116,8 +116,11 @@ func (h *securityHook) newState(p identity.Principal, cl *mqtt.Client) *clientSt
 
 // principalTag is stored as the MQTT username of an authenticated session.
 func principalTag(p identity.Principal) []byte {
-	if p.Kind == identity.KindService {
+	switch p.Kind {
+	case identity.KindService:
 		return []byte("warden:service:" + p.ID + ":" + p.Role)
+	case identity.KindClaim:
+		return []byte("warden:claim:" + p.ID + ":" + p.Role)
 	}
 	return []byte("warden:device:" + p.ID)
 }
@@ -140,6 +143,12 @@ func parsePrincipalTag(b []byte) (identity.Principal, bool) {
 			return identity.Principal{}, false
 		}
 		return identity.Principal{Kind: identity.KindService, ID: name, Role: role}, true
+	case identity.KindClaim:
+		id, name, _ := strings.Cut(rest, ":")
+		if identity.ValidateDeviceID(id) != nil || identity.ValidateClaimName(name) != nil {
+			return identity.Principal{}, false
+		}
+		return identity.Principal{Kind: identity.KindClaim, ID: id, Role: name}, true
 	}
 	return identity.Principal{}, false
 }
@@ -204,6 +213,9 @@ func (h *securityHook) authenticate(cl *mqtt.Client, pk packets.Packet) (identit
 	p, err := h.b.opts.Authenticator.Authenticate(ctx, cs.PeerCertificates[0])
 	if err != nil {
 		var ae *registry.AuthError
+		if errors.As(err, &ae) && ae.Reason == registry.ReasonClaimOnly && h.b.opts.Claims != nil {
+			return h.authenticateClaim(ctx, cl, pk)
+		}
 		if errors.As(err, &ae) {
 			return ae.Principal, ae.Reason
 		}
@@ -212,6 +224,23 @@ func (h *securityHook) authenticate(cl *mqtt.Client, pk packets.Packet) (identit
 	}
 	if pk.Connect.ClientIdentifier != "" && pk.Connect.ClientIdentifier != p.ID {
 		return p, "client-id-mismatch"
+	}
+	return p, ""
+}
+
+// authenticateClaim admits a claim certificate whose client ID is a device
+// ID on its allow-list; the session is bound to that ID.
+func (h *securityHook) authenticateClaim(ctx context.Context, cl *mqtt.Client, pk packets.Packet) (identity.Principal, string) {
+	ts := cl.Net.Conn.(tlsStater)
+	leaf := ts.ConnectionState().PeerCertificates[0]
+	p, err := h.b.opts.Claims.AuthenticateClaim(ctx, leaf, pk.Connect.ClientIdentifier)
+	if err != nil {
+		var ee *registry.EnrollError
+		if errors.As(err, &ee) {
+			return identity.Principal{Kind: identity.KindClaim, ID: truncate(pk.Connect.ClientIdentifier, 64)}, "claim-" + ee.Reason
+		}
+		h.b.log.Error("claim authentication failed: registry error", "client", cl.ID, "error", err)
+		return identity.Principal{}, "registry-error"
 	}
 	return p, ""
 }
@@ -367,7 +396,7 @@ func (h *securityHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 		return pk, packets.ErrRejectPacket
 	}
 	v5 := cl.Properties.ProtocolVersion == 5
-	if st.principal.Kind == identity.KindDevice && !st.limiter.Allow() {
+	if st.principal.Kind != identity.KindService && !st.limiter.Allow() {
 		h.b.metrics.dropped.WithLabelValues("rate").Inc()
 		if st.denyLog.Allow() {
 			h.b.log.Warn("publish rate exceeded; dropping", "device", st.principal.ID, "limit_per_s", h.b.opts.Limits.PublishRate)
@@ -390,7 +419,7 @@ func (h *securityHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 	case Refuse:
 		h.b.metrics.dropped.WithLabelValues(reason).Inc()
 		if v5 && pk.FixedHeader.Qos > 0 {
-			if st.principal.Kind == identity.KindDevice {
+			if st.principal.Kind != identity.KindService {
 				// A device learns only that its publish was refused, never
 				// which check failed (a forger must not learn from it).
 				return pk, packets.ErrUnspecifiedError

@@ -4,6 +4,7 @@ import (
 	"crypto/tls"
 	"crypto/x509"
 	"fmt"
+	"sync/atomic"
 )
 
 // TLS profiles. Both require and verify a client certificate; neither ever
@@ -55,4 +56,46 @@ func ServerTLSConfig(cert tls.Certificate, clientCAs *x509.CertPool, profile str
 		return nil, fmt.Errorf("tls: unknown profile %q (use %q or %q)", profile, ProfileStrict, ProfileCompat)
 	}
 	return cfg, nil
+}
+
+// TrustSource is where a listener's trust comes from when it can change
+// while the server runs (a CA rotation, a revoked issuing CA, a renewed
+// server certificate): *pki.Authority implements it.
+type TrustSource interface {
+	ClientCAs() *x509.CertPool
+	ServerCertificate() (tls.Certificate, error)
+	// Generation changes whenever the answers of the two others may have.
+	Generation() uint64
+}
+
+// FollowTrust makes base pick up the client CAs and server certificate of
+// src on every handshake, rebuilding its per-handshake config only when
+// src's generation moved, so the cost per handshake is one atomic load.
+func FollowTrust(base *tls.Config, src TrustSource) *tls.Config {
+	type snapshot struct {
+		gen uint64
+		cfg *tls.Config
+	}
+	var cur atomic.Pointer[snapshot]
+	build := func(gen uint64) (*tls.Config, error) {
+		cert, err := src.ServerCertificate()
+		if err != nil {
+			return nil, err
+		}
+		c := base.Clone()
+		c.GetConfigForClient = nil
+		c.ClientCAs = src.ClientCAs()
+		c.Certificates = []tls.Certificate{cert}
+		cur.Store(&snapshot{gen: gen, cfg: c})
+		return c, nil
+	}
+	out := base.Clone()
+	out.GetConfigForClient = func(*tls.ClientHelloInfo) (*tls.Config, error) {
+		gen := src.Generation()
+		if s := cur.Load(); s != nil && s.gen == gen {
+			return s.cfg, nil
+		}
+		return build(gen)
+	}
+	return out
 }

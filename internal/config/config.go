@@ -224,6 +224,7 @@ type Paths struct {
 	CRLPEM      string // current CRL, PEM
 	AuditLog    string // hash-chained audit log
 	Firmware    string // firmware image files, by SHA-256
+	ClaimKey    string // the sealed key app claim tokens are encrypted to
 }
 
 // Paths derives every file location from c.Data. The paths are absolute when
@@ -248,5 +249,6 @@ func (c *Config) Paths() Paths {
 		CRLPEM:      filepath.Join(pki, "crl.pem"),
 		AuditLog:    filepath.Join(data, "audit.log"),
 		Firmware:    filepath.Join(data, "firmware"),
+		ClaimKey:    filepath.Join(data, "claim.key.sealed"),
 	}
 }

@@ -19,6 +19,9 @@ type Kind string
 const (
 	KindDevice  Kind = "device"
 	KindService Kind = "service"
+	// KindClaim is a fleet claim certificate (urn:warden:claim:<name>): it
+	// may only enroll the device IDs on its allow-list, never act as one.
+	KindClaim Kind = "claim"
 )
 
 // Service roles. A reader may read fleet/#; a commander may also publish
@@ -28,11 +31,13 @@ const (
 	RoleCommander = "commander"
 )
 
-// Principal is an authenticated identity: a device (Role empty) or a service.
+// Principal is an authenticated identity: a device (Role empty), a service,
+// or a claim-certificate connection (ID is the device ID it may enroll as
+// MQTT client ID, Role the claim certificate's name).
 type Principal struct {
 	Kind Kind
 	ID   string // device ID or service name
-	Role string // services only
+	Role string // services: the role; claim connections: the claim name
 }
 
 func (p Principal) String() string { return string(p.Kind) + ":" + p.ID }
@@ -72,6 +77,15 @@ func ValidateDeviceID(id string) error {
 func ValidateServiceName(name string) error {
 	if !validID(name) {
 		return fmt.Errorf("%w: service name %q must be 1-64 characters of letters, digits, '_' or '-', starting with a letter or digit", ErrInvalidID, name)
+	}
+	return nil
+}
+
+// ValidateClaimName checks a claim certificate's name; the grammar is the
+// device one.
+func ValidateClaimName(name string) error {
+	if !validID(name) {
+		return fmt.Errorf("%w: claim certificate name %q must be 1-64 characters of letters, digits, '_' or '-', starting with a letter or digit", ErrInvalidID, name)
 	}
 	return nil
 }
@@ -125,6 +139,10 @@ func ParseURI(u *url.URL) (Kind, string, error) {
 		}
 	case KindService:
 		if err := ValidateServiceName(id); err != nil {
+			return "", "", err
+		}
+	case KindClaim:
+		if err := ValidateClaimName(id); err != nil {
 			return "", "", err
 		}
 	default:

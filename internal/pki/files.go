@@ -1,8 +1,10 @@
 package pki
 
 import (
-	"github.com/warden-iot/warden/internal/fileutil"
 	"io/fs"
+	"path/filepath"
+
+	"github.com/warden-iot/warden/internal/fileutil"
 )
 
 // File names inside the authority directory.
@@ -16,6 +18,7 @@ const (
 	fileAuthority    = "authority.json"
 	fileCRLDER       = "crl.der"
 	fileCRLPEM       = "crl.pem"
+	dirIssuers       = "issuers" // certificates of issuing CAs other than the current one
 	filePermPublic   = 0o644
 	filePermSecret   = 0o600
 	dirPerm          = 0o700
@@ -32,6 +35,12 @@ func allFiles() []string {
 		fileRootKey, fileIssuingKey, fileServerKey, fileServer,
 		fileAuthority, fileCRLDER, fileCRLPEM, fileIssuing, fileRoot,
 	}
+}
+
+// issuerFile is where an issuing CA that is no longer current keeps its
+// certificate, relative to the authority directory.
+func issuerFile(fingerprint string) string {
+	return filepath.Join(dirIssuers, fingerprint+".crt")
 }
 
 // writeFileAtomic and writeNewFileAtomic are fileutil's; see there.

@@ -1,9 +1,11 @@
 package pki
 
 import (
+	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
 	"encoding/pem"
+	"strings"
 	"testing"
 )
 
@@ -99,6 +101,45 @@ func FuzzParseCertificates(f *testing.F) {
 			}
 			_ = Fingerprint(c)
 			_ = SerialHex(c.SerialNumber)
+		}
+	})
+}
+
+func FuzzParseState(f *testing.F) {
+	fp := func(c byte) string { return strings.Repeat(string(c), 64) }
+	f.Add([]byte(`{"version":1,"organization":"Warden","crl_url":"","crl_number":1,"created":"2026-11-03T10:00:00Z"}`))
+	f.Add([]byte(`{"version":2,"organization":"Warden","crl_url":"http://localhost:8080/crl","crl_number":4,"created":"2026-11-03T10:00:00Z","issuers":[` +
+		`{"fingerprint":"` + fp('a') + `","state":"current","created":"2027-01-01T00:00:00Z"},` +
+		`{"fingerprint":"` + fp('b') + `","state":"grace","created":"2026-11-03T10:00:00Z","grace_until":"2027-01-08T00:00:00+01:00"},` +
+		`{"fingerprint":"` + fp('c') + `","state":"retired","created":"2026-01-03T10:00:00Z","retired_at":"2026-11-03T10:00:00Z"},` +
+		`{"fingerprint":"` + fp('d') + `","state":"revoked","created":"2025-01-03T10:00:00Z","revoked_at":"2026-11-03T10:00:00Z","reason":"leaked"}]}`))
+	f.Add([]byte(`{"version":2,"organization":"Warden","crl_url":"","crl_number":1,"created":"2026-11-03T10:00:00Z","issuers":[` +
+		`{"fingerprint":"` + fp('a') + `","state":"current","created":"2027-01-01T00:00:00Z"}],` +
+		`"pending":{"issuing_crt":"AQ==","issuing_key_sealed":"Ag==","server_crt":"Aw==","server_key_sealed":"BA=="}}`))
+	f.Add([]byte(`{"version":2,"issuers":[{"fingerprint":"` + fp('a') + `","state":"current","created":"2027-01-01T00:00:00Z"},{"fingerprint":"` + fp('a') + `","state":"grace","created":"2027-01-01T00:00:00Z"}]}`))
+	f.Add([]byte(`{"version":3}`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		st, err := parseState(data)
+		if err != nil {
+			return
+		}
+		if st.Version == 2 {
+			if err := validateIssuers(st.Issuers); err != nil {
+				t.Fatalf("accepted invalid issuers: %v", err)
+			}
+		}
+		// What is accepted survives being written and read back unchanged.
+		enc, err := encodeState(st)
+		if err != nil {
+			t.Fatalf("accepted state does not encode: %v", err)
+		}
+		back, err := parseState(enc)
+		if err != nil {
+			t.Fatalf("re-encoded state is refused: %v\n%s", err, enc)
+		}
+		enc2, err := encodeState(back)
+		if err != nil || !bytes.Equal(enc, enc2) {
+			t.Fatalf("state round trip changed:\n%s\n%s", enc, enc2)
 		}
 	})
 }

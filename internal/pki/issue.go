@@ -109,6 +109,12 @@ func (a *Authority) createIssuing(key *ecdsa.PrivateKey, root *x509.Certificate,
 	return signCert(tmpl, root, &key.PublicKey, rootKey, "issuing CA")
 }
 
+// signer is an issuing CA with its key.
+type signer struct {
+	cert *x509.Certificate
+	key  *ecdsa.PrivateKey
+}
+
 func capTime(t, limit time.Time) time.Time {
 	if t.After(limit) {
 		return limit
@@ -128,10 +134,11 @@ func signCert(tmpl, parent *x509.Certificate, pub *ecdsa.PublicKey, signer *ecds
 	return cert, nil
 }
 
-// IssueDevice signs a client certificate for device id from csr. The CSR
-// must be validly self-signed by a P-256 key and name id as its common name;
-// nothing else in it is used. lifetime 0 means DefaultClientLifetime; the
-// certificate never outlives the issuing CA.
+// IssueDevice signs a client certificate for device id from csr with the
+// current issuing CA (also when re-issuing from a stored CSR after a
+// rotation). The CSR must be validly self-signed by a P-256 key and name id
+// as its common name; nothing else in it is used. lifetime 0 means
+// DefaultClientLifetime; the certificate never outlives the issuing CA.
 func (a *Authority) IssueDevice(csr *x509.CertificateRequest, id string, lifetime time.Duration) (*x509.Certificate, error) {
 	if err := identity.ValidateDeviceID(id); err != nil {
 		return nil, fmt.Errorf("issue device certificate: %w", err)
@@ -169,8 +176,11 @@ func (a *Authority) issueClient(csr *x509.CertificateRequest, kind identity.Kind
 	if lifetime == 0 {
 		lifetime = DefaultClientLifetime
 	}
+	a.mu.RLock()
+	iss, crlURL := a.current(), a.crlURL
+	a.mu.RUnlock()
 	now := a.now()
-	notBefore, notAfter, err := a.validity(now, lifetime)
+	notBefore, notAfter, err := validity(iss.cert, now, lifetime)
 	if err != nil {
 		return nil, err
 	}
@@ -190,19 +200,19 @@ func (a *Authority) issueClient(csr *x509.CertificateRequest, kind identity.Kind
 		URIs:                  []*url.URL{identity.URI(kind, id)},
 		SignatureAlgorithm:    x509.ECDSAWithSHA256,
 	}
-	if a.crlURL != "" {
-		tmpl.CRLDistributionPoints = []string{a.crlURL}
+	if crlURL != "" {
+		tmpl.CRLDistributionPoints = []string{crlURL}
 	}
 	pub := csr.PublicKey.(*ecdsa.PublicKey) // checkCSR made sure
-	return signCert(tmpl, a.issuing, pub, a.issuingKey, string(kind))
+	return signCert(tmpl, iss.cert, pub, iss.key, string(kind))
 }
 
-// validity returns NotBefore and NotAfter for a certificate issued now,
-// capped at the issuing CA's expiry.
-func (a *Authority) validity(now time.Time, lifetime time.Duration) (time.Time, time.Time, error) {
-	notAfter := capTime(now.Add(lifetime), a.issuing.NotAfter)
+// validity returns NotBefore and NotAfter for a certificate issued now by
+// issuer, capped at the issuer's expiry.
+func validity(issuer *x509.Certificate, now time.Time, lifetime time.Duration) (time.Time, time.Time, error) {
+	notAfter := capTime(now.Add(lifetime), issuer.NotAfter)
 	if !notAfter.After(now) {
-		return time.Time{}, time.Time{}, fmt.Errorf("the issuing CA expired at %s; rotate it before issuing", a.issuing.NotAfter.UTC().Format(time.RFC3339))
+		return time.Time{}, time.Time{}, fmt.Errorf("the issuing CA expired at %s; rotate it before issuing", issuer.NotAfter.UTC().Format(time.RFC3339))
 	}
 	return now.Add(-backdate), notAfter, nil
 }
@@ -302,9 +312,10 @@ func extraNames(cert *x509.Certificate) []string {
 	return names
 }
 
-// newServerCertificate issues a server certificate under a fresh key and
-// returns it ready for TLS, as a PEM chain, and with its key sealed.
-func (a *Authority) newServerCertificate(names serverNameSet) (tls.Certificate, []byte, []byte, error) {
+// newServerCertificate issues a server certificate with subject O org under
+// a fresh key, signed by iss, and returns it ready for TLS, as a PEM chain,
+// and with its key sealed.
+func (a *Authority) newServerCertificate(org string, iss signer, names serverNameSet) (tls.Certificate, []byte, []byte, error) {
 	key, err := GenerateKey()
 	if err != nil {
 		return tls.Certificate{}, nil, nil, fmt.Errorf("server certificate: %w", err)
@@ -313,13 +324,13 @@ func (a *Authority) newServerCertificate(names serverNameSet) (tls.Certificate, 
 	if err != nil {
 		return tls.Certificate{}, nil, nil, fmt.Errorf("server certificate: %w", err)
 	}
-	notBefore, notAfter, err := a.validity(a.now(), serverLifetime)
+	notBefore, notAfter, err := validity(iss.cert, a.now(), serverLifetime)
 	if err != nil {
 		return tls.Certificate{}, nil, nil, fmt.Errorf("server certificate: %w", err)
 	}
 	tmpl := &x509.Certificate{
 		SerialNumber:          serial,
-		Subject:               pkix.Name{CommonName: names.commonName, Organization: []string{a.org}},
+		Subject:               pkix.Name{CommonName: names.commonName, Organization: []string{org}},
 		NotBefore:             notBefore,
 		NotAfter:              notAfter,
 		KeyUsage:              x509.KeyUsageDigitalSignature,
@@ -329,7 +340,7 @@ func (a *Authority) newServerCertificate(names serverNameSet) (tls.Certificate, 
 		IPAddresses:           names.ips,
 		SignatureAlgorithm:    x509.ECDSAWithSHA256,
 	}
-	leaf, err := signCert(tmpl, a.issuing, &key.PublicKey, a.issuingKey, "server")
+	leaf, err := signCert(tmpl, iss.cert, &key.PublicKey, iss.key, "server")
 	if err != nil {
 		return tls.Certificate{}, nil, nil, err
 	}
@@ -337,9 +348,9 @@ func (a *Authority) newServerCertificate(names serverNameSet) (tls.Certificate, 
 	if err != nil {
 		return tls.Certificate{}, nil, nil, fmt.Errorf("server certificate: %w", err)
 	}
-	chainPEM := append(certPEM(leaf), certPEM(a.issuing)...)
+	chainPEM := append(certPEM(leaf), certPEM(iss.cert)...)
 	cert := tls.Certificate{
-		Certificate: [][]byte{leaf.Raw, a.issuing.Raw},
+		Certificate: [][]byte{leaf.Raw, iss.cert.Raw},
 		PrivateKey:  key,
 		Leaf:        leaf,
 	}
@@ -349,34 +360,42 @@ func (a *Authority) newServerCertificate(names serverNameSet) (tls.Certificate, 
 // RenewServerCertificate issues a new server certificate under a new key for
 // hostnames (which replace the previous extra names; localhost, 127.0.0.1
 // and ::1 are always included), stores it, and serves it from then on.
-// Connections already established keep the old one.
+// Connections already established keep the old one. Like SignCRL it fails
+// with ErrChangedOnDisk if another process changed the issuing CAs.
 func (a *Authority) RenewServerCertificate(hostnames []string) error {
-	a.mu.Lock()
-	defer a.mu.Unlock()
-	if err := a.renewServer(hostnames); err != nil {
+	a.opMu.Lock()
+	defer a.opMu.Unlock()
+	if _, err := a.checkCurrent(); err != nil {
 		return fmt.Errorf("renew server certificate: %w", err)
 	}
+	cert, err := a.writeServer(a.org, a.current(), hostnames)
+	if err != nil {
+		return fmt.Errorf("renew server certificate: %w", err)
+	}
+	a.mu.Lock()
+	a.server = cert
+	a.generation++
+	a.mu.Unlock()
 	return nil
 }
 
-// renewServer needs a.mu held (or a not yet shared). It writes the key
-// before the certificate; Load repairs the mismatch a crash between the two
-// would leave.
-func (a *Authority) renewServer(hostnames []string) error {
+// writeServer issues a server certificate under iss for hostnames and
+// stores it. It writes the key before the certificate; Load repairs the
+// mismatch a crash between the two would leave.
+func (a *Authority) writeServer(org string, iss signer, hostnames []string) (tls.Certificate, error) {
 	names, err := serverNames(hostnames)
 	if err != nil {
-		return err
+		return tls.Certificate{}, err
 	}
-	cert, chainPEM, sealed, err := a.newServerCertificate(names)
+	cert, chainPEM, sealed, err := a.newServerCertificate(org, iss, names)
 	if err != nil {
-		return err
+		return tls.Certificate{}, err
 	}
 	if err := writeFileAtomic(filepath.Join(a.dir, fileServerKey), sealed, filePermSecret); err != nil {
-		return err
+		return tls.Certificate{}, err
 	}
 	if err := writeFileAtomic(filepath.Join(a.dir, fileServer), chainPEM, filePermPublic); err != nil {
-		return err
+		return tls.Certificate{}, err
 	}
-	a.server = cert
-	return nil
+	return cert, nil
 }

@@ -310,8 +310,14 @@ func TestLoadFailures(t *testing.T) {
 		{"no authority.json", func(t *testing.T, dir string) { remove(t, dir, "authority.json") }, "authority.json is missing"},
 		{"corrupt authority.json", func(t *testing.T, dir string) { write(t, dir, "authority.json", []byte("{")) }, "authority.json is corrupt"},
 		{"future authority.json", func(t *testing.T, dir string) {
+			write(t, dir, "authority.json", []byte(`{"version":3}`))
+		}, "version 3"},
+		{"version 2 without issuers", func(t *testing.T, dir string) {
 			write(t, dir, "authority.json", []byte(`{"version":2}`))
-		}, "version 2"},
+		}, "lists no issuing CA"},
+		{"version 1 with issuers", func(t *testing.T, dir string) {
+			write(t, dir, "authority.json", bytes.Replace(read(t, dir, "authority.json"), []byte(`"version": 2`), []byte(`"version": 1`), 1))
+		}, "version 1 has no issuer list"},
 		{"corrupt root.crt", func(t *testing.T, dir string) { write(t, dir, "root.crt", []byte("garbage")) }, "root.crt is corrupt"},
 		{"issuing.crt is the root", func(t *testing.T, dir string) { copyFile(t, dir, "root.crt", "issuing.crt") }, "issuing.key.sealed does not hold the key"},
 		{"root.crt is the server cert", func(t *testing.T, dir string) { copyFile(t, dir, "server.crt", "root.crt") }, "root.crt"},

@@ -176,6 +176,15 @@ func (p *Policy) Compile(pr identity.Principal) *Rights {
 		if identity.ValidateServiceName(pr.ID) != nil {
 			return r
 		}
+	case identity.KindClaim:
+		// A claim-certificate connection may only enroll the device ID it
+		// connected as: fixed rights that no configured rule can widen.
+		if identity.ValidateDeviceID(pr.ID) != nil {
+			return r
+		}
+		r.write = []string{"private/" + pr.ID + "/cert/csr"}
+		r.read = []string{"private/" + pr.ID + "/cert/new"}
+		return r
 	default:
 		return r
 	}

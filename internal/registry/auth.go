@@ -71,6 +71,11 @@ func (r *Registry) Authenticate(ctx context.Context, leaf *x509.Certificate) (id
 	refuse := func(reason string, err error) (identity.Principal, error) {
 		return identity.Principal{}, &AuthError{Reason: reason, Principal: p, Err: err}
 	}
+	if kind == identity.KindClaim {
+		// A claim certificate may only enroll (AuthenticateClaim); it never
+		// stands for a device or service.
+		return refuse(ReasonClaimOnly, errors.New("a claim certificate cannot act as a device or service"))
+	}
 
 	serial := pki.SerialHex(leaf.SerialNumber)
 	cred, err := r.st.CredentialBySerial(ctx, serial)

@@ -26,6 +26,7 @@ import (
 type Issuer interface {
 	IssueDevice(csr *x509.CertificateRequest, id string, lifetime time.Duration) (*x509.Certificate, error)
 	IssueService(csr *x509.CertificateRequest, name string, lifetime time.Duration) (*x509.Certificate, error)
+	IssueClaim(csr *x509.CertificateRequest, name string, lifetime time.Duration) (*x509.Certificate, error)
 	SignCRL(revoked []x509.RevocationListEntry) ([]byte, error)
 }
 

@@ -269,6 +269,9 @@ type Store interface {
 	// devices report running (firmware.go).
 	FirmwareStore
 
+	// OnboardStore keeps enrollments, claims, API tokens and CA rotations (onboard.go).
+	OnboardStore
+
 	// Close releases the database.
 	Close() error
 }

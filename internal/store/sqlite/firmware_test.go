@@ -141,8 +141,8 @@ func TestMigrateFromVersion2(t *testing.T) {
 		t.Fatalf("Open(version 2 store): %v", err)
 	}
 	defer st.Close()
-	if v := schemaVersion(t, st.ro); v != 3 {
-		t.Errorf("schema version after Open = %d, want 3", v)
+	if v, want := schemaVersion(t, st.ro), latestVersion(t); v != want {
+		t.Errorf("schema version after Open = %d, want %d", v, want)
 	}
 	if d, err := st.GetDevice(ctx, "old"); err != nil || d.Tags["site"] != "lyon" {
 		t.Errorf("device after migration: %+v, %v", d, err)
@@ -199,8 +199,8 @@ func TestFirmwareMigrationDown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := p.Down(ctx); err != nil {
-		t.Fatalf("migrate down from version 3: %v", err)
+	if _, err := p.DownTo(ctx, 2); err != nil {
+		t.Fatalf("migrate down to version 2: %v", err)
 	}
 	if v := schemaVersion(t, db); v != 2 {
 		t.Errorf("schema version after down = %d, want 2", v)

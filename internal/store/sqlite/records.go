@@ -110,35 +110,52 @@ func (s *Store) CreateDevice(ctx context.Context, d store.Device, c store.Creden
 	if d.ID == "" {
 		return errors.New("create device: empty device ID")
 	}
+	if err := checkNewDevice("create device", &d, c); err != nil {
+		return err
+	}
+	return s.write(ctx, func(tx *sql.Tx) error {
+		return insertDevice(ctx, tx, "create device", d, c)
+	})
+}
+
+// checkNewDevice catches programming errors in a device about to be stored
+// with its first credential, and defaults UpdatedAt to CreatedAt. what
+// starts every error ("create device", "enroll device").
+func checkNewDevice(what string, d *store.Device, c store.Credential) error {
 	if d.State != store.StateActive && d.State != store.StateDisabled {
-		return fmt.Errorf("create device %q: state %q: a device is created active or disabled", d.ID, d.State)
+		return fmt.Errorf("%s %q: state %q: a device is created active or disabled", what, d.ID, d.State)
 	}
 	if c.SubjectKind != identity.KindDevice || c.SubjectID != d.ID {
-		return fmt.Errorf("create device %q: credential names %s:%s, not this device", d.ID, c.SubjectKind, c.SubjectID)
+		return fmt.Errorf("%s %q: credential names %s:%s, not this device", what, d.ID, c.SubjectKind, c.SubjectID)
 	}
 	if err := checkCredential(c); err != nil {
-		return fmt.Errorf("create device %q: %w", d.ID, err)
+		return fmt.Errorf("%s %q: %w", what, d.ID, err)
 	}
 	if d.UpdatedAt.IsZero() {
 		d.UpdatedAt = d.CreatedAt
 	}
-	return s.write(ctx, func(tx *sql.Tx) error {
-		if err := absent(ctx, tx, `SELECT 1 FROM devices WHERE id = $1`, d.ID); err != nil {
-			return fmt.Errorf("create device %q: device %w", d.ID, err)
-		}
-		if err := absent(ctx, tx, `SELECT 1 FROM credentials WHERE serial = $1`, c.Serial); err != nil {
-			return fmt.Errorf("create device %q: credential serial %s %w", d.ID, c.Serial, err)
-		}
-		_, err := tx.ExecContext(ctx, `INSERT INTO devices (`+deviceColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
-			d.ID, d.Model, string(d.State), d.StateReason, d.Owner, toDB(d.CreatedAt), toDB(d.UpdatedAt))
-		if err != nil {
-			return insertError("create device", d.ID, err)
-		}
-		if err := insertTags(ctx, tx, d.ID, d.Tags); err != nil {
-			return err
-		}
-		return insertCredential(ctx, tx, c)
-	})
+	return nil
+}
+
+// insertDevice stores a device checked by checkNewDevice, its tags and its
+// first credential inside tx: CreateDevice and Enroll share it so that an
+// enrolled device is stored exactly as a created one.
+func insertDevice(ctx context.Context, tx *sql.Tx, what string, d store.Device, c store.Credential) error {
+	if err := absent(ctx, tx, `SELECT 1 FROM devices WHERE id = $1`, d.ID); err != nil {
+		return fmt.Errorf("%s %q: device %w", what, d.ID, err)
+	}
+	if err := absent(ctx, tx, `SELECT 1 FROM credentials WHERE serial = $1`, c.Serial); err != nil {
+		return fmt.Errorf("%s %q: credential serial %s %w", what, d.ID, c.Serial, err)
+	}
+	_, err := tx.ExecContext(ctx, `INSERT INTO devices (`+deviceColumns+`) VALUES ($1, $2, $3, $4, $5, $6, $7)`,
+		d.ID, d.Model, string(d.State), d.StateReason, d.Owner, toDB(d.CreatedAt), toDB(d.UpdatedAt))
+	if err != nil {
+		return insertError(what, d.ID, err)
+	}
+	if err := insertTags(ctx, tx, d.ID, d.Tags); err != nil {
+		return err
+	}
+	return insertCredential(ctx, tx, c)
 }
 
 // absent returns ErrConflict if query finds a row. The unique constraints
