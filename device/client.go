@@ -61,6 +61,8 @@ type Client struct {
 	env        *envelopeState // nil: not an envelope device
 	rekeyTopic string         // private/<id>/down/_rekey, for an envelope device
 	otaAgent   atomic.Bool    // an OTA agent (OTA) holds the client's OTA topics
+	ob         *onboarding    // renewals, rotations and claims (renew.go)
+	gate       publishGate    // holds publishes while a new certificate takes over (renew.go)
 
 	life context.Context // ends at Close or a failed Connect; bounds background work
 	stop context.CancelFunc
@@ -78,8 +80,9 @@ type Client struct {
 	dialPlain bool         // the attempt is to a plain mqtt:// server
 	current   *trackedConn // the connection that is up, if any
 	everUp    bool
-	lastErr   error // the last failed attempt, for Connect's error
-	streak    int   // consecutive attempts that failed permanently
+	lastErr   error         // the last failed attempt, for Connect's error
+	streak    int           // consecutive attempts that failed permanently
+	connDown  chan struct{} // closed and replaced when a connection is lost (renew.go waits on it)
 }
 
 // Connect validates cfg, starts the connection manager and waits until the
@@ -106,7 +109,9 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 		firstUp:    make(chan struct{}),
 		refused:    make(chan error, 1),
 		subs:       make(map[string]*subscription),
+		connDown:   make(chan struct{}),
 	}
+	c.ob = newOnboarding(c) // registers private/<id>/cert/new when the client has a certificate
 	if s.env != nil {
 		if c.env, err = newEnvelopeState(s.env, s.id, s.log); err != nil {
 			return nil, fmt.Errorf("device: %w", err)
@@ -150,6 +155,7 @@ func Connect(ctx context.Context, cfg Config) (*Client, error) {
 
 	select {
 	case <-c.firstUp:
+		c.ob.start() // AutoRenew
 		return c, nil
 	case err := <-c.refused:
 		c.abandon()
@@ -292,7 +298,13 @@ func (c *Client) Publish(ctx context.Context, topic string, payload []byte, qos 
 		if err := c.awaitConnection(ctx); err != nil {
 			return fmt.Errorf("device: publish to %q: %w", topic, err)
 		}
+		// The gate holds publishes while the client switches to a new
+		// certificate, so that none is cut off in flight (renew.go).
+		if err := c.gate.enter(ctx); err != nil {
+			return fmt.Errorf("device: publish to %q: %w", topic, err)
+		}
 		resp, err := c.cm.Publish(ctx, &paho.Publish{Topic: topic, QoS: qos, Retain: retain, Payload: payload})
+		c.gate.leave()
 		if errors.Is(err, autopaho.ConnectionDownError) {
 			continue // lost between the wait and the send: nothing was sent
 		}
@@ -335,6 +347,9 @@ func (c *Client) Subscribe(ctx context.Context, filter string, qos byte, h func(
 func (c *Client) subscribe(ctx context.Context, filter string, qos byte, h func(Message), down bool) error {
 	if c.env != nil && filter == c.rekeyTopic {
 		return fmt.Errorf("device: subscribe to %q: the %s channel is reserved for Warden's rekey messages, which the SDK handles itself", filter, RekeyChannel)
+	}
+	if c.ob.reserved(filter) {
+		return fmt.Errorf("device: subscribe to %q: the topic is reserved for Warden's certificate and claim answers, which the SDK handles itself (Renew, Claim)", filter)
 	}
 	if h == nil {
 		return fmt.Errorf("device: subscribe to %q: the handler is nil", filter)
@@ -544,6 +559,7 @@ func (c *Client) onConnectionUp(cm *autopaho.ConnectionManager, ack *paho.Connac
 		subs = append(subs, s)
 	}
 	c.mu.Unlock()
+	subs = append(subs, c.ob.subscriptions()...) // the SDK's answer topics (renew.go)
 
 	c.s.log.Info("connected", "server", server, "session_present", ack.SessionPresent)
 	if len(subs) > 0 {
@@ -606,6 +622,8 @@ func (c *Client) onConnectionDown() bool {
 	c.mu.Lock()
 	conn := c.current
 	c.current = nil
+	close(c.connDown)
+	c.connDown = make(chan struct{})
 	c.mu.Unlock()
 	err := errors.New("device: connection lost")
 	if conn != nil {
@@ -637,6 +655,9 @@ func (c *Client) onPublish(pr paho.PublishReceived) (bool, error) {
 	p := pr.Packet
 	if c.env != nil && p.Topic == c.rekeyTopic {
 		c.env.handleRekey(p.Topic, p.Payload)
+		return true, nil
+	}
+	if c.ob.handle(p.Topic, p.Payload) {
 		return true, nil
 	}
 	c.mu.Lock()

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/url"
 	"strings"
+	"sync/atomic"
 	"time"
 
 	"github.com/warden-iot/warden/envelope"
@@ -103,6 +104,42 @@ type Config struct {
 	// with the reason; it is not called by Close. It runs on the connection
 	// goroutine and must not block.
 	OnConnectionDown func(error)
+
+	// Certificate lifecycle (docs/onboarding.md, "Renewal" and "CA
+	// rotation"); see Client.Renew.
+
+	// OnCertificate is called with every certificate the client installs
+	// in place of Certificate: a renewal (Client.Renew, AutoRenew) or a
+	// CA rotation delivery. The application must store it durably, with
+	// its private key when the key is new (RenewKey, RenewOptions.NewKey),
+	// and load it on the next start: the client keeps it in memory only.
+	// It runs before the client reconnects with the new certificate, on
+	// the goroutine that installed it; it should not block for long and
+	// must not call Client.Renew.
+	OnCertificate func(tls.Certificate)
+
+	// AutoRenew renews the certificate when two thirds of its lifetime
+	// have passed, plus a random jitter of up to a tenth of the lifetime
+	// so that a fleet issued at once does not renew at once, retrying with
+	// backoff (MinBackoff, MaxBackoff) until it succeeds or Close. An
+	// expired certificate cannot renew: the device must enroll again
+	// (Enroll with its enrollment secret).
+	AutoRenew bool
+
+	// RenewVia is how AutoRenew renews: RenewViaMQTT (the default, on
+	// this connection) or RenewViaEST (RenewESTServer's simplereenroll).
+	RenewVia string
+
+	// RenewESTServer is Warden's EST base URL (its api listener, e.g.
+	// "https://warden.example.com:8443"), required for RenewViaEST and the
+	// default of RenewOptions.ESTServer.
+	RenewESTServer string
+
+	// RenewKey, if set, gives AutoRenew a fresh P-256 key for each
+	// renewal (for example a new slot of a secure element). With nil the
+	// current key is kept. A sign-p256 envelope device signs its messages
+	// with its certificate's key, which Warden knows, so it keeps its key.
+	RenewKey func() (crypto.Signer, error)
 }
 
 // settings is a validated Config with defaults applied.
@@ -120,6 +157,17 @@ type settings struct {
 	onUp           func()
 	onDown         func(error)
 	env            *envelopeConfig // nil: not an envelope device
+
+	// Certificate lifecycle (renew.go). cert is the certificate new TLS
+	// handshakes present: renewals and rotations swap it while the client
+	// runs. It is nil for a client without one.
+	cert          atomic.Pointer[tls.Certificate]
+	roots         *x509.CertPool
+	onCertificate func(tls.Certificate)
+	autoRenew     bool
+	renewVia      string
+	renewEST      string // validated base URL, or ""
+	renewKey      func() (crypto.Signer, error)
 }
 
 // validate checks cfg and returns the settings Connect runs with. Every
@@ -160,7 +208,7 @@ func (cfg Config) validate() (*settings, error) {
 	needCert := tlsToo || (cfg.Envelope != nil && cfg.Envelope.Suite == envelope.SignP256)
 	var signer crypto.Signer
 	if needCert || len(cfg.Certificate.Certificate) > 0 {
-		_, id, err := deviceIdentity(cfg.Certificate)
+		leaf, id, err := deviceIdentity(cfg.Certificate)
 		if err != nil {
 			return nil, err
 		}
@@ -169,6 +217,9 @@ func (cfg Config) validate() (*settings, error) {
 		}
 		s.id = id
 		signer, _ = cfg.Certificate.PrivateKey.(crypto.Signer) // deviceIdentity checked it
+		cert := cfg.Certificate
+		cert.Leaf = leaf
+		s.cert.Store(&cert)
 	} else {
 		if cfg.DeviceID == "" {
 			return nil, errors.New("Config.DeviceID is empty; without a certificate (plain mqtt:// servers only) it must name the device")
@@ -209,8 +260,12 @@ func (cfg Config) validate() (*settings, error) {
 		return nil, fmt.Errorf("Config.ConnectTimeout %v must not be negative", cfg.ConnectTimeout)
 	}
 
+	if err := validateRenewal(cfg, s); err != nil {
+		return nil, err
+	}
+
 	if tlsToo {
-		s.tls = tlsConfig(cfg)
+		s.tls = tlsConfig(cfg, &s.cert)
 	}
 
 	s.log = cfg.Logger
@@ -221,9 +276,10 @@ func (cfg Config) validate() (*settings, error) {
 	return s, nil
 }
 
-// tlsConfig is the client side of mutual TLS 1.3 with the pinned root.
-func tlsConfig(cfg Config) *tls.Config {
-	cert := cfg.Certificate
+// tlsConfig is the client side of mutual TLS 1.3 with the pinned root. The
+// client certificate is read from cert at every handshake, so that a
+// renewed or rotated certificate is used from the next connection on.
+func tlsConfig(cfg Config, cert *atomic.Pointer[tls.Certificate]) *tls.Config {
 	return &tls.Config{
 		MinVersion: tls.VersionTLS13,
 		RootCAs:    cfg.RootCAs,
@@ -233,7 +289,10 @@ func tlsConfig(cfg Config) *tls.Config {
 		// of acceptable CAs does not name our issuer, and the failure then
 		// shows up far from its cause. The broker decides, not the client.
 		GetClientCertificate: func(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
-			return &cert, nil
+			if c := cert.Load(); c != nil {
+				return c, nil
+			}
+			return &tls.Certificate{}, nil // validate stores one whenever a TLS server is listed
 		},
 	}
 }
