@@ -92,6 +92,13 @@ func (s *Server) maintain(ctx context.Context) {
 			} else if done {
 				s.Env.Log.Info("re-signed the CRL")
 			}
+			// Used claim tokens that expired can no longer be replayed:
+			// forget them so the table stays the size of ten minutes.
+			if n, err := s.Onboard.PurgeClaims(ctx); err != nil {
+				s.Env.Log.Warn("could not purge expired claim-token uses", "error", err)
+			} else if n > 0 {
+				s.Env.Log.Debug("purged expired claim-token uses", "count", n)
+			}
 		}
 	}
 }
