@@ -126,7 +126,7 @@ func (c *cli) rolloutCreateCmd() *cobra.Command {
 	f.StringVar(&stages, "stages", "100%", "cumulative shares of the devices per stage, ending at 100%")
 	f.StringVar(&threshold, "failure-threshold", "5%", "pause when more than this share of finished devices failed")
 	f.IntVar(&minFinished, "min-finished", ota.DefaultMinFinished, "finished devices needed before a stage is judged (capped at the stage size)")
-	f.DurationVar(&timeout, "timeout", ota.DefaultStageTimeout, "how long a stage waits for its devices")
+	durationVar(f, &timeout, "timeout", ota.DefaultStageTimeout, "how long a stage waits for its devices, e.g. 30m or 2d")
 	_ = cmd.MarkFlagRequired("image")
 	return cmd
 }
@@ -214,7 +214,7 @@ func (c *cli) rolloutStatusCmd() *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().BoolVar(&watch, "watch", false, "print again every --every until the rollout stops running")
-	cmd.Flags().DurationVar(&every, "every", 5*time.Second, "interval for --watch")
+	durationVar(cmd.Flags(), &every, "every", 5*time.Second, "interval for --watch")
 	return cmd
 }
 

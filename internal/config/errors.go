@@ -68,19 +68,6 @@ func quote(s string) string {
 	return strconv.Quote(s)
 }
 
-// fmtDuration writes a duration without the trailing zero units that
-// time.Duration.String adds: 5m rather than 5m0s, 168h rather than 168h0m0s.
-func fmtDuration(d time.Duration) string {
-	s := d.String()
-	if strings.HasSuffix(s, "m0s") {
-		s = strings.TrimSuffix(s, "0s")
-	}
-	if strings.HasSuffix(s, "h0m") {
-		s = strings.TrimSuffix(s, "0m")
-	}
-	return s
-}
-
 // showRaw shows a value read from a source, before decoding.
 func showRaw(v any) string {
 	switch x := v.(type) {
@@ -95,7 +82,7 @@ func showRaw(v any) string {
 	case []string:
 		return quote(strings.Join(x, ","))
 	case time.Duration:
-		return fmtDuration(x)
+		return FormatDuration(x)
 	case float64:
 		return strconv.FormatFloat(x, 'g', -1, 64)
 	case float32:

@@ -73,8 +73,8 @@ tls:
   # against future quantum attacks. false: X25519 and P-256 only.
   hybrid_pq: true
 
-# Durations take a unit: 10s, 5m, 1h30m, 7d. Sizes are bytes or take a
-# binary unit: 65536, 64KiB, 1MiB.
+# Durations take a unit: 10s, 5m, 1h30m, 7d, 1d12h (d is 24 hours). Sizes
+# are bytes or take a binary unit: 65536, 64KiB, 1MiB.
 limits:
   connect_timeout: 10s       # TLS handshake + MQTT CONNECT deadline (1s..5m)
   max_packet_size: 64KiB     # largest MQTT packet (1KiB..256MiB)
@@ -98,9 +98,12 @@ ota:
   max_image_size: 64MiB   # largest firmware image accepted (1KiB..1GiB)
 
 devices:
-  # Validity of certificates Warden issues. 0 means the default, 87600h
+  # Validity of certificates Warden issues. 0 means the default, 3650d
   # (10 years): devices are often out of reach for renewal, and revocation,
-  # not expiry, is what cuts a device off.
-  cert_lifetime: 0s            # 0 or 1h..876000h
-  service_cert_lifetime: 0s    # 0 or 1h..876000h
+  # not expiry, is what cuts a device off. For short-lived device
+  # certificates set e.g. 30d: the device SDK (device.Config.AutoRenew)
+  # renews at two thirds of the lifetime, and a device that stays offline
+  # past expiry must enroll again.
+  cert_lifetime: 0s            # 0 (10 years) or 1h..36500d; e.g. 30d
+  service_cert_lifetime: 0s    # 0 (10 years) or 1h..36500d
 `

@@ -60,9 +60,24 @@ func flagSpecs() []flagSpec {
 		{"flap-max-connects", "limits.flap_max_connects", "connects per flap window before a device is refused (1..1000000)", true},
 		{"flap-window", "limits.flap_window", "window over which connects are counted (1s..24h)", true},
 		{"flap-ban", "limits.flap_ban", "how long a flapping device is refused (1s..168h)", true},
-		{"max-session-expiry", "limits.max_session_expiry", "longest a disconnected session is kept (1s..87600h)", true},
-		{"device-cert-lifetime", "devices.cert_lifetime", "validity of issued device certificates (0 = 87600h, 10 years)", true},
-		{"service-cert-lifetime", "devices.service_cert_lifetime", "validity of issued service certificates (0 = 87600h, 10 years)", true},
+		{"max-session-expiry", "limits.max_session_expiry", "longest a disconnected session is kept (1s..3650d)", true},
+		{"cert-lifetime", "devices.cert_lifetime", "validity of issued device certificates, e.g. 30d for short-lived ones that the device SDK renews at two thirds of their life; 0 = 3650d (10 years), else 1h..36500d", true},
+		{"service-cert-lifetime", "devices.service_cert_lifetime", "validity of issued service certificates, e.g. 90d; 0 = 3650d (10 years), else 1h..36500d", true},
+	}
+}
+
+// flagAlias is an old flag name that still works, hidden from help and
+// warned about when used, so that scripts written against an older release
+// keep running while they are updated.
+type flagAlias struct {
+	name      string // the old name
+	canonical string // the flag in flagSpecs it stands for
+}
+
+// flagAliases lists the old flag names.
+func flagAliases() []flagAlias {
+	return []flagAlias{
+		{"device-cert-lifetime", "cert-lifetime"},
 	}
 }
 
@@ -96,23 +111,40 @@ func addFlags(fs *pflag.FlagSet, serve bool) {
 			// Unreachable: TestFlagTable checks every flag names a key.
 			panic("config: flag --" + s.name + " names no key " + s.key)
 		}
-		switch v := field.Interface().(type) {
-		case string:
-			fs.String(s.name, v, usage)
-		case bool:
-			fs.Bool(s.name, v, usage)
-		case int:
-			fs.Int(s.name, v, usage)
-		case float64:
-			fs.Float64(s.name, v, usage)
-		case time.Duration:
-			fs.Duration(s.name, v, usage)
-		case ByteSize:
-			fs.Var(&byteSizeValue{v: v}, s.name, usage)
-		default:
-			// Unreachable unless a field of a new type gets a flag; the
-			// package tests register every flag and would fail here.
-			panic(fmt.Sprintf("config: flag --%s: no flag type for %T", s.name, v))
+		// An alias gets a value of its own: Load reads each flag that was
+		// given, and reports an alias given together with its new name.
+		names := []string{s.name}
+		for _, a := range flagAliases() {
+			if a.canonical == s.name {
+				names = append(names, a.name)
+			}
+		}
+		for _, name := range names {
+			switch v := field.Interface().(type) {
+			case string:
+				fs.String(name, v, usage)
+			case bool:
+				fs.Bool(name, v, usage)
+			case int:
+				fs.Int(name, v, usage)
+			case float64:
+				fs.Float64(name, v, usage)
+			case time.Duration:
+				// Not fs.Duration: time.ParseDuration has no day unit,
+				// and lifetimes are written in days.
+				fs.Var(newDurationValue(new(time.Duration), v), name, usage)
+			case ByteSize:
+				fs.Var(&byteSizeValue{v: v}, name, usage)
+			default:
+				// Unreachable unless a field of a new type gets a flag;
+				// the package tests register every flag and would fail.
+				panic(fmt.Sprintf("config: flag --%s: no flag type for %T", name, v))
+			}
+		}
+		for _, alias := range names[1:] {
+			// Hidden from help, and pflag warns when it is used. Cannot
+			// fail: the flag was registered just above.
+			_ = fs.MarkDeprecated(alias, "use --"+s.name+" instead")
 		}
 	}
 }

@@ -3,7 +3,9 @@ package config
 import (
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
+	"time"
 )
 
 // FuzzLoadYAML feeds arbitrary bytes to Load as the configuration file. Load
@@ -43,6 +45,45 @@ func FuzzLoadYAML(f *testing.F) {
 		}
 		if !filepath.IsAbs(c.Data) {
 			t.Fatalf("Data %q is not absolute", c.Data)
+		}
+	})
+}
+
+// FuzzParseDuration feeds arbitrary strings to ParseDuration, which reads
+// operator input from the file, the environment and flags. It must never
+// panic or return a negative duration; what it accepts must survive a trip
+// through FormatDuration; and where the input has no days and no fraction it
+// must agree with time.ParseDuration, whose syntax it extends.
+func FuzzParseDuration(f *testing.F) {
+	for _, s := range []string{
+		"0", "30d", "1d12h", "0.5d", "720h", "1h30m", "90s", "500ms", "10µs", "10μs", "7ns",
+		"", "d", "30", "-1d", "+1d", "30x", "1e9d", "30d30d", "12h1d", ".d", "1.d", " 30d ",
+		"106751d23h47m16s854ms775us807ns", "106752d", "9223372036854775808ns",
+		"0.00000000000000000000000000001d", "99999999999999999999999d",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		d, err := ParseDuration(s)
+		if err != nil {
+			if d != 0 || err.Error() == "" {
+				t.Fatalf("ParseDuration(%q) = %v, %q: want 0 and a reason", s, d, err)
+			}
+			return
+		}
+		if d < 0 {
+			t.Fatalf("ParseDuration(%q) = %v, negative", s, d)
+		}
+		text := FormatDuration(d)
+		if back, err := ParseDuration(text); err != nil || back != d {
+			t.Fatalf("ParseDuration(%q) = %v; FormatDuration gives %q, which parses to %v, %v", s, d, text, back, err)
+		}
+		trimmed := strings.TrimSpace(s)
+		if !strings.ContainsAny(trimmed, "d.") {
+			want, err := time.ParseDuration(trimmed)
+			if err != nil || want != d {
+				t.Fatalf("ParseDuration(%q) = %v, but time.ParseDuration = %v, %v", s, d, want, err)
+			}
 		}
 	})
 }

@@ -11,7 +11,6 @@ import (
 	"regexp"
 	"slices"
 	"sort"
-	"strconv"
 	"strings"
 	"time"
 
@@ -234,6 +233,21 @@ func loadFlags(cfg *Config, schema *schemaNode, fset *pflag.FlagSet) []error {
 	for _, s := range flagSpecs() {
 		keys[s.name] = s.key
 	}
+	// Messages name the flag as given: the old name if that was used.
+	names := invert(keys)
+	var errs []error
+	for _, a := range flagAliases() {
+		old, canon := fset.Lookup(a.name), fset.Lookup(a.canonical)
+		if old == nil || !old.Changed {
+			continue
+		}
+		if canon != nil && canon.Changed {
+			errs = append(errs, &FieldError{Source: "flag --" + a.name, Reason: "is the old name of --" + a.canonical + "; give only --" + a.canonical})
+			continue
+		}
+		keys[a.name] = keys[a.canonical]
+		names[keys[a.canonical]] = a.name
+	}
 	k := koanf.New(".")
 	// With a nil koanf instance posflag skips flags that were not Changed,
 	// which is exactly the precedence wanted: an untouched flag's default
@@ -243,12 +257,18 @@ func loadFlags(cfg *Config, schema *schemaNode, fset *pflag.FlagSet) []error {
 		if !ok {
 			return "", nil
 		}
+		if v, ok := f.Value.(*durationValue); ok {
+			// posflag.FlagVal would read a "duration" flag with
+			// FlagSet.GetDuration, which cannot parse "30d" and whose
+			// error posflag drops: hand over the parsed value instead.
+			return key, *v.p
+		}
 		return key, posflag.FlagVal(fset, f)
 	})
 	if err := k.Load(p, nil); err != nil {
-		return []error{&FieldError{Source: "flags", Reason: "cannot read: " + err.Error(), Err: err}}
+		return append(errs, &FieldError{Source: "flags", Reason: "cannot read: " + err.Error(), Err: err})
 	}
-	errs := decodeSource(k, cfg, schema, source{kind: sourceFlags, flags: invert(keys)})
+	errs = append(errs, decodeSource(k, cfg, schema, source{kind: sourceFlags, flags: names})...)
 
 	if f := fset.Lookup(FlagHostname); f != nil && f.Changed {
 		hs, err := fset.GetStringArray(FlagHostname)
@@ -414,7 +434,7 @@ func decodeReason(key string, inner error, schema *schemaNode, raw any) string {
 func describeType(t reflect.Type) string {
 	switch {
 	case t == durationType:
-		return "a duration with a unit, such as 10s, 5m, 1h30m or 7d"
+		return "a duration with a unit, such as 10s, 5m, 1h30m or 30d"
 	case t == byteSizeType:
 		return "a size, in bytes or with a unit, such as 65536, 64KiB or 1MiB"
 	case t == stringSliceType:
@@ -515,7 +535,7 @@ func wholeNumber(f float64) (int64, error) {
 	return int64(f), nil
 }
 
-const durationHelp = "write a number with a unit: 10s, 5m, 1h30m, 7d"
+const durationHelp = "write a number with a unit: 10s, 5m, 1h30m, 30d, 1d12h"
 
 func toDuration(from reflect.Type, data any) (any, error) {
 	if from == durationType {
@@ -523,9 +543,9 @@ func toDuration(from reflect.Type, data any) (any, error) {
 	}
 	switch x := data.(type) {
 	case string:
-		d, err := parseDuration(x)
+		d, err := ParseDuration(x)
 		if err != nil {
-			return nil, &hookError{"not a duration; " + durationHelp}
+			return nil, &hookError{"not a duration (" + err.Error() + "); " + durationHelp}
 		}
 		return d, nil
 	case int, int8, int16, int32, int64, uint, uint8, uint16, uint32, uint64, float32, float64:
@@ -537,20 +557,6 @@ func toDuration(from reflect.Type, data any) (any, error) {
 		return nil, &hookError{"a duration needs a unit; " + durationHelp}
 	}
 	return data, nil
-}
-
-// parseDuration is time.ParseDuration plus whole days ("7d"), since session
-// expiry and certificate lifetimes are naturally written in days.
-func parseDuration(s string) (time.Duration, error) {
-	s = strings.TrimSpace(s)
-	if days, ok := strings.CutSuffix(s, "d"); ok {
-		n, err := strconv.ParseInt(days, 10, 64)
-		if err != nil || n < 0 || n > math.MaxInt64/int64(24*time.Hour) {
-			return 0, errors.New("invalid number of days")
-		}
-		return time.Duration(n) * 24 * time.Hour, nil
-	}
-	return time.ParseDuration(s)
 }
 
 func toByteSize(from reflect.Type, data any) (any, error) {

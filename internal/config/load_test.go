@@ -1,6 +1,7 @@
 package config
 
 import (
+	"io"
 	"os"
 	"path/filepath"
 	"reflect"
@@ -25,6 +26,7 @@ func writeFile(t *testing.T, content string) string {
 func newFlags(t *testing.T, args ...string) *pflag.FlagSet {
 	t.Helper()
 	fs := pflag.NewFlagSet("warden", pflag.ContinueOnError)
+	fs.SetOutput(io.Discard) // the warning for an old flag name
 	AddGlobalFlags(fs)
 	AddServeFlags(fs)
 	if err := fs.Parse(args); err != nil {
@@ -293,7 +295,7 @@ func TestFlagTypes(t *testing.T) {
 	c := mustLoad(t, LoadOptions{Flags: newFlags(t,
 		"--connect-timeout", "30s", "--hybrid-pq=false", "--max-inflight", "10", "--connection-rate", "0.5",
 		"--wss", ":8444", "--wss-path", "/ws", "--http", "", "--max-session-expiry", "1h",
-		"--device-cert-lifetime", "8760h", "--log-format", "json", "--master-key-file", "/k",
+		"--cert-lifetime", "30d", "--log-format", "json", "--master-key-file", "/k",
 	)})
 	want := Default()
 	want.Data = c.Data
@@ -304,7 +306,7 @@ func TestFlagTypes(t *testing.T) {
 	want.WSS.Addr, want.WSS.Path = ":8444", "/ws"
 	want.HTTP.Addr = ""
 	want.Limits.MaxSessionExpiry = time.Hour
-	want.Devices.CertLifetime = 8760 * time.Hour
+	want.Devices.CertLifetime = 30 * 24 * time.Hour
 	want.Log.Format = "json"
 	want.MasterKeyFile = "/k"
 	if !reflect.DeepEqual(*c, want) {

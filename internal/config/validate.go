@@ -164,7 +164,7 @@ func (v *validator) intRange(key string, n, lo, hi int) {
 
 func (v *validator) duration(key string, d, lo, hi time.Duration) {
 	if d < lo || d > hi {
-		v.add(key, fmtDuration(d), "must be between "+fmtDuration(lo)+" and "+fmtDuration(hi))
+		v.add(key, FormatDuration(d), "must be between "+FormatDuration(lo)+" and "+FormatDuration(hi))
 	}
 }
 
@@ -174,7 +174,7 @@ func (v *validator) seconds(key string, d, lo, hi time.Duration) {
 	case d < lo || d > hi:
 		v.duration(key, d, lo, hi)
 	case d%time.Second != 0:
-		v.add(key, fmtDuration(d), "must be a whole number of seconds; "+secondsResolutionOf)
+		v.add(key, FormatDuration(d), "must be a whole number of seconds; "+secondsResolutionOf)
 	}
 }
 
@@ -189,8 +189,8 @@ func (v *validator) lifetime(key string, d time.Duration) {
 		return
 	}
 	if d < minCertLifetime || d > maxCertLifetime {
-		v.add(key, fmtDuration(d), "must be 0 (the default, "+fmtDuration(DefaultCertLifetime)+") or between "+
-			fmtDuration(minCertLifetime)+" and "+fmtDuration(maxCertLifetime))
+		v.add(key, FormatDuration(d), "must be 0 (the default, "+FormatDuration(DefaultCertLifetime)+") or between "+
+			FormatDuration(minCertLifetime)+" and "+FormatDuration(maxCertLifetime))
 	}
 }
 

@@ -169,19 +169,21 @@ func TestValidateRejects(t *testing.T) {
 		{"flap connects", func(c *Config) { c.Limits.FlapMaxConnects = 0 },
 			`config: limits.flap_max_connects = 0: must be between 1 and 1000000`},
 		{"flap window", func(c *Config) { c.Limits.FlapWindow = 0 },
-			`config: limits.flap_window = 0s: must be between 1s and 24h`},
+			`config: limits.flap_window = 0s: must be between 1s and 1d`},
 		{"flap ban", func(c *Config) { c.Limits.FlapBan = -time.Minute },
-			`config: limits.flap_ban = -1m: must be between 1s and 168h`},
+			`config: limits.flap_ban = -1m: must be between 1s and 7d`},
 		{"session expiry", func(c *Config) { c.Limits.MaxSessionExpiry = 0 },
-			`config: limits.max_session_expiry = 0s: must be between 1s and 87600h`},
+			`config: limits.max_session_expiry = 0s: must be between 1s and 3650d`},
 		{"session expiry fraction", func(c *Config) { c.Limits.MaxSessionExpiry = time.Hour + time.Millisecond },
 			`config: limits.max_session_expiry = 1h0m0.001s: must be a whole number of seconds`},
 		{"device lifetime", func(c *Config) { c.Devices.CertLifetime = time.Minute },
-			`config: devices.cert_lifetime = 1m: must be 0 (the default, 87600h) or between 1h and 876000h`},
+			`config: devices.cert_lifetime = 1m: must be 0 (the default, 3650d) or between 1h and 36500d`},
 		{"device lifetime negative", func(c *Config) { c.Devices.CertLifetime = -time.Hour },
-			`config: devices.cert_lifetime = -1h: must be 0 (the default, 87600h) or between 1h and 876000h`},
+			`config: devices.cert_lifetime = -1h: must be 0 (the default, 3650d) or between 1h and 36500d`},
 		{"service lifetime", func(c *Config) { c.Devices.ServiceCertLifetime = 900000 * time.Hour },
-			`config: devices.service_cert_lifetime = 900000h: must be 0 (the default, 87600h) or between 1h and 876000h`},
+			`config: devices.service_cert_lifetime = 37500d: must be 0 (the default, 3650d) or between 1h and 36500d`},
+		{"service lifetime odd hours", func(c *Config) { c.Devices.ServiceCertLifetime = 876001 * time.Hour },
+			`config: devices.service_cert_lifetime = 876001h: must be 0 (the default, 3650d) or between 1h and 36500d`},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -231,16 +233,5 @@ func TestLifetimeDefaults(t *testing.T) {
 	d = Devices{CertLifetime: time.Hour, ServiceCertLifetime: 2 * time.Hour}
 	if d.DeviceCertLifetime() != time.Hour || d.ServiceLifetime() != 2*time.Hour {
 		t.Errorf("set lifetimes not returned as set")
-	}
-}
-
-func TestFmtDuration(t *testing.T) {
-	for d, want := range map[time.Duration]string{
-		0: "0s", 5 * time.Minute: "5m", 168 * time.Hour: "168h", 90 * time.Minute: "1h30m",
-		90 * time.Second: "1m30s", 10 * time.Second: "10s", 1500 * time.Millisecond: "1.5s",
-	} {
-		if got := fmtDuration(d); got != want {
-			t.Errorf("fmtDuration(%v) = %q, want %q", d, got, want)
-		}
 	}
 }
