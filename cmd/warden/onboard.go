@@ -3,6 +3,7 @@ package main
 import (
 	"bufio"
 	"encoding/pem"
+	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
@@ -56,9 +57,10 @@ func (c *cli) openOnboard(cmd *cobra.Command) (*onboardEnv, func(), error) {
 func (c *cli) devicePreregisterCmd() *cobra.Command {
 	var model, secretOut string
 	var tags []string
+	var recovery bool
 	cmd := &cobra.Command{
 		Use:   "preregister ID --enroll-secret-out FILE",
-		Short: "Record a device that will enroll itself with its own key and a factory secret",
+		Short: "Record a device that will enroll itself with its own key and a factory secret (or --recover a registered one)",
 		Long: `preregister records a device ID that may enroll once (docs/onboarding.md):
 the device generates its key itself (on chip, never exported), sends a CSR to
 /.well-known/est/simpleenroll (or private/<id>/cert/csr over MQTT with a claim
@@ -67,9 +69,21 @@ by a random 32-byte enrollment secret.
 
 Warden keeps the secret sealed; FILE (JSON, mode 0600) receives it once, for
 the factory to program into the device. A secret enrolls once: a second
-enrollment is refused, and knowing the device ID alone enrolls nothing.`,
-		Example: `  warden device preregister 0badf00d --model sensor-v2 --enroll-secret-out 0badf00d.enroll.json`,
-		Args:    cobra.ExactArgs(1),
+enrollment is refused, and knowing the device ID alone enrolls nothing.
+
+--recover re-arms a device that is registered already but can no longer
+authenticate: it missed a CA rotation's grace period (its issuing CA is no
+longer trusted), its certificate expired, or it lost its key. Put the new
+FILE on the device in place of its old secret file; the device then runs its
+normal enrollment (simpleenroll, without a client certificate) with it, with
+its old key or a new one. When it enrolls it keeps its ID, model, tags and
+owner, gets a new certificate, and every earlier certificate of the device is
+revoked. The recovery secret works once, and replaces any earlier secret of
+the device. A disabled device must be enabled before it can recover; a
+revoked one never can.`,
+		Example: `  warden device preregister 0badf00d --model sensor-v2 --enroll-secret-out 0badf00d.enroll.json
+  warden device preregister 0badf00d --recover --enroll-secret-out 0badf00d.recover.json`,
+		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			id := args[0]
 			if err := identity.ValidateDeviceID(id); err != nil {
@@ -79,6 +93,9 @@ enrollment is refused, and knowing the device ID alone enrolls nothing.`,
 			if err != nil {
 				return err
 			}
+			if recovery && (model != "" || len(t) > 0) {
+				return fmt.Errorf("--recover keeps the model and tags device %s has; drop --model and --tag (change tags on the device itself)", id)
+			}
 			if _, err := os.Stat(secretOut); err == nil {
 				return fmt.Errorf("%s exists; refusing to overwrite an enrollment secret (move it away first)", secretOut)
 			}
@@ -87,8 +104,11 @@ enrollment is refused, and knowing the device ID alone enrolls nothing.`,
 				return err
 			}
 			defer done()
-			files, err := oe.onboard.Preregister(cmd.Context(), []onboard.Preregistration{{DeviceID: id, Model: model, Tags: t}})
-			if err != nil {
+			files, err := oe.onboard.Preregister(cmd.Context(), []onboard.Preregistration{{DeviceID: id, Model: model, Tags: t, Recovery: recovery}})
+			switch {
+			case !recovery && errors.Is(err, store.ErrConflict):
+				return fmt.Errorf("%w; if device %s is registered and can no longer connect, re-arm it with --recover", err, id)
+			case err != nil:
 				return err
 			}
 			b, err := files[0].Marshal()
@@ -97,12 +117,21 @@ enrollment is refused, and knowing the device ID alone enrolls nothing.`,
 				return err
 			}
 			if err := fileutil.WriteNewFileAtomic(secretOut, b, 0o600); err != nil {
+				if recovery {
+					return fmt.Errorf("device %s is armed for recovery, but its secret could not be written (%w); run the command again: a new recovery secret replaces this one", id, err)
+				}
 				return fmt.Errorf("device %s is preregistered, but its secret could not be written (%w); remove it with `warden device unregister %s` and try again", id, err, id)
+			}
+			if recovery {
+				fmt.Fprintf(c.out, "Armed device %s for recovery enrollment\n  enrollment secret  %s (mode 0600; put it on the device in place of its old secret file, then delete it)\n"+
+					"  when the device enrolls with it, its earlier certificates are revoked\n", id, secretOut)
+				return nil
 			}
 			fmt.Fprintf(c.out, "Preregistered device %s\n  enrollment secret  %s (mode 0600; program it into the device, then delete it)\n", id, secretOut)
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&recovery, "recover", false, "re-arm a registered device that can no longer authenticate (missed a CA rotation's grace period, expired certificate, lost key); its earlier certificates are revoked when it enrolls")
 	cmd.Flags().StringVar(&model, "model", "", "device model given to the device when it enrolls")
 	cmd.Flags().StringArrayVar(&tags, "tag", nil, "tag key=value given to the device when it enrolls (repeatable)")
 	cmd.Flags().StringVar(&secretOut, "enroll-secret-out", "", "file to write the enrollment secret to (must not exist)")
@@ -166,9 +195,13 @@ func (c *cli) deviceEnrollmentsCmd() *cobra.Command {
 				if e.Used() {
 					used = e.UsedAt.Format(time.RFC3339)
 				}
-				rows[i] = []string{e.DeviceID, e.Method, e.Claim, e.Model, used}
+				recovery := "-"
+				if e.Recovery {
+					recovery = "yes"
+				}
+				rows[i] = []string{e.DeviceID, e.Method, e.Claim, e.Model, recovery, used}
 			}
-			c.table([]string{"DEVICE", "METHOD", "CLAIM CERT", "MODEL", "ENROLLED"}, rows)
+			c.table([]string{"DEVICE", "METHOD", "CLAIM CERT", "MODEL", "RECOVERY", "ENROLLED"}, rows)
 			return nil
 		},
 	}
@@ -293,7 +326,7 @@ func (c *cli) claimCertCreateCmd() *cobra.Command {
 	cmd.Flags().StringVar(&outDir, "out", "", "directory for NAME.crt, NAME.key and ca.crt")
 	cmd.Flags().StringVar(&model, "model", "", "model given to the devices it enrolls")
 	cmd.Flags().StringArrayVar(&tags, "tag", nil, "tag key=value given to the devices it enrolls (repeatable)")
-	cmd.Flags().DurationVar(&lifetime, "lifetime", 0, "certificate lifetime (default 8760h, one year)")
+	durationVar(cmd.Flags(), &lifetime, "lifetime", 0, "certificate lifetime, e.g. 90d or 720h (default 365d, one year)")
 	_ = cmd.MarkFlagRequired("out")
 	return cmd
 }
@@ -442,7 +475,7 @@ func (c *cli) tokenCreateCmd() *cobra.Command {
 	cmd.Flags().StringVar(&role, "role", "", "admin, operator, viewer or app")
 	cmd.Flags().StringVar(&user, "user", "", "the user the token acts for")
 	cmd.Flags().StringVar(&note, "note", "", "what it is for")
-	cmd.Flags().DurationVar(&ttl, "ttl", 0, "expiry (0 = none)")
+	durationVar(cmd.Flags(), &ttl, "ttl", 0, "expiry, e.g. 90d or 12h (0 = none)")
 	_ = cmd.MarkFlagRequired("role")
 	_ = cmd.MarkFlagRequired("user")
 	return cmd

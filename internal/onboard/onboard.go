@@ -69,7 +69,7 @@ func New(o Options) (*Service, error) {
 		reg: o.Registry, st: o.Store, ca: o.CA, ks: o.Keystore, claimKey: o.ClaimKey,
 		audit: o.Audit, log: o.Logger, now: o.Now,
 		enrolls: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "warden_enroll_total", Help: "Device enrollments, by method and outcome (the reason for refusals).",
+			Name: "warden_enroll_total", Help: "Device enrollments, by method and outcome (enrolled, recovered, or the reason for a refusal).",
 		}, []string{"method", "outcome"}),
 		claims: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warden_claims_total", Help: "App claim tokens minted and redeemed, by action and outcome.",
@@ -107,11 +107,19 @@ type Preregistration struct {
 	DeviceID string
 	Model    string
 	Tags     map[string]string
+	// Recovery re-arms a registered device that can no longer
+	// authenticate (its certificate expired, its issuing CA is no longer
+	// trusted, it lost its key) instead of recording a new one: with the
+	// new secret it enrolls again as itself, and its earlier certificates
+	// are revoked. Model and Tags must be empty: the device keeps its own.
+	Recovery bool
 }
 
 // Preregister records devices that may each enroll once with their own
 // enrollment secret, and returns each device's secret file (the only time
-// the secrets exist outside the keystore), in order.
+// the secrets exist outside the keystore), in order. A recovery entry
+// replaces the device's earlier enrollment, so an older secret no longer
+// works.
 func (s *Service) Preregister(ctx context.Context, ps []Preregistration) ([]enrollproto.SecretFile, error) {
 	es := make([]store.Enrollment, len(ps))
 	files := make([]enrollproto.SecretFile, len(ps))
@@ -124,15 +132,19 @@ func (s *Service) Preregister(ctx context.Context, ps []Preregistration) ([]enro
 		if err != nil {
 			return nil, fmt.Errorf("preregister %q: seal the enrollment secret: %w", p.DeviceID, err)
 		}
-		es[i] = store.Enrollment{DeviceID: p.DeviceID, Method: store.EnrollSecret, Model: p.Model, Tags: p.Tags, Secret: sealed}
+		es[i] = store.Enrollment{DeviceID: p.DeviceID, Method: store.EnrollSecret, Model: p.Model, Tags: p.Tags, Secret: sealed, Recovery: p.Recovery}
 		files[i] = enrollproto.SecretFile{Version: 1, DeviceID: p.DeviceID, Secret: secret}
 	}
 	if err := s.reg.Preregister(ctx, es); err != nil {
 		return nil, err
 	}
 	for _, p := range ps {
+		details := map[string]string{"method": store.EnrollSecret, "model": p.Model}
+		if p.Recovery {
+			details["recovery"] = "true"
+		}
 		s.audit.Record(ctx, audit.Event{Action: "device.preregister", Outcome: "done", Actor: "operator",
-			Subject: "device:" + p.DeviceID, Details: map[string]string{"method": store.EnrollSecret, "model": p.Model}})
+			Subject: "device:" + p.DeviceID, Details: details})
 	}
 	return files, nil
 }
@@ -150,7 +162,9 @@ type Request struct {
 
 // Enroll authorizes and performs an enrollment. The error is what the
 // requester may be told nothing about: callers answer every error with
-// the same refusal.
+// the same refusal. A recovery enrollment goes the same way (the device
+// proves the same secret); only the audit line and the metric's outcome
+// ("recovered") tell it apart.
 func (s *Service) Enroll(ctx context.Context, req Request) (store.Device, *x509.Certificate, error) {
 	method := store.EnrollSecret
 	var authorize func(store.Enrollment, *x509.CertificateRequest) error
@@ -182,13 +196,21 @@ func (s *Service) Enroll(ctx context.Context, req Request) (store.Device, *x509.
 			return nil
 		}
 	}
+	// Whether the enrollment is a recovery is known once the registry has
+	// found it; refusals before that are audited as plain enrollments.
+	recovery := false
+	check := authorize
+	authorize = func(e store.Enrollment, csr *x509.CertificateRequest) error {
+		recovery = e.Recovery
+		return check(e, csr)
+	}
 	d, cert, err := s.reg.Enroll(ctx, req.CSR, authorize)
 	id := d.ID
 	if err != nil {
-		s.enrolled(ctx, req, method, csrName(req.CSR), err)
+		s.enrolledAs(ctx, req, method, csrName(req.CSR), recovery, err)
 		return store.Device{}, nil, err
 	}
-	s.enrolled(ctx, req, method, id, nil)
+	s.enrolledAs(ctx, req, method, id, recovery, nil)
 	if req.ClaimToken != "" {
 		// The device is enrolled whatever the token says; a bad token is
 		// audited and leaves the device unowned.
@@ -226,9 +248,20 @@ func csrName(der []byte) string {
 	return csr.Subject.CommonName
 }
 
+// enrolled audits, logs and counts the answer to an enrollment request.
 func (s *Service) enrolled(ctx context.Context, req Request, method, id string, err error) {
+	s.enrolledAs(ctx, req, method, id, false, err)
+}
+
+// enrolledAs is enrolled for a request whose enrollment may be a recovery
+// one: its audit line says recovery "true", and a success counts as
+// outcome "recovered" rather than "enrolled".
+func (s *Service) enrolledAs(ctx context.Context, req Request, method, id string, recovery bool, err error) {
 	ev := audit.Event{Action: "device.enroll", Outcome: "done", Remote: req.Remote,
 		Details: map[string]string{"method": method, "via": req.Via}}
+	if recovery {
+		ev.Details["recovery"] = "true"
+	}
 	if id != "" {
 		ev.Subject = "device:" + id
 	}
@@ -241,15 +274,20 @@ func (s *Service) enrolled(ctx context.Context, req Request, method, id string, 
 		ev.Actor = "claim:" + req.ClaimName
 	}
 	outcome := "enrolled"
+	if recovery {
+		outcome = "recovered"
+	}
 	if err != nil {
 		outcome = registry.EnrollReason(err)
 		ev.Outcome, ev.Reason = "denied", outcome
 		if outcome == "error" {
 			ev.Outcome = "failed"
-			s.log.Error("enrollment failed", "device", id, "via", req.Via, "error", err)
+			s.log.Error("enrollment failed", "device", id, "via", req.Via, "recovery", recovery, "error", err)
 		} else {
-			s.log.Warn("enrollment refused", "device", id, "via", req.Via, "reason", outcome, "remote", req.Remote)
+			s.log.Warn("enrollment refused", "device", id, "via", req.Via, "recovery", recovery, "reason", outcome, "remote", req.Remote)
 		}
+	} else if recovery {
+		s.log.Info("device recovered: new certificate, earlier ones revoked", "device", id, "method", method, "via", req.Via)
 	} else {
 		s.log.Info("device enrolled", "device", id, "method", method, "via", req.Via)
 	}

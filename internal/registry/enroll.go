@@ -67,6 +67,12 @@ func EnrollReason(err error) string {
 // by the method each names. It validates every entry (ID, model, tags,
 // method) and that no ID names a service; the store refuses IDs already
 // preregistered or registered. All or nothing.
+//
+// A recovery entry (Recovery) re-arms a registered device instead: it must
+// be a secret enrollment without model or tags (the device keeps its
+// own), the store refuses it unless the device exists and is not revoked,
+// and it replaces the device's earlier enrollment, so only the newest
+// secret works.
 func (r *Registry) Preregister(ctx context.Context, es []store.Enrollment) error {
 	if len(es) == 0 {
 		return invalidf("preregister: no devices given")
@@ -95,6 +101,19 @@ func (r *Registry) Preregister(ctx context.Context, es []store.Enrollment) error
 		default:
 			return invalidf("preregister %q: unknown enrollment method %q", e.DeviceID, e.Method)
 		}
+		if e.Recovery {
+			// A claim certificate is shared by a factory line: letting it
+			// recover would let whoever holds it take over registered
+			// devices.
+			if e.Method != store.EnrollSecret {
+				return invalidf("preregister %q: a recovery enrollment needs an enrollment secret; a claim certificate cannot recover a device", e.DeviceID)
+			}
+			if e.Model != "" || len(e.Tags) != 0 {
+				return invalidf("preregister %q: a recovery enrollment keeps the device's model and tags; give none (change tags on the device itself)", e.DeviceID)
+			}
+		}
+		// The device itself may exist for a recovery entry (the store checks
+		// that it does); a service with the name never may.
 		if err := r.clientIDFree(ctx, identity.KindDevice, e.DeviceID); err != nil {
 			return fmt.Errorf("preregister %q: %w", e.DeviceID, err)
 		}
@@ -108,7 +127,13 @@ func (r *Registry) Preregister(ctx context.Context, es []store.Enrollment) error
 	if err := r.st.AddEnrollments(ctx, out); err != nil {
 		return fmt.Errorf("preregister: %w", err)
 	}
-	r.log.InfoContext(ctx, "devices preregistered", "count", len(out), "method", out[0].Method)
+	recoveries := 0
+	for _, e := range out {
+		if e.Recovery {
+			recoveries++
+		}
+	}
+	r.log.InfoContext(ctx, "devices preregistered", "count", len(out), "method", out[0].Method, "recoveries", recoveries)
 	return nil
 }
 
@@ -118,6 +143,13 @@ func (r *Registry) Preregister(ctx context.Context, es []store.Enrollment) error
 // authorize sees the enrollment and the parsed CSR before anything is
 // issued and returns a non-nil error to refuse (wrap an *EnrollError to
 // give the reason). A refusal is an *EnrollError; nothing is stored.
+//
+// Under a recovery enrollment the device must be registered and active
+// instead: the certificate (from the CSR's key, new or the old one) is
+// recorded as its new credential, every earlier credential is revoked and
+// the enrollment is marked used, in one store transaction; the CRL is
+// re-signed and EventDeviceRecovered announced. The returned device is
+// the registered one, unchanged.
 func (r *Registry) Enroll(ctx context.Context, csrDER []byte, authorize func(store.Enrollment, *x509.CertificateRequest) error) (store.Device, *x509.Certificate, error) {
 	csr, err := pki.ParseCSR(csrDER)
 	if err != nil {
@@ -142,6 +174,9 @@ func (r *Registry) Enroll(ctx context.Context, csrDER []byte, authorize func(sto
 			return store.Device{}, nil, err
 		}
 		return store.Device{}, nil, fmt.Errorf("enroll %q: %w", id, err)
+	}
+	if e.Recovery {
+		return r.recoverDevice(ctx, e, csr)
 	}
 	switch exists, err := r.DeviceExists(ctx, id); {
 	case err != nil:
@@ -172,6 +207,71 @@ func (r *Registry) Enroll(ctx context.Context, csrDER []byte, authorize func(sto
 	}
 	r.emit(ctx, Event{Kind: EventDeviceAdded, Principal: devicePrincipal(id), Reason: "enrolled", At: now},
 		"serial", cred.Serial, "method", e.Method)
+	return d, cert, nil
+}
+
+// recoverDevice is Enroll under a recovery enrollment e, whose
+// authorization has been checked.
+func (r *Registry) recoverDevice(ctx context.Context, e store.Enrollment, csr *x509.CertificateRequest) (store.Device, *x509.Certificate, error) {
+	id := e.DeviceID
+	d, err := r.st.GetDevice(ctx, id)
+	switch {
+	case errors.Is(err, store.ErrNotFound):
+		// The store arms recovery only for registered devices, and devices
+		// are never deleted: this is an inconsistent store, not a request
+		// to register a device.
+		return store.Device{}, nil, refuseEnroll(ReasonNotPreregistered, fmt.Errorf("device %q of the recovery enrollment is not registered", id))
+	case err != nil:
+		return store.Device{}, nil, fmt.Errorf("recover %q: %w", id, err)
+	}
+	switch d.State {
+	case store.StateActive:
+	case store.StateDisabled:
+		return store.Device{}, nil, refuseEnroll(ReasonDeviceDisabled, fmt.Errorf("recover %q (enable the device first): %w", id, stateError(d.State, d.StateReason)))
+	default:
+		return store.Device{}, nil, refuseEnroll(ReasonDeviceRevoked, stateError(d.State, d.StateReason))
+	}
+	cert, err := r.ca.IssueDevice(csr, id, r.deviceLifetime)
+	if err != nil {
+		return store.Device{}, nil, fmt.Errorf("recover %q: %w", id, err)
+	}
+	if err := checkIssued(cert, csr, identity.KindDevice, id, r.now()); err != nil {
+		return store.Device{}, nil, fmt.Errorf("recover %q: the CA issued an unusable certificate: %w", id, err)
+	}
+
+	r.lifecycle.Lock()
+	defer r.lifecycle.Unlock()
+	now := r.clock()
+	cred := credentialFor(identity.KindDevice, id, csr, cert, now)
+	d, err = r.st.Recover(ctx, id, cred, now)
+	switch {
+	case errors.Is(err, store.ErrRevoked):
+		return store.Device{}, nil, refuseEnroll(ReasonDeviceRevoked, err)
+	case errors.Is(err, store.ErrNotFound):
+		// The operator withdrew the enrollment since our checks.
+		return store.Device{}, nil, refuseEnroll(ReasonNotPreregistered, err)
+	case errors.Is(err, store.ErrConflict):
+		// Since our checks another request used the enrollment (the store's
+		// single use decided), or the device was disabled.
+		if cur, gerr := r.st.GetDevice(ctx, id); gerr == nil && cur.State == store.StateDisabled {
+			return store.Device{}, nil, refuseEnroll(ReasonDeviceDisabled, err)
+		}
+		return store.Device{}, nil, refuseEnroll(ReasonEnrollmentUsed, err)
+	case err != nil:
+		return store.Device{}, nil, fmt.Errorf("recover %q: %w", id, err)
+	}
+	// The recovery is committed: finish the CRL and the announcement even
+	// if the caller has gone away. A CRL failure does not undo it: the
+	// registry refuses the revoked credentials at once whatever the CRL
+	// says, and the device must get its certificate.
+	ctx = context.WithoutCancel(ctx)
+	_, crlErr := r.RefreshCRL(ctx)
+	r.emit(ctx, Event{Kind: EventDeviceRecovered, Principal: devicePrincipal(id), Reason: "recovery enrollment", At: now},
+		"serial", cred.Serial, "method", e.Method)
+	if crlErr != nil {
+		r.log.ErrorContext(ctx, "CRL not re-signed after a recovery enrollment revoked the device's earlier certificates; retry with a CRL refresh",
+			"device", id, "error", crlErr)
+	}
 	return d, cert, nil
 }
 

@@ -113,6 +113,10 @@ const (
 	EventDeviceRevoked  EventKind = "device-revoked"
 	EventServiceAdded   EventKind = "service-added"
 	EventServiceRevoked EventKind = "service-revoked"
+	// EventDeviceRecovered says a registered device enrolled again with a
+	// recovery enrollment: it has a new credential, and every earlier one
+	// is revoked. Its state did not change.
+	EventDeviceRecovered EventKind = "device-recovered"
 	// EventEnvelopeChanged says a device's envelope keys or policy changed,
 	// so cached secrets and policies must be dropped. Its Reason is
 	// "enabled", "policy-changed", "rekey-begun", "rekey-confirmed" or

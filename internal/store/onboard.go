@@ -11,10 +11,21 @@ const (
 	EnrollClaim  = "claim"  // a fleet claim certificate whose allow-list names the device
 )
 
+// RecoveryRevocationReason is the revocation reason Recover gives a
+// device's earlier credentials.
+const RecoveryRevocationReason = "superseded by recovery enrollment"
+
 // Enrollment authorizes one device ID to enroll once. A device enrolls
 // with a CSR of its own key; Warden registers it (device, tags and first
 // credential) and marks the enrollment used in one transaction, so an
 // enrollment can never be used twice and a device is never half-enrolled.
+//
+// A recovery enrollment (Recovery true, EnrollSecret only) is for a device
+// that is registered already but can no longer authenticate: its
+// certificate expired, its issuing CA is no longer trusted, or it lost its
+// key. Enrolling with it issues a new credential to the existing device and
+// revokes all its earlier ones (Recover); the device keeps its model, tags
+// and owner, so a recovery enrollment's Model and Tags are not used.
 type Enrollment struct {
 	DeviceID string            `json:"device_id"`
 	Method   string            `json:"method"`     // EnrollSecret or EnrollClaim
@@ -25,6 +36,7 @@ type Enrollment struct {
 	Created  time.Time         `json:"created_at"` //
 	UsedAt   time.Time         `json:"used_at"`    // zero until the device enrolled
 	Serial   string            `json:"serial"`     // the certificate it enrolled with; empty until used
+	Recovery bool              `json:"recovery"`   // re-enrolls a registered device (Recover), not a new one (Enroll)
 }
 
 // Used reports whether the device has enrolled with it.
@@ -128,6 +140,12 @@ type OnboardStore interface {
 	// ErrConflict if an enrollment for one of the IDs exists or a device
 	// with one of the IDs is registered; ErrNotFound if an EnrollClaim
 	// enrollment names a claim certificate that does not exist.
+	//
+	// A recovery enrollment (Recovery, EnrollSecret only) is the exception:
+	// its device must be registered (ErrNotFound otherwise) and not revoked
+	// (ErrRevoked), and it replaces the ID's enrollment if there is one,
+	// used (the device's first enrollment) or not (an earlier recovery the
+	// device never used), so that only the newest secret works.
 	AddEnrollments(ctx context.Context, es []Enrollment) error
 	// GetEnrollment returns ErrNotFound if the ID was never preregistered.
 	GetEnrollment(ctx context.Context, deviceID string) (Enrollment, error)
@@ -139,9 +157,21 @@ type OnboardStore interface {
 	// Enroll registers d with its first credential c and marks d's
 	// enrollment used (UsedAt = at, Serial = c.Serial), in one transaction.
 	// ErrNotFound if d.ID has no enrollment; ErrConflict if it is used
-	// already or a device with the ID exists. d.Model and d.Tags are taken
-	// from the enrollment, whatever the caller passed.
+	// already, is a recovery enrollment (use Recover) or a device with the
+	// ID exists. d.Model and d.Tags are taken from the enrollment, whatever
+	// the caller passed.
 	Enroll(ctx context.Context, d Device, c Credential, at time.Time) (Device, error)
+	// Recover uses the recovery enrollment of the registered device id: in
+	// one transaction it stores c as the device's new credential, revokes
+	// every earlier unrevoked credential of the device (reason
+	// RecoveryRevocationReason, time at) and marks the enrollment used
+	// (UsedAt = at, Serial = c.Serial), and returns the device, whose model,
+	// tags, owner and state are unchanged. ErrNotFound if id has no
+	// enrollment or no device; ErrConflict if the enrollment is used
+	// already, is not a recovery enrollment, the device is disabled
+	// (enable it first) or c's serial exists; ErrRevoked if the device is
+	// revoked.
+	Recover(ctx context.Context, id string, c Credential, at time.Time) (Device, error)
 
 	// CreateClaimCert stores a claim certificate. ErrConflict if the name
 	// or serial exists.

@@ -52,7 +52,7 @@ func timeFromNull(v sql.NullInt64) time.Time {
 
 // --- enrollments ---
 
-const enrollmentColumns = `device_id, method, claim, model, tags, secret, created_at, used_at, serial`
+const enrollmentColumns = `device_id, method, claim, model, tags, secret, created_at, used_at, serial, recovery`
 
 // checkEnrollment catches programming errors before they reach the table.
 // Errors never include the sealed secret.
@@ -72,6 +72,9 @@ func checkEnrollment(e store.Enrollment) error {
 	default:
 		return fmt.Errorf("enrollment of %q: unknown method %q (want %q or %q)", e.DeviceID, e.Method, store.EnrollSecret, store.EnrollClaim)
 	}
+	if e.Recovery && e.Method != store.EnrollSecret {
+		return fmt.Errorf("enrollment of %q: a recovery enrollment is a %s enrollment, not %s", e.DeviceID, store.EnrollSecret, e.Method)
+	}
 	if e.Used() || e.Serial != "" {
 		return fmt.Errorf("enrollment of %q: an enrollment is added unused (no use time, no serial)", e.DeviceID)
 	}
@@ -81,15 +84,16 @@ func checkEnrollment(e store.Enrollment) error {
 // enrollmentRow receives one enrollments row; decode turns it into an
 // Enrollment.
 type enrollmentRow struct {
-	e       store.Enrollment
-	claim   sql.NullString
-	tags    string
-	created int64
-	used    sql.NullInt64
+	e        store.Enrollment
+	claim    sql.NullString
+	tags     string
+	created  int64
+	used     sql.NullInt64
+	recovery int64
 }
 
 func (x *enrollmentRow) dest() []any {
-	return []any{&x.e.DeviceID, &x.e.Method, &x.claim, &x.e.Model, &x.tags, &x.e.Secret, &x.created, &x.used, &x.e.Serial}
+	return []any{&x.e.DeviceID, &x.e.Method, &x.claim, &x.e.Model, &x.tags, &x.e.Secret, &x.created, &x.used, &x.e.Serial, &x.recovery}
 }
 
 func (x *enrollmentRow) decode() (store.Enrollment, error) {
@@ -106,6 +110,7 @@ func (x *enrollmentRow) decode() (store.Enrollment, error) {
 	}
 	e.Created = fromDB(x.created)
 	e.UsedAt = timeFromNull(x.used)
+	e.Recovery = x.recovery != 0
 	return e, nil
 }
 
@@ -147,9 +152,9 @@ func getEnrollment(ctx context.Context, q querier, deviceID string) (store.Enrol
 // AddEnrollments implements store.OnboardStore. Besides the contract's
 // checks it refuses an ID that names a service (ErrConflict: devices and
 // services share the MQTT client-ID namespace, so the device could never
-// enroll) and an enrollment on the allow-list of a revoked claim
-// certificate (ErrRevoked). A factory batch can be large, so the statements
-// are prepared once.
+// enroll), an enrollment on the allow-list of a revoked claim certificate
+// (ErrRevoked) and a recovery enrollment that is not a secret one. A
+// factory batch can be large, so the statements are prepared once.
 func (s *Store) AddEnrollments(ctx context.Context, es []store.Enrollment) error {
 	if len(es) == 0 {
 		return nil
@@ -177,14 +182,21 @@ func (s *Store) AddEnrollments(ctx context.Context, es []store.Enrollment) error
 	return s.write(ctx, func(tx *sql.Tx) error {
 		taken, err := tx.PrepareContext(ctx, `SELECT
     EXISTS (SELECT 1 FROM enrollments WHERE device_id = $1),
-    EXISTS (SELECT 1 FROM devices WHERE id = $1),
+    (SELECT state FROM devices WHERE id = $1),
     EXISTS (SELECT 1 FROM services WHERE name = $1)`)
 		if err != nil {
 			return fmt.Errorf("add enrollments: %w", err)
 		}
 		defer taken.Close()
+		// A recovery enrollment replaces whatever enrollment the device has:
+		// the used one it first enrolled with, or a recovery it never used.
+		replace, err := tx.PrepareContext(ctx, `DELETE FROM enrollments WHERE device_id = $1`)
+		if err != nil {
+			return fmt.Errorf("add enrollments: %w", err)
+		}
+		defer replace.Close()
 		insert, err := tx.PrepareContext(ctx, `INSERT INTO enrollments (`+enrollmentColumns+`)
-VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, '')`)
+VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, '', $8)`)
 		if err != nil {
 			return fmt.Errorf("add enrollments: %w", err)
 		}
@@ -192,17 +204,35 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, '')`)
 		claims := map[string]bool{} // claim certificates checked already
 		for i, e := range es {
 			what := fmt.Sprintf("add enrollment of %q", e.DeviceID)
-			var enrolled, device, service bool
-			if err := taken.QueryRowContext(ctx, e.DeviceID).Scan(&enrolled, &device, &service); err != nil {
+			var (
+				enrolled, service bool
+				state             sql.NullString
+			)
+			if err := taken.QueryRowContext(ctx, e.DeviceID).Scan(&enrolled, &state, &service); err != nil {
 				return fmt.Errorf("%s: check existence: %w", what, err)
 			}
-			switch {
-			case enrolled:
-				return fmt.Errorf("%s: an enrollment for the ID %w", what, store.ErrConflict)
-			case device:
-				return fmt.Errorf("%s: a device with the ID %w", what, store.ErrConflict)
-			case service:
-				return fmt.Errorf("%s: a service with the name %w (devices and services share the MQTT client-ID namespace)", what, store.ErrConflict)
+			if e.Recovery {
+				switch {
+				case !state.Valid:
+					return fmt.Errorf("%s: device %q: %w; recovery is for a registered device (preregister it without recovery to enroll a new device)",
+						what, e.DeviceID, store.ErrNotFound)
+				case store.DeviceState(state.String) == store.StateRevoked:
+					return fmt.Errorf("%s: device %q is %w, for good: a revoked device cannot recover (register it under a new ID)", what, e.DeviceID, store.ErrRevoked)
+				case service:
+					return fmt.Errorf("%s: a service with the name %w (devices and services share the MQTT client-ID namespace)", what, store.ErrConflict)
+				}
+				if _, err := replace.ExecContext(ctx, e.DeviceID); err != nil {
+					return fmt.Errorf("%s: replace the earlier enrollment: %w", what, err)
+				}
+			} else {
+				switch {
+				case enrolled:
+					return fmt.Errorf("%s: an enrollment for the ID %w", what, store.ErrConflict)
+				case state.Valid:
+					return fmt.Errorf("%s: a device with the ID %w", what, store.ErrConflict)
+				case service:
+					return fmt.Errorf("%s: a service with the name %w (devices and services share the MQTT client-ID namespace)", what, store.ErrConflict)
+				}
 			}
 			if e.Method == store.EnrollClaim && !claims[e.Claim] {
 				c, err := getClaimCert(ctx, tx, e.Claim)
@@ -218,8 +248,12 @@ VALUES ($1, $2, $3, $4, $5, $6, $7, NULL, '')`)
 			if e.Method == store.EnrollSecret {
 				secret = e.Secret
 			}
+			recovery := 0
+			if e.Recovery {
+				recovery = 1
+			}
 			if _, err := insert.ExecContext(ctx, e.DeviceID, e.Method, nullString(e.Claim), e.Model, tags[i], secret,
-				toDB(e.Created)); err != nil {
+				toDB(e.Created), recovery); err != nil {
 				return insertError("add enrollment of", e.DeviceID, err)
 			}
 		}
@@ -294,6 +328,10 @@ func (s *Store) Enroll(ctx context.Context, d store.Device, c store.Credential, 
 			return fmt.Errorf("%s %q: the enrollment was used at %s (serial %s): %w",
 				what, d.ID, e.UsedAt.Format(time.RFC3339), e.Serial, store.ErrConflict)
 		}
+		if e.Recovery {
+			return fmt.Errorf("%s %q: the enrollment is a recovery enrollment for a registered device (use Recover): %w",
+				what, d.ID, store.ErrConflict)
+		}
 		if e.Method == store.EnrollClaim {
 			cc, err := getClaimCert(ctx, tx, e.Claim)
 			if err != nil {
@@ -321,6 +359,78 @@ func (s *Store) Enroll(ctx context.Context, d store.Device, c store.Credential, 
 			return fmt.Errorf("%s %q: the enrollment is no longer unused: %w", what, d.ID, store.ErrConflict)
 		}
 		out, err = getDevice(ctx, tx, d.ID)
+		return err
+	})
+	if err != nil {
+		return store.Device{}, err
+	}
+	return out, nil
+}
+
+// Recover implements store.OnboardStore. Besides the contract's checks it
+// refuses (not with a store error) a credential that is not for the device
+// or is revoked already.
+func (s *Store) Recover(ctx context.Context, id string, c store.Credential, at time.Time) (store.Device, error) {
+	const what = "recover device"
+	if err := identity.ValidateDeviceID(id); err != nil {
+		return store.Device{}, fmt.Errorf("%s: %w", what, err)
+	}
+	switch {
+	case at.IsZero():
+		return store.Device{}, fmt.Errorf("%s %q: no recovery time", what, id)
+	case c.SubjectKind != identity.KindDevice || c.SubjectID != id:
+		return store.Device{}, fmt.Errorf("%s %q: credential names %s:%s, not this device", what, id, c.SubjectKind, c.SubjectID)
+	case c.Revoked():
+		return store.Device{}, fmt.Errorf("%s %q: credential %s is revoked already", what, id, c.Serial)
+	}
+	if err := checkCredential(c); err != nil {
+		return store.Device{}, fmt.Errorf("%s %q: %w", what, id, err)
+	}
+	var out store.Device
+	err := s.write(ctx, func(tx *sql.Tx) error {
+		e, err := getEnrollment(ctx, tx, id)
+		if err != nil {
+			return fmt.Errorf("%s %q: %w", what, id, err)
+		}
+		switch {
+		case !e.Recovery:
+			return fmt.Errorf("%s %q: the enrollment is a first enrollment, not a recovery enrollment: %w", what, id, store.ErrConflict)
+		case e.Used():
+			return fmt.Errorf("%s %q: the recovery enrollment was used at %s (serial %s): %w",
+				what, id, e.UsedAt.Format(time.RFC3339), e.Serial, store.ErrConflict)
+		}
+		d, err := getDevice(ctx, tx, id)
+		if err != nil {
+			return fmt.Errorf("%s: %w", what, err)
+		}
+		switch d.State {
+		case store.StateActive:
+		case store.StateDisabled:
+			return fmt.Errorf("%s %q: the device is disabled; enable it first: %w", what, id, store.ErrConflict)
+		default:
+			return fmt.Errorf("%s %q: the device is %w", what, id, store.ErrRevoked)
+		}
+		if err := absent(ctx, tx, `SELECT 1 FROM credentials WHERE serial = $1`, c.Serial); err != nil {
+			return fmt.Errorf("%s %q: credential serial %s %w", what, id, c.Serial, err)
+		}
+		// Revoke first, so that the new credential is the only one left.
+		if _, err := revokeCredentials(ctx, tx, identity.KindDevice, id, store.RecoveryRevocationReason, at); err != nil {
+			return fmt.Errorf("%s %q: %w", what, id, err)
+		}
+		if err := insertCredential(ctx, tx, c); err != nil {
+			return fmt.Errorf("%s %q: %w", what, id, err)
+		}
+		res, err := tx.ExecContext(ctx, `UPDATE enrollments SET used_at = $1, serial = $2
+WHERE device_id = $3 AND used_at IS NULL AND recovery = 1`, toDB(at), c.Serial, id)
+		if err != nil {
+			return fmt.Errorf("%s %q: mark the enrollment used: %w", what, id, err)
+		}
+		if n, err := res.RowsAffected(); err != nil {
+			return fmt.Errorf("%s %q: mark the enrollment used: %w", what, id, err)
+		} else if n != 1 {
+			return fmt.Errorf("%s %q: the recovery enrollment is no longer unused: %w", what, id, store.ErrConflict)
+		}
+		out, err = getDevice(ctx, tx, id)
 		return err
 	})
 	if err != nil {

@@ -260,7 +260,7 @@ func TestOnboardingSchemaConstraints(t *testing.T) {
 	}
 	enrollment := row("enrollments", map[string]string{
 		"device_id": "'e1'", "method": "'secret'", "claim": "NULL", "model": "''", "tags": "'{}'", "secret": "x'01'",
-		"created_at": "1", "used_at": "NULL", "serial": "''",
+		"created_at": "1", "used_at": "NULL", "serial": "''", "recovery": "0",
 	}, strings.Split(enrollmentColumns, ", "))
 	claimCert := row("claim_certs", map[string]string{
 		"name": "'c2'", "serial": "'0d'", "fingerprint": "'" + fp + "'", "certificate": "x'01'", "not_after": "1",
@@ -286,7 +286,8 @@ func TestOnboardingSchemaConstraints(t *testing.T) {
 	// removed again so that every refusal below is about one column.
 	for _, tc := range []struct{ insert, cleanup string }{
 		{enrollment("", ""), `DELETE FROM enrollments WHERE device_id = 'e1'`},
-		{`INSERT INTO enrollments (` + enrollmentColumns + `) VALUES ('e2', 'claim', 'fleet', '', '{"a":"b"}', NULL, 1, 2, '0e')`, `DELETE FROM enrollments WHERE device_id = 'e2'`},
+		{enrollment("recovery", "1"), `DELETE FROM enrollments WHERE device_id = 'e1'`},
+		{`INSERT INTO enrollments (` + enrollmentColumns + `) VALUES ('e2', 'claim', 'fleet', '', '{"a":"b"}', NULL, 1, 2, '0e', 0)`, `DELETE FROM enrollments WHERE device_id = 'e2'`},
 		{claimCert("", ""), `DELETE FROM claim_certs WHERE name = 'c2'`},
 		{token("", ""), `DELETE FROM api_tokens WHERE id = 't1'`},
 		{rotation("", ""), `DELETE FROM rotations WHERE id = 'rot2'`},
@@ -312,14 +313,17 @@ func TestOnboardingSchemaConstraints(t *testing.T) {
 		{"secret method with empty secret", enrollment("secret", "x''")},
 		{"secret method naming a claim", enrollment("claim", "'fleet'")},
 		{"claim method without claim", enrollment("method", "'claim'")},
-		{"claim method with a secret", `INSERT INTO enrollments (` + enrollmentColumns + `) VALUES ('e1', 'claim', 'fleet', '', '{}', x'01', 1, NULL, '')`},
-		{"claim of an unknown certificate", `INSERT INTO enrollments (` + enrollmentColumns + `) VALUES ('e1', 'claim', 'ghost', '', '{}', NULL, 1, NULL, '')`},
+		{"claim method with a secret", `INSERT INTO enrollments (` + enrollmentColumns + `) VALUES ('e1', 'claim', 'fleet', '', '{}', x'01', 1, NULL, '', 0)`},
+		{"claim of an unknown certificate", `INSERT INTO enrollments (` + enrollmentColumns + `) VALUES ('e1', 'claim', 'ghost', '', '{}', NULL, 1, NULL, '', 0)`},
 		{"tags not JSON", enrollment("tags", "'site=lyon'")},
 		{"tags an array", enrollment("tags", `'["a"]'`)},
 		{"used without serial", enrollment("used_at", "2")},
 		{"serial without use", enrollment("serial", "'0a'")},
-		{"serial uppercase", `INSERT INTO enrollments (` + enrollmentColumns + `) VALUES ('e1', 'secret', NULL, '', '{}', x'01', 1, 2, '0A')`},
+		{"serial uppercase", `INSERT INTO enrollments (` + enrollmentColumns + `) VALUES ('e1', 'secret', NULL, '', '{}', x'01', 1, 2, '0A', 0)`},
 		{"secret as text", enrollment("secret", "'s'")},
+		{"recovery of 2", enrollment("recovery", "2")},
+		{"recovery as text", enrollment("recovery", "'yes'")},
+		{"recovery by claim certificate", `INSERT INTO enrollments (` + enrollmentColumns + `) VALUES ('e1', 'claim', 'fleet', '', '{}', NULL, 1, NULL, '', 1)`},
 		{"claim certificate without name", claimCert("name", "''")},
 		{"claim certificate serial taken", claimCert("serial", "'0c'")},
 		{"claim certificate serial not hex", claimCert("serial", "'0g'")},

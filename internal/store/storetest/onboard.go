@@ -31,6 +31,18 @@ func secretEnrollment(id string) store.Enrollment {
 	}
 }
 
+// recoveryEnrollment returns an unused recovery enrollment: a secret
+// enrollment without model or tags (the device keeps its own).
+func recoveryEnrollment(id string) store.Enrollment {
+	return store.Enrollment{
+		DeviceID: id,
+		Method:   store.EnrollSecret,
+		Secret:   []byte("sealed-recovery-" + randHex(24)),
+		Created:  base.Add(24 * time.Hour),
+		Recovery: true,
+	}
+}
+
 // claimEnrollment returns an unused enrollment on claim's allow-list.
 func claimEnrollment(id, claim string) store.Enrollment {
 	return store.Enrollment{DeviceID: id, Method: store.EnrollClaim, Claim: claim, Model: "gw-1", Created: base}
@@ -106,7 +118,8 @@ func checkEnrollment(t *testing.T, got, want store.Enrollment) {
 	if got.DeviceID != want.DeviceID || got.Method != want.Method || got.Claim != want.Claim || got.Model != want.Model ||
 		!maps.Equal(got.Tags, want.Tags) || got.Tags == nil || !bytes.Equal(got.Secret, want.Secret) ||
 		!got.Created.Equal(norm(want.Created)) || !got.UsedAt.Equal(norm(want.UsedAt)) || got.Used() != want.Used() ||
-		got.Serial != want.Serial || got.Created.Location() != time.UTC || (got.Used() && got.UsedAt.Location() != time.UTC) {
+		got.Serial != want.Serial || got.Recovery != want.Recovery ||
+		got.Created.Location() != time.UTC || (got.Used() && got.UsedAt.Location() != time.UTC) {
 		t.Errorf("enrollment mismatch:\n got %+v\nwant %+v (times normalised to UTC µs)", got, want)
 	}
 }
@@ -607,6 +620,414 @@ func testEnrollRejectsBadInput(t *testing.T, st store.Store) {
 			if e := mustEnrollment(t, st, "bad-1"); e.Used() {
 				t.Errorf("enrollment used despite error: %+v", e)
 			}
+		})
+	}
+}
+
+// --- recovery enrollments ---
+
+// mustCredentials returns a device's credentials, newest first.
+func mustCredentials(t *testing.T, st store.Store, id string) []store.Credential {
+	t.Helper()
+	cs, err := st.Credentials(context.Background(), identity.KindDevice, id)
+	if err != nil {
+		t.Fatalf("Credentials(%s): %v", id, err)
+	}
+	return cs
+}
+
+// unrevoked returns the serials of the credentials that are not revoked.
+func unrevoked(cs []store.Credential) []string {
+	var out []string
+	for _, c := range cs {
+		if !c.Revoked() {
+			out = append(out, c.Serial)
+		}
+	}
+	return out
+}
+
+func testAddRecoveryEnrollments(t *testing.T, st store.Store) {
+	ctx := context.Background()
+	at := base.Add(time.Hour)
+
+	// A device that enrolled: its used enrollment is replaced, and the new
+	// one is unused, a recovery one, with the new secret.
+	mustAddEnrollments(t, st, secretEnrollment("enrolled"))
+	d, c := enrollDevice("enrolled", at)
+	if _, err := st.Enroll(ctx, d, c, at); err != nil {
+		t.Fatal(err)
+	}
+	rec := recoveryEnrollment("enrolled")
+	mustAddEnrollments(t, st, rec)
+	checkEnrollment(t, mustEnrollment(t, st, "enrolled"), rec)
+
+	// An unused recovery enrollment is replaced by the next one: only the
+	// newest secret works.
+	again := recoveryEnrollment("enrolled")
+	again.Created = rec.Created.Add(time.Hour)
+	mustAddEnrollments(t, st, again)
+	checkEnrollment(t, mustEnrollment(t, st, "enrolled"), again)
+
+	// A device registered without enrolling (no enrollment at all), one
+	// registered after it was preregistered (an unused first enrollment),
+	// a disabled one (Recover refuses it until it is enabled) and a device
+	// enrolled with a claim certificate: all may be armed, in one batch.
+	mustCreateDevice(t, st, device("manual"))
+	mustAddEnrollments(t, st, secretEnrollment("pre"))
+	mustCreateDevice(t, st, device("pre"))
+	mustCreateDevice(t, st, device("off"))
+	if _, err := st.SetDeviceState(ctx, "off", store.StateDisabled, "maintenance", at); err != nil {
+		t.Fatal(err)
+	}
+	mustCreateClaimCert(t, st, "fleet")
+	mustAddEnrollments(t, st, claimEnrollment("claimed", "fleet"))
+	d, c = enrollDevice("claimed", at)
+	if _, err := st.Enroll(ctx, d, c, at); err != nil {
+		t.Fatal(err)
+	}
+	batch := []store.Enrollment{recoveryEnrollment("manual"), recoveryEnrollment("pre"), recoveryEnrollment("off"), recoveryEnrollment("claimed")}
+	mustAddEnrollments(t, st, batch...)
+	for _, want := range batch {
+		checkEnrollment(t, mustEnrollment(t, st, want.DeviceID), want)
+	}
+	if es, err := st.ListEnrollments(ctx, store.EnrollmentFilter{Claim: "fleet"}); err != nil || len(es) != 0 {
+		t.Errorf("claim allow-list still names the recovered device: %v, %v", enrollmentIDs(es), err)
+	}
+	if es, err := st.ListEnrollments(ctx, store.EnrollmentFilter{Unused: true}); err != nil ||
+		!slices.Equal(enrollmentIDs(es), []string{"claimed", "enrolled", "manual", "off", "pre"}) {
+		t.Errorf("unused enrollments = %v, %v; want every armed recovery", enrollmentIDs(es), err)
+	}
+
+	// A first enrollment for a registered device stays refused.
+	if err := st.AddEnrollments(ctx, []store.Enrollment{secretEnrollment("enrolled")}); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("AddEnrollments(first enrollment of a registered device) = %v, want ErrConflict", err)
+	}
+	checkEnrollment(t, mustEnrollment(t, st, "enrolled"), again)
+}
+
+func testAddRecoveryEnrollmentsRefusals(t *testing.T, st store.Store) {
+	ctx := context.Background()
+	mustCreateDevice(t, st, device("gone"))
+	if _, _, err := st.RevokeDevice(ctx, "gone", "stolen", base); err != nil {
+		t.Fatal(err)
+	}
+	mustCreateDevice(t, st, device("live"))
+	mustCreateClaimCert(t, st, "fleet")
+	byClaim := claimEnrollment("live", "fleet")
+	byClaim.Recovery = true
+
+	// Each batch has a valid first entry (a recovery of live); the second
+	// spoils the batch, and the first must not be stored either.
+	for _, tc := range []struct {
+		name string
+		bad  store.Enrollment
+		want error
+	}{
+		{"unknown device", recoveryEnrollment("stranger"), store.ErrNotFound},
+		{"revoked device", recoveryEnrollment("gone"), store.ErrRevoked},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			err := st.AddEnrollments(ctx, []store.Enrollment{recoveryEnrollment("live"), tc.bad})
+			if !errors.Is(err, tc.want) || !strings.Contains(err.Error(), tc.bad.DeviceID) {
+				t.Errorf("AddEnrollments(%s) = %v, want %v naming %s", tc.name, err, tc.want, tc.bad.DeviceID)
+			}
+			if _, err := st.GetEnrollment(ctx, "live"); !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("first enrollment of a refused batch was stored: %v", err)
+			}
+			if _, err := st.GetEnrollment(ctx, tc.bad.DeviceID); !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("refused recovery enrollment was stored: %v", err)
+			}
+		})
+	}
+	// A claim certificate can never recover a device: its holder is a
+	// factory line, not the device's operator.
+	if err := st.AddEnrollments(ctx, []store.Enrollment{byClaim}); err == nil {
+		t.Error("AddEnrollments accepted a recovery enrollment by claim certificate")
+	}
+	// A refused recovery in a batch leaves the replaced enrollment as it
+	// was.
+	mustAddEnrollments(t, st, secretEnrollment("armed"))
+	d, c := enrollDevice("armed", base)
+	if _, err := st.Enroll(ctx, d, c, base); err != nil {
+		t.Fatal(err)
+	}
+	first := mustEnrollment(t, st, "armed")
+	if err := st.AddEnrollments(ctx, []store.Enrollment{recoveryEnrollment("armed"), recoveryEnrollment("gone")}); !errors.Is(err, store.ErrRevoked) {
+		t.Fatalf("AddEnrollments(batch with a revoked device) = %v, want ErrRevoked", err)
+	}
+	checkEnrollment(t, mustEnrollment(t, st, "armed"), first)
+	if e := mustEnrollment(t, st, "armed"); e.Recovery || !e.Used() {
+		t.Errorf("refused batch replaced the used enrollment: %+v", e)
+	}
+}
+
+func testRecover(t *testing.T, st store.Store) {
+	ctx := context.Background()
+	at := base.Add(time.Hour)
+	e := secretEnrollment("dev-1")
+	mustAddEnrollments(t, st, e)
+	d, c0 := enrollDevice("dev-1", at)
+	if _, err := st.Enroll(ctx, d, c0, at); err != nil {
+		t.Fatal(err)
+	}
+	enrolled, err := st.Claim(ctx, claimUse("jti-1", "alice", "dev-1", at))
+	if err != nil || enrolled.Owner != "alice" {
+		t.Fatalf("Claim = %+v, %v", enrolled, err)
+	}
+	// A renewal, and a credential revoked on its own earlier: its
+	// revocation must keep its own reason and time.
+	c1 := credential(identity.KindDevice, "dev-1", at.Add(time.Hour))
+	if err := st.AddCredential(ctx, c1); err != nil {
+		t.Fatal(err)
+	}
+	old := credential(identity.KindDevice, "dev-1", at.Add(2*time.Hour))
+	old.RevokedAt, old.RevocationReason = at.Add(2*time.Hour), "lost"
+	if err := st.AddCredential(ctx, old); err != nil {
+		t.Fatal(err)
+	}
+	// Another device's credentials are untouched.
+	other := mustCreateDevice(t, st, device("dev-2"))
+
+	rec := recoveryEnrollment("dev-1")
+	mustAddEnrollments(t, st, rec)
+
+	// The first-enrollment path refuses a recovery enrollment and stores
+	// nothing.
+	d, cx := enrollDevice("dev-1", at)
+	if _, err := st.Enroll(ctx, d, cx, at); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("Enroll(recovery enrollment) = %v, want ErrConflict", err)
+	}
+	if _, err := st.CredentialBySerial(ctx, cx.Serial); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("credential of a refused Enroll stored: %v", err)
+	}
+	checkEnrollment(t, mustEnrollment(t, st, "dev-1"), rec)
+
+	rat := at.Add(30 * 24 * time.Hour)
+	c2 := credential(identity.KindDevice, "dev-1", rat)
+	got, err := st.Recover(ctx, "dev-1", c2, rat)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The device is the same device: model, tags, owner, state and times.
+	checkDevice(t, got, enrolled)
+	if again, err := st.GetDevice(ctx, "dev-1"); err != nil {
+		t.Fatal(err)
+	} else {
+		checkDevice(t, again, enrolled)
+	}
+	// Every earlier credential is revoked; only the new one is not.
+	cs := mustCredentials(t, st, "dev-1")
+	if u := unrevoked(cs); !slices.Equal(u, []string{c2.Serial}) {
+		t.Errorf("unrevoked credentials after Recover = %v, want only %s", u, c2.Serial)
+	}
+	for _, want := range []store.Credential{c0, c1} {
+		want.RevokedAt, want.RevocationReason = rat, store.RecoveryRevocationReason
+		got, err := st.CredentialBySerial(ctx, want.Serial)
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkCredential(t, got, want)
+	}
+	if got, err := st.CredentialBySerial(ctx, old.Serial); err != nil {
+		t.Fatal(err)
+	} else {
+		checkCredential(t, got, old)
+	}
+	if got, err := st.CredentialBySerial(ctx, c2.Serial); err != nil {
+		t.Fatal(err)
+	} else {
+		checkCredential(t, got, c2)
+	}
+	if got, err := st.CredentialBySerial(ctx, other.Serial); err != nil || got.Revoked() {
+		t.Errorf("another device's credential after Recover: %+v, %v", got, err)
+	}
+	if rs, err := st.RevokedCredentials(ctx); err != nil || !slices.Contains(serials(rs), c0.Serial) || !slices.Contains(serials(rs), c1.Serial) {
+		t.Errorf("RevokedCredentials after Recover = %v, %v; want %s and %s listed", serials(rs), err, c0.Serial, c1.Serial)
+	}
+	used := rec
+	used.UsedAt, used.Serial = rat, c2.Serial
+	checkEnrollment(t, mustEnrollment(t, st, "dev-1"), used)
+
+	// Single use: a second Recover, even with a fresh credential, is
+	// refused and changes nothing.
+	c3 := credential(identity.KindDevice, "dev-1", rat.Add(time.Hour))
+	if _, err := st.Recover(ctx, "dev-1", c3, rat.Add(time.Hour)); !errors.Is(err, store.ErrConflict) || !strings.Contains(err.Error(), "dev-1") {
+		t.Errorf("Recover(used recovery enrollment) = %v, want ErrConflict naming dev-1", err)
+	}
+	if _, err := st.CredentialBySerial(ctx, c3.Serial); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("credential of a refused Recover stored: %v", err)
+	}
+	if u := unrevoked(mustCredentials(t, st, "dev-1")); !slices.Equal(u, []string{c2.Serial}) {
+		t.Errorf("unrevoked credentials after a refused Recover = %v, want only %s", u, c2.Serial)
+	}
+	checkEnrollment(t, mustEnrollment(t, st, "dev-1"), used)
+	// A used recovery enrollment stays as history, like a used first one.
+	if err := st.DeleteEnrollment(ctx, "dev-1"); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("DeleteEnrollment(used recovery) = %v, want ErrConflict", err)
+	}
+
+	// The device can be armed and recover again.
+	rec2 := recoveryEnrollment("dev-1")
+	mustAddEnrollments(t, st, rec2)
+	c4 := credential(identity.KindDevice, "dev-1", rat.Add(2*time.Hour))
+	if _, err := st.Recover(ctx, "dev-1", c4, rat.Add(2*time.Hour)); err != nil {
+		t.Fatalf("second recovery: %v", err)
+	}
+	if u := unrevoked(mustCredentials(t, st, "dev-1")); !slices.Equal(u, []string{c4.Serial}) {
+		t.Errorf("unrevoked credentials after the second recovery = %v, want only %s", u, c4.Serial)
+	}
+
+	// An unused recovery enrollment can be withdrawn.
+	mustAddEnrollments(t, st, recoveryEnrollment("dev-2"))
+	if err := st.DeleteEnrollment(ctx, "dev-2"); err != nil {
+		t.Errorf("DeleteEnrollment(unused recovery) = %v", err)
+	}
+	c5 := credential(identity.KindDevice, "dev-2", rat)
+	if _, err := st.Recover(ctx, "dev-2", c5, rat); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Recover(withdrawn recovery) = %v, want ErrNotFound", err)
+	}
+	if u := unrevoked(mustCredentials(t, st, "dev-2")); !slices.Equal(u, []string{other.Serial}) {
+		t.Errorf("credentials of dev-2 after a refused Recover = %v", u)
+	}
+}
+
+// A refused Recover stores nothing, revokes nothing and leaves the
+// enrollment unused, so the device can still recover once the cause is
+// gone.
+func testRecoverConflicts(t *testing.T, st store.Store) {
+	ctx := context.Background()
+	at := base.Add(time.Hour)
+	taken := mustCreateDevice(t, st, device("other"))
+
+	// check that a refused Recover of id with c stored nothing: id's
+	// credentials are still want, unrevoked, and its enrollment is as it
+	// was.
+	check := func(t *testing.T, id string, c store.Credential, want []string, e store.Enrollment) {
+		t.Helper()
+		if cs := mustCredentials(t, st, id); !slices.Equal(unrevoked(cs), want) || len(cs) != len(want) {
+			t.Errorf("credentials of %s after a refused Recover: %v (unrevoked %v), want %v unrevoked", id, serials(cs), unrevoked(cs), want)
+		}
+		if c.Serial != taken.Serial {
+			if _, err := st.CredentialBySerial(ctx, c.Serial); !errors.Is(err, store.ErrNotFound) {
+				t.Errorf("credential %s stored by a refused Recover: %v", c.Serial, err)
+			}
+		}
+		checkEnrollment(t, mustEnrollment(t, st, id), e)
+	}
+
+	// No enrollment at all.
+	first := mustCreateDevice(t, st, device("plain"))
+	c := credential(identity.KindDevice, "plain", at)
+	if _, err := st.Recover(ctx, "plain", c, at); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Recover(no enrollment) = %v, want ErrNotFound", err)
+	}
+	if cs := mustCredentials(t, st, "plain"); !slices.Equal(unrevoked(cs), []string{first.Serial}) {
+		t.Errorf("credentials after a refused Recover: %v", serials(cs))
+	}
+
+	// A first enrollment, unused or used, is not a recovery one.
+	mustAddEnrollments(t, st, secretEnrollment("new"))
+	c = credential(identity.KindDevice, "new", at)
+	if _, err := st.Recover(ctx, "new", c, at); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("Recover(unused first enrollment, no device) = %v, want ErrConflict", err)
+	}
+	if _, err := st.GetDevice(ctx, "new"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("device stored by a refused Recover: %v", err)
+	}
+	d, c0 := enrollDevice("new", at)
+	if _, err := st.Enroll(ctx, d, c0, at); err != nil {
+		t.Fatal(err)
+	}
+	c = credential(identity.KindDevice, "new", at)
+	if _, err := st.Recover(ctx, "new", c, at); !errors.Is(err, store.ErrConflict) {
+		t.Errorf("Recover(used first enrollment) = %v, want ErrConflict", err)
+	}
+	check(t, "new", c, []string{c0.Serial}, mustEnrollment(t, st, "new"))
+
+	// A disabled device: refused until it is enabled.
+	c1 := mustCreateDevice(t, st, device("off"))
+	rec := recoveryEnrollment("off")
+	mustAddEnrollments(t, st, rec)
+	if _, err := st.SetDeviceState(ctx, "off", store.StateDisabled, "maintenance", at); err != nil {
+		t.Fatal(err)
+	}
+	c = credential(identity.KindDevice, "off", at)
+	if _, err := st.Recover(ctx, "off", c, at); !errors.Is(err, store.ErrConflict) || !strings.Contains(err.Error(), "disabled") {
+		t.Errorf("Recover(disabled device) = %v, want ErrConflict saying it is disabled", err)
+	}
+	check(t, "off", c, []string{c1.Serial}, rec)
+	if _, err := st.SetDeviceState(ctx, "off", store.StateActive, "", at); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := st.Recover(ctx, "off", c, at); err != nil {
+		t.Errorf("Recover after enabling the device: %v", err)
+	}
+
+	// A device revoked after it was armed.
+	c2 := mustCreateDevice(t, st, device("gone"))
+	rec = recoveryEnrollment("gone")
+	mustAddEnrollments(t, st, rec)
+	if _, _, err := st.RevokeDevice(ctx, "gone", "stolen", at); err != nil {
+		t.Fatal(err)
+	}
+	c = credential(identity.KindDevice, "gone", at)
+	if _, err := st.Recover(ctx, "gone", c, at.Add(time.Hour)); !errors.Is(err, store.ErrRevoked) {
+		t.Errorf("Recover(revoked device) = %v, want ErrRevoked", err)
+	}
+	if cs := mustCredentials(t, st, "gone"); len(cs) != 1 || cs[0].Serial != c2.Serial || cs[0].RevocationReason != "stolen" {
+		t.Errorf("credentials of a revoked device after a refused Recover: %+v", cs)
+	}
+	checkEnrollment(t, mustEnrollment(t, st, "gone"), rec)
+
+	// A credential serial that exists: nothing revoked, enrollment unused.
+	c3 := mustCreateDevice(t, st, device("dup"))
+	rec = recoveryEnrollment("dup")
+	mustAddEnrollments(t, st, rec)
+	c = credential(identity.KindDevice, "dup", at)
+	c.Serial = taken.Serial
+	if _, err := st.Recover(ctx, "dup", c, at); !errors.Is(err, store.ErrConflict) || !strings.Contains(err.Error(), taken.Serial) {
+		t.Errorf("Recover(taken serial) = %v, want ErrConflict naming the serial", err)
+	}
+	check(t, "dup", c, []string{c3.Serial}, rec)
+	if got, err := st.CredentialBySerial(ctx, taken.Serial); err != nil || got.SubjectID != "other" || got.Revoked() {
+		t.Errorf("credential with the taken serial: %+v, %v", got, err)
+	}
+	// With a fresh serial the same enrollment works.
+	c = credential(identity.KindDevice, "dup", at)
+	if _, err := st.Recover(ctx, "dup", c, at); err != nil {
+		t.Fatalf("Recover after a refused attempt: %v", err)
+	}
+}
+
+func testRecoverRejectsBadInput(t *testing.T, st store.Store) {
+	ctx := context.Background()
+	first := mustCreateDevice(t, st, device("bad-1"))
+	rec := recoveryEnrollment("bad-1")
+	mustAddEnrollments(t, st, rec)
+	for _, tc := range []struct {
+		name   string
+		mutate func(id *string, c *store.Credential, at *time.Time)
+	}{
+		{"invalid ID", func(id *string, c *store.Credential, _ *time.Time) { *id, c.SubjectID = "bad 1", "bad 1" }},
+		{"credential for another device", func(_ *string, c *store.Credential, _ *time.Time) { c.SubjectID = "other" }},
+		{"credential for a service", func(_ *string, c *store.Credential, _ *time.Time) { c.SubjectKind = identity.KindService }},
+		{"revoked credential", func(_ *string, c *store.Credential, _ *time.Time) { c.RevokedAt, c.RevocationReason = base, "x" }},
+		{"uppercase serial", func(_ *string, c *store.Credential, _ *time.Time) { c.Serial = strings.ToUpper(c.Serial) + "AB" }},
+		{"no certificate", func(_ *string, c *store.Credential, _ *time.Time) { c.Certificate = nil }},
+		{"no recovery time", func(_ *string, _ *store.Credential, at *time.Time) { *at = time.Time{} }},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			id, at := "bad-1", base.Add(time.Hour)
+			c := credential(identity.KindDevice, id, at)
+			tc.mutate(&id, &c, &at)
+			if _, err := st.Recover(ctx, id, c, at); err == nil {
+				t.Fatalf("Recover accepted %s", tc.name)
+			}
+			if cs := mustCredentials(t, st, "bad-1"); !slices.Equal(serials(cs), []string{first.Serial}) || cs[0].Revoked() {
+				t.Errorf("credentials changed despite error: %+v", cs)
+			}
+			checkEnrollment(t, mustEnrollment(t, st, "bad-1"), rec)
 		})
 	}
 }
@@ -1474,9 +1895,10 @@ func testRotationDevicesAndCounts(t *testing.T, st store.Store) {
 
 // ConcurrentEnroll races workers on two handles on the same database (they
 // may be the same handle) to enroll the same devices, each with its own
-// credential, and to claim devices with the same tokens. Exactly one
-// worker may win each enrollment and each token; every other attempt must
-// fail with ErrConflict and leave nothing behind. Backends with several
+// credential, to claim devices with the same tokens, and to recover the
+// same devices with one recovery enrollment each. Exactly one worker may
+// win each enrollment, each token and each recovery; every other attempt
+// must fail with ErrConflict and leave nothing behind. Backends with several
 // processes or connection pools must pass it with two independently opened
 // handles.
 func ConcurrentEnroll(t *testing.T, a, b store.Store) {
@@ -1595,6 +2017,70 @@ func ConcurrentEnroll(t *testing.T, a, b store.Store) {
 		}
 		if d, err := b.GetDevice(ctx, id); err != nil || d.Owner != tokens[token][0] {
 			t.Errorf("device %s = %+v, %v; want owned by the winner %s", id, d, err, tokens[token][0])
+		}
+	}
+
+	// Phase 3: each device is armed for recovery once, and every worker
+	// recovers every device: one recovery per device wins, the winner's
+	// credential is the device's only unrevoked one, and the losers'
+	// credentials are not stored.
+	var recs []store.Enrollment
+	for _, id := range ids {
+		recs = append(recs, recoveryEnrollment(id))
+	}
+	mustAddEnrollments(t, b, recs...)
+	recovered := make(map[string][]string) // device -> winning serials
+	var lost []string                      // serials of refused recoveries
+	start = make(chan struct{})
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			<-start
+			for _, id := range ids {
+				at := base.Add(time.Hour + time.Duration(w)*time.Second)
+				c := credential(identity.KindDevice, id, at)
+				_, err := handle(w).Recover(ctx, id, c, at)
+				mu.Lock()
+				switch {
+				case err == nil:
+					recovered[id] = append(recovered[id], c.Serial)
+				case errors.Is(err, store.ErrConflict):
+					lost = append(lost, c.Serial)
+				default:
+					errs = append(errs, fmt.Errorf("Recover(%s): %w", id, err))
+				}
+				mu.Unlock()
+			}
+		}()
+	}
+	close(start)
+	wg.Wait()
+	if len(errs) > 0 {
+		t.Fatalf("%d concurrent recoveries failed unexpectedly; first: %v", len(errs), errs[0])
+	}
+	for _, id := range ids {
+		if len(recovered[id]) != 1 {
+			t.Errorf("device %s recovered %d times, want exactly once", id, len(recovered[id]))
+			continue
+		}
+		for _, st := range []store.Store{a, b} {
+			cs, err := st.Credentials(ctx, identity.KindDevice, id)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if u := unrevoked(cs); !slices.Equal(u, recovered[id]) || len(cs) != 2 {
+				t.Errorf("device %s has credentials %v (unrevoked %v), want its enrollment's and the winner's %v, only the winner's unrevoked",
+					id, serials(cs), u, recovered[id])
+			}
+			if e, err := st.GetEnrollment(ctx, id); err != nil || !e.Recovery || !e.Used() || e.Serial != recovered[id][0] {
+				t.Errorf("recovery enrollment of %s = %+v, %v; want used with the winner's serial", id, e, err)
+			}
+		}
+	}
+	for _, serial := range lost {
+		if _, err := a.CredentialBySerial(ctx, serial); !errors.Is(err, store.ErrNotFound) {
+			t.Errorf("credential %s of a refused recovery stored: %v", serial, err)
 		}
 	}
 }
