@@ -18,9 +18,16 @@ import (
 func (c *cli) caCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "ca",
-		Short: "Export the root certificate, move the root key offline",
+		Short: "Rotate the issuing CA, show its state; export the root certificate, move the root key offline",
+		Long: `Warden's CA is a root CA (what devices pin) and an issuing CA under it that
+signs every certificate. ` + "`warden ca rotate`" + ` replaces the issuing CA without
+touching any device's key: every active device's certificate is re-issued
+from the CSR the registry keeps and delivered on private/<id>/cert/new; the
+old issuing CA stays trusted until the grace period ends or every device has
+switched. Devices keep pinning the same root. See docs/pki.md.`,
 	}
-	cmd.AddCommand(c.exportRootCmd(), c.exportRootKeyCmd())
+	cmd.AddCommand(c.exportRootCmd(), c.exportRootKeyCmd(), c.importRootKeyCmd(), c.caRotateCmd(), c.caStatusCmd(),
+		c.caRetireIssuerCmd(), c.caRevokeIssuerCmd())
 	return cmd
 }
 
@@ -158,4 +165,49 @@ func (c *cli) passphrase(file, prompt string, confirm bool) ([]byte, error) {
 		return nil, errors.New("empty passphrase")
 	}
 	return p1, nil
+}
+
+func (c *cli) importRootKeyCmd() *cobra.Command {
+	var in, passFile string
+	cmd := &cobra.Command{
+		Use:   "import-root-key --in FILE",
+		Short: "Put an exported root CA key back on this server, for a rotation",
+		Long: `import-root-key puts back the root CA key that export-root-key moved off
+this server (FILE is its output), so that ` + "`warden ca rotate`" + ` can create a
+new issuing CA. It refuses a key that is not this CA's root. After the
+rotation, move it off again with ` + "`warden ca export-root-key`" + `. It works
+while the server runs: the key is read from disk when it is needed.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			cfg, log, err := c.load(cmd)
+			if err != nil {
+				return err
+			}
+			sealed, err := os.ReadFile(in)
+			if err != nil {
+				return err
+			}
+			env, err := app.Open(cmd.Context(), cfg, quiet(log))
+			if err != nil {
+				return err
+			}
+			defer env.Close()
+			if env.CA.HasRootKey() {
+				return errors.New("the root key is on this server already; nothing to import")
+			}
+			pass, err := c.passphrase(passFile, "Passphrase of the exported root key: ", false)
+			if err != nil {
+				return err
+			}
+			if err := env.CA.ImportRootKey(sealed, pass); err != nil {
+				return err
+			}
+			fmt.Fprintln(c.out, "The root key is back on this server. After `warden ca rotate`, move it off again with `warden ca export-root-key`.")
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&in, "in", "", "the sealed key file export-root-key wrote")
+	cmd.Flags().StringVar(&passFile, "passphrase-file", "", "read the passphrase from this file instead of the terminal")
+	_ = cmd.MarkFlagRequired("in")
+	return cmd
 }

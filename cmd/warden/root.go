@@ -111,7 +111,13 @@ func (c *cli) service(ctx context.Context, cfg *config.Config, log *slog.Logger)
 		env.Close()
 		return nil, nil, err
 	}
-	return admin.Local{Registry: env.Registry, OTA: fw}, func() { rec.Close(); env.Close() }, nil
+	rot, err := env.OpenRotation(rec, nil, nil)
+	if err != nil {
+		rec.Close()
+		env.Close()
+		return nil, nil, err
+	}
+	return admin.Local{Registry: env.Registry, OTA: fw, Rotation: rot}, func() { rec.Close(); env.Close() }, nil
 }
 
 // openService loads the configuration for cmd and returns the service to

@@ -13,7 +13,9 @@ import (
 	"fmt"
 
 	"github.com/warden-iot/warden/internal/ota"
+	"github.com/warden-iot/warden/internal/pki"
 	"github.com/warden-iot/warden/internal/registry"
+	"github.com/warden-iot/warden/internal/rotation"
 	"github.com/warden-iot/warden/internal/store"
 )
 
@@ -43,6 +45,7 @@ type Service interface {
 	Rekey(ctx context.Context, id string) (uint32, error)
 
 	Firmware
+	CA
 }
 
 // EnvelopeBundle is what an envelope device must hold.
@@ -66,6 +69,10 @@ type Local struct {
 	Registry  *registry.Registry
 	OTA       *ota.Service // nil: firmware commands fail
 	RekeyFunc func(ctx context.Context, id string) (uint32, error)
+	Rotation  *rotation.Manager // nil: CA rotation commands fail
+	// Progress, if set, sees how far RotateCA got re-issuing certificates
+	// without a running server.
+	Progress func(done, total int)
 }
 
 var _ Service = Local{}
@@ -187,8 +194,10 @@ func errorCode(err error) string {
 		return codeConflict
 	case errors.Is(err, registry.ErrInvalid):
 		return codeInvalid
-	case errors.Is(err, ota.ErrRefused):
+	case errors.Is(err, ota.ErrRefused), errors.Is(err, pki.ErrNoRootKey):
 		return codeRefused
+	case errors.Is(err, pki.ErrUnknownIssuer):
+		return codeNotFound
 	}
 	return codeInternal
 }

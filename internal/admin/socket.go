@@ -73,6 +73,7 @@ func Handler(svc Service, logger *slog.Logger) http.Handler {
 	mux.HandleFunc("GET /v1/services", h.listServices)
 	mux.HandleFunc("POST /v1/services/{name}/revoke", h.revokeService)
 	h.firmwareRoutes(mux)
+	h.caRoutes(mux)
 	return mux
 }
 

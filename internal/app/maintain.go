@@ -68,7 +68,11 @@ func covers(c *x509.Certificate, host string) bool {
 func refreshCRLIfDue(ctx context.Context, ca *pki.Authority, reg *registry.Registry, now time.Time) (bool, error) {
 	der, err := ca.CurrentCRL()
 	if err == nil {
-		if crl, perr := x509.ParseRevocationList(der); perr == nil && crl.NextUpdate.Sub(now) > crlRefreshBefore {
+		// A CRL signed by an issuing CA that is no longer current (after a
+		// rotation) is re-signed at once: relying parties that fetch it
+		// check it against the current one.
+		if crl, perr := x509.ParseRevocationList(der); perr == nil && crl.NextUpdate.Sub(now) > crlRefreshBefore &&
+			crl.CheckSignatureFrom(ca.Issuing()) == nil {
 			return false, nil
 		}
 	}

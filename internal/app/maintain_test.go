@@ -50,6 +50,20 @@ func TestMaintenanceRenewsWhatIsDue(t *testing.T) {
 		t.Fatalf("CRL number did not increase: %v -> %v", crl.Number, crl2.Number)
 	}
 
+	// After a rotation the CRL signed by the old issuing CA is re-signed at
+	// once by the new one.
+	if _, err := ca.Rotate(time.Hour); err != nil {
+		t.Fatal(err)
+	}
+	if done, err := refreshCRLIfDue(context.Background(), ca, reg, now); err != nil || !done {
+		t.Fatalf("CRL of the old issuing CA not re-signed after a rotation: %v %v", done, err)
+	}
+	der3, _ := ca.CurrentCRL()
+	crl3, _ := x509.ParseRevocationList(der3)
+	if err := crl3.CheckSignatureFrom(ca.Issuing()); err != nil {
+		t.Fatalf("CRL after rotation: %v", err)
+	}
+
 	// The server certificate is renewed for a new hostname, and not otherwise.
 	before, _ := ca.ServerCertificate()
 	if err := ensureServerCertificate(ca, nil, now, log); err != nil {

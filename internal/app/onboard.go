@@ -2,7 +2,9 @@ package app
 
 import (
 	"context"
+	"crypto/x509"
 	"fmt"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 
@@ -12,6 +14,7 @@ import (
 	"github.com/warden-iot/warden/internal/onboard"
 	"github.com/warden-iot/warden/internal/onboard/claimtoken"
 	"github.com/warden-iot/warden/internal/ota"
+	"github.com/warden-iot/warden/internal/rotation"
 )
 
 // OpenOnboard builds the onboarding service (enrollment, renewal, app
@@ -54,4 +57,24 @@ func (r router) Route(ctx context.Context, from broker.Origin, topic string, pay
 		return r.onboard.Route(ctx, from, topic, payload, qos)
 	}
 	return r.relay.Route(ctx, from, topic, payload, qos)
+}
+
+// OpenRotation returns the CA rotation manager. b is nil outside the
+// server: rotations are then re-issued but not delivered.
+func (e *Env) OpenRotation(rec audit.Recorder, reg prometheus.Registerer, b rotation.Broker) (*rotation.Manager, error) {
+	return rotation.New(rotation.Options{
+		Store:      e.Store,
+		CA:         e.CA,
+		Registry:   e.Registry,
+		Broker:     b,
+		Chain:      func() []*x509.Certificate { return []*x509.Certificate{e.CA.Issuing()} },
+		Audit:      rec,
+		Logger:     e.Log.With("component", "rotation"),
+		Registerer: reg,
+		OnRotated: func(ctx context.Context) {
+			if _, err := refreshCRLIfDue(ctx, e.CA, e.Registry, time.Now()); err != nil {
+				e.Log.Error("could not re-sign the CRL with the new issuing CA; the maintenance loop retries", "error", err)
+			}
+		},
+	})
 }

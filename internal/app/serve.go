@@ -27,6 +27,7 @@ import (
 	"github.com/warden-iot/warden/internal/policy"
 	"github.com/warden-iot/warden/internal/registry"
 	"github.com/warden-iot/warden/internal/relay"
+	"github.com/warden-iot/warden/internal/rotation"
 	"github.com/warden-iot/warden/internal/sealing"
 )
 
@@ -37,6 +38,8 @@ type Server struct {
 	OTA     *ota.Service
 	Onboard *onboard.Service
 	Tokens  *apitoken.Service
+	// Rotation runs CA rotations (`warden ca rotate`).
+	Rotation *rotation.Manager
 
 	audit    *audit.Log
 	httpSrv  *http.Server
@@ -168,6 +171,10 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 	s.Tokens = env.OpenTokens(s.audit)
 	onboardMQTT := s.Onboard.NewMQTT(s.Broker, seal)
 	s.Broker.SetRouter(router{ota: otaMQTT, onboard: onboardMQTT, relay: rel})
+	if s.Rotation, err = env.OpenRotation(s.audit, reg, s.Broker); err != nil {
+		return nil, err
+	}
+	s.Broker.SetObserver(s.Rotation)
 	otaHTTP := ota.NewHTTPMetrics(reg)
 	rekey := rekeyWith(env.Registry, rel)
 	seal.OnRekeyDue = func(id string) {
@@ -193,6 +200,10 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 			go s.Broker.Cut(e.Principal, "revoked", true)
 		case registry.EventDeviceDisabled:
 			go s.Broker.Cut(e.Principal, "disabled", false)
+		case registry.EventDeviceRecovered:
+			// Its earlier certificates were revoked: a session still open
+			// with one of them (a device that lost its key) must go.
+			go s.Broker.Cut(e.Principal, "recovered", false)
 		}
 		if e.Kind != registry.EventDeviceAdded && e.Kind != registry.EventServiceAdded {
 			s.audit.Record(context.Background(), audit.Event{
@@ -242,9 +253,11 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 	go s.maintain(mctx)
 	otaDone := make(chan struct{})
 	go func() { defer close(otaDone); s.OTA.Run(mctx, 5*time.Second) }()
-	go func() { defer close(s.bgDone); seal.Run(mctx, 30*time.Second); <-otaDone }()
+	rotDone := make(chan struct{})
+	go func() { defer close(rotDone); s.Rotation.Run(mctx) }()
+	go func() { defer close(s.bgDone); seal.Run(mctx, 30*time.Second); <-otaDone; <-rotDone }()
 
-	s.adminSrv = &http.Server{Handler: admin.Handler(admin.Local{Registry: env.Registry, OTA: s.OTA, RekeyFunc: rekey}, log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}
+	s.adminSrv = &http.Server{Handler: admin.Handler(admin.Local{Registry: env.Registry, OTA: s.OTA, RekeyFunc: rekey, Rotation: s.Rotation}, log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = s.adminSrv.Serve(s.adminLn) }()
 	return s, nil
 }

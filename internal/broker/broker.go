@@ -151,11 +151,12 @@ type Broker struct {
 
 	kinds map[string]string // listener name -> kind
 
-	mu     sync.Mutex
-	addrs  map[string]net.Addr
-	closer []func() error
-	router Router
-	done   chan struct{}
+	mu       sync.Mutex
+	addrs    map[string]net.Addr
+	closer   []func() error
+	router   Router
+	observer Observer
+	done     chan struct{}
 }
 
 // New validates opts and builds a broker; Start binds the listeners.
@@ -378,6 +379,95 @@ func (b *Broker) Publish(topic string, payload []byte, qos byte, props ...Proper
 		}
 	}
 	return b.srv.InjectPacket(b.relayCl, pk)
+}
+
+// PublishRetained publishes a retained QoS 1 message as Warden itself: a
+// subscriber gets it whenever it subscribes, also after a restart (the
+// session store keeps retained messages). ClearRetained removes it.
+func (b *Broker) PublishRetained(topic string, payload []byte) error {
+	if len(payload) == 0 {
+		return errors.New("broker: a retained message needs a payload (ClearRetained removes one)")
+	}
+	pk := packets.Packet{
+		FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1, Retain: true},
+		TopicName:   topic,
+		Payload:     payload,
+		PacketID:    1,
+	}
+	return b.srv.InjectPacket(b.relayCl, pk)
+}
+
+// ClearRetained removes the retained message of topic, if any, without
+// delivering anything to subscribers (an empty retained publish would
+// reach them as an empty message). It reports whether there was one.
+func (b *Broker) ClearRetained(topic string) bool {
+	pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Retain: true}, TopicName: topic}
+	r := b.srv.Topics.RetainMessage(pk)
+	if r == -1 && b.storage != nil {
+		b.storage.OnRetainMessage(b.relayCl, pk, r)
+	}
+	atomic.StoreInt64(&b.srv.Info.Retained, int64(b.srv.Topics.Retained.Len()))
+	return r == -1
+}
+
+// Observer hears of sessions and subscriptions (the CA rotation does, to
+// notice devices switching certificates and to deliver theirs when they
+// subscribe). Its methods run on the client's goroutine: they must not
+// block.
+type Observer interface {
+	// SessionEstablished: p's session is up, authenticated with the client
+	// certificate leaf (nil on the plain listener).
+	SessionEstablished(p identity.Principal, leaf *x509.Certificate)
+	// Subscribed: p was granted filters; retained messages follow.
+	Subscribed(p identity.Principal, filters []string)
+}
+
+// SetObserver installs o (nil removes it).
+func (b *Broker) SetObserver(o Observer) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.observer = o
+}
+
+func (b *Broker) currentObserver() Observer {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.observer
+}
+
+// ConnectionCertificate returns the client certificate of id's live
+// connection, if it has one over TLS.
+func (b *Broker) ConnectionCertificate(id string) (*x509.Certificate, bool) {
+	cl, ok := b.srv.Clients.Get(id)
+	if !ok || cl.Closed() {
+		return nil, false
+	}
+	st := b.hook.state(id)
+	if st == nil || st.client != cl || st.leaf == nil {
+		return nil, false
+	}
+	return st.leaf, true
+}
+
+// CutWhere disconnects every live TLS connection whose principal and
+// client certificate match reports true for (an issuing CA was revoked,
+// say), like Cut without purge, and returns how many it cut.
+func (b *Broker) CutWhere(match func(identity.Principal, *x509.Certificate) bool, reason string) int {
+	var victims []identity.Principal
+	b.hook.states.Range(func(_, v any) bool {
+		st := v.(*clientState)
+		if st.client == nil || st.leaf == nil || st.client.Closed() {
+			return true
+		}
+		if match(st.principal, st.leaf) {
+			victims = append(victims, st.principal)
+		}
+		return true
+	})
+	for _, p := range victims {
+		b.Cut(p, reason, false)
+	}
+	return len(victims)
 }
 
 // Property is an MQTT 5 user property Warden adds to a message it publishes.

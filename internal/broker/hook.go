@@ -3,6 +3,7 @@ package broker
 import (
 	"bytes"
 	"context"
+	"crypto/x509"
 	"errors"
 	"strings"
 	"sync"
@@ -24,7 +25,8 @@ import (
 type clientState struct {
 	principal identity.Principal
 	rights    *policy.Rights
-	client    *mqtt.Client // the connection that authenticated; nil for restored sessions
+	client    *mqtt.Client      // the connection that authenticated; nil for restored sessions
+	leaf      *x509.Certificate // the client certificate it authenticated with; nil on the plain listener
 	limiter   *rate.Limiter
 	denyLog   *rate.Limiter // bounds audit lines per client for repeated denials
 	started   time.Time     // when authentication of this connection began
@@ -69,7 +71,7 @@ func (h *securityHook) Provides(b byte) bool {
 	return bytes.Contains([]byte{
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablished,
 		mqtt.OnDisconnect, mqtt.OnPublish, mqtt.OnPacketSent, mqtt.OnPublishDropped, mqtt.OnWill,
-		mqtt.OnWillSent, mqtt.OnClientExpired, mqtt.OnPacketRead,
+		mqtt.OnWillSent, mqtt.OnClientExpired, mqtt.OnPacketRead, mqtt.OnSubscribed,
 	}, []byte{b})
 }
 
@@ -178,6 +180,11 @@ func (h *securityHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	st := h.newState(p, cl)
 	st.started = started
 	st.plain = h.b.kinds[cl.Net.Listener] == KindMQTT
+	if ts, ok := cl.Net.Conn.(tlsStater); ok && !st.plain {
+		if certs := ts.ConnectionState().PeerCertificates; len(certs) > 0 {
+			st.leaf = certs[0]
+		}
+	}
 	if pk.Connect.WillFlag && !st.rights.CanPublish(pk.Connect.WillTopic) {
 		h.b.metrics.aclDenials.WithLabelValues("will").Inc()
 		return h.refuse(cl, p, "will-topic-denied")
@@ -314,6 +321,9 @@ func (h *securityHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) 
 	h.b.metrics.connections.WithLabelValues(cl.Net.Listener, kind).Inc()
 	h.b.metrics.connects.WithLabelValues(cl.Net.Listener, kind).Inc()
 	h.b.log.Info("connected", string(st.principal.Kind), st.principal.ID, "listener", cl.Net.Listener, "remote", cl.Net.Remote)
+	if o := h.b.currentObserver(); o != nil {
+		o.SessionEstablished(st.principal, st.leaf)
+	}
 }
 
 func (h *securityHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
@@ -338,6 +348,27 @@ func (h *securityHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 }
 
 func (h *securityHook) OnClientExpired(cl *mqtt.Client) { h.states.Delete(cl.ID) }
+
+// OnSubscribed tells the observer which filters a client was granted.
+func (h *securityHook) OnSubscribed(cl *mqtt.Client, pk packets.Packet, codes []byte) {
+	o := h.b.currentObserver()
+	if o == nil || cl.Net.Inline {
+		return
+	}
+	st := h.state(cl.ID)
+	if st == nil || st.client != cl {
+		return
+	}
+	var granted []string
+	for i, f := range pk.Filters {
+		if i < len(codes) && codes[i] < packets.ErrUnspecifiedError.Code {
+			granted = append(granted, f.Filter)
+		}
+	}
+	if len(granted) > 0 {
+		o.Subscribed(st.principal, granted)
+	}
+}
 
 // OnACLCheck is called for every inbound publish (write), every
 // subscription filter and every delivery (read).

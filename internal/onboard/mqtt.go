@@ -173,16 +173,3 @@ func salvageRequestID(body []byte) string {
 	}
 	return v.RequestID
 }
-
-// Deliver publishes a certificate to a device unprompted (a CA rotation).
-func (m *MQTT) Deliver(deviceID string, cert *x509.Certificate) error {
-	resp := enrollproto.CertResponse{Status: enrollproto.StatusIssued, Certificate: cert.Raw, Rotation: true}
-	for _, c := range m.s.Chain() {
-		resp.Chain = append(resp.Chain, c.Raw)
-	}
-	b, err := json.Marshal(resp)
-	if err != nil {
-		return err
-	}
-	return m.pub.Publish(enrollproto.Topic(deviceID, enrollproto.ChannelNew), b, 1)
-}
