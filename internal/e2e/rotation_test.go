@@ -381,3 +381,46 @@ func TestCARotationMissedGrace(t *testing.T) {
 		t.Fatal("a recovery secret enrolled twice")
 	}
 }
+
+// Revoking an old issuing CA cuts at once every connection still made with
+// a certificate it signed; such a device cannot connect again with it.
+func TestRevokeIssuerCutsItsDevices(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	stuck := s.addDevice("stuck-1")
+	rc := mustConnectRaw(t, s.mqtts, stuck, rawOpts{clean: true}) // never takes a delivery
+	s.mustWarden("ca", "rotate", "--grace", "1h", "--no-wait")
+	st := s.caStatus(t)
+	old := st.Rotation.OldIssuer
+
+	// The current issuing CA cannot be revoked.
+	if _, errOut, err := s.warden("ca", "revoke-issuer", st.Rotation.NewIssuer, "--reason", "test"); err == nil || !strings.Contains(errOut, "current") {
+		t.Fatalf("revoking the current issuing CA: %v\n%s", err, errOut)
+	}
+	select {
+	case <-rc.down:
+		t.Fatal("the device was cut before the revocation")
+	case <-time.After(200 * time.Millisecond):
+	}
+	out := s.mustWarden("ca", "revoke-issuer", old[:12], "--reason", "key leaked")
+	if !strings.Contains(out, "1 connections cut") {
+		t.Fatalf("revoke-issuer:\n%s", out)
+	}
+	select {
+	case <-rc.down:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a device using the revoked issuing CA stayed connected")
+	}
+	if !handshakeRefused(t, s.mqtts, stuck, stuck.ca) {
+		t.Fatal("a certificate of the revoked issuing CA was accepted")
+	}
+	st = waitRotation(t, s, "completed", 15*time.Second)
+	if st.issuerState(old) != "revoked" {
+		t.Fatalf("old issuer is %q", st.issuerState(old))
+	}
+	if v := s.metric(t, "warden_rotation_connections_cut_total", `cause="issuer-revoked"`); v != 1 {
+		t.Errorf("connections cut metric = %v", v)
+	}
+	if !s.auditContains(`"action":"ca.revoke-issuer"`, `"reason":"key leaked"`) {
+		t.Error("the revocation is not in the audit log")
+	}
+}
