@@ -242,6 +242,9 @@ func (m *Manager) Start(ctx context.Context, grace time.Duration, actor string, 
 	var next pki.IssuerInfo
 	if err := m.withReload(func() (err error) { next, err = m.o.CA.Rotate(grace); return err }); err != nil {
 		m.opMu.Unlock()
+		if errors.Is(err, pki.ErrNoRootKey) {
+			return store.Rotation{}, fmt.Errorf("rotate: the root key is not on this server; put the exported copy back with `warden ca import-root-key --in FILE`, then rotate: %w", err)
+		}
 		return store.Rotation{}, fmt.Errorf("rotate: %w", err)
 	}
 	now := m.now()
@@ -756,7 +759,7 @@ func (m *Manager) finish(ctx context.Context, r store.Rotation, reason string) e
 	}
 	cut := m.cutUntrusted("issuer-retired")
 	after := ""
-	for {
+	for m.o.Broker != nil {
 		page, err := m.o.Store.RotationDevices(ctx, r.ID, "", after, pageSize)
 		if err != nil {
 			return err

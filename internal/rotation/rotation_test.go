@@ -10,6 +10,7 @@ import (
 	"io"
 	"log/slog"
 	"path/filepath"
+	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -507,5 +508,20 @@ func TestObserveNeverBlocks(t *testing.T) {
 	}
 	if m.observed.Load() != 10 {
 		t.Fatalf("dropped %d observations, want 10", m.observed.Load())
+	}
+}
+
+func TestRotateNeedsTheRootKey(t *testing.T) {
+	f := newFixture(t, 1)
+	if err := f.ca.RemoveRootKey(); err != nil {
+		t.Fatal(err)
+	}
+	m := f.manager(t, true)
+	_, err := m.Start(context.Background(), time.Hour, "operator", nil)
+	if !errors.Is(err, pki.ErrNoRootKey) || !strings.Contains(err.Error(), "import-root-key") {
+		t.Fatalf("Start without the root key: %v", err)
+	}
+	if st := status(t, m); st.Rotation != nil || len(st.Issuers) != 1 {
+		t.Fatalf("a failed rotation left %+v", st)
 	}
 }
