@@ -54,16 +54,20 @@ mid-rotation resumes it when it starts again.`,
 			defer done()
 			var bar *progressbar.ProgressBar
 			if l, ok := svc.(admin.Local); ok {
+				started := false
 				l.Progress = func(n, total int) {
-					if bar == nil && c.interactive() {
-						bar = c.bar(total, "re-issuing")
+					if !started {
+						started = true
+						fmt.Fprintln(c.err, "No server is running: re-issuing the certificates here; the server delivers them when it starts.")
+						if c.interactive() {
+							bar = c.bar(total, "re-issuing")
+						}
 					}
 					if bar != nil {
 						_ = bar.Set(n)
 					}
 				}
 				svc = l
-				fmt.Fprintln(c.err, "No server is running: re-issuing the certificates here; the server delivers them when it starts.")
 			}
 			r, err := svc.RotateCA(cmd.Context(), grace)
 			if bar != nil {
@@ -90,7 +94,7 @@ mid-rotation resumes it when it starts again.`,
 			return nil
 		},
 	}
-	config.DurationVar(cmd.Flags(), &grace, "grace", 30*24*time.Hour, "how long the old issuing CA stays trusted at most (e.g. 7d, 36h)")
+	durationVar(cmd.Flags(), &grace, "grace", 30*24*time.Hour, "how long the old issuing CA stays trusted at most (e.g. 7d, 36h)")
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print the status as JSON")
 	cmd.Flags().BoolVar(&noWait, "no-wait", false, "return once the rotation has started, without following the deliveries")
 	return cmd
@@ -155,30 +159,22 @@ func (c *cli) caStatusCmd() *cobra.Command {
 				return err
 			}
 			defer done()
-			for {
+			return c.watch(cmd.Context(), watch && !asJSON, every, func() (bool, error) {
 				st, err := svc.CAStatus(cmd.Context())
 				if err != nil {
-					return err
+					return false, err
 				}
 				if asJSON {
-					return c.printJSON(st)
+					return false, c.printJSON(st)
 				}
 				printCAStatus(c.out, st, time.Now())
-				if !watch || st.Rotation == nil || st.Rotation.State != store.RotationRunning {
-					return nil
-				}
-				select {
-				case <-cmd.Context().Done():
-					return nil
-				case <-time.After(every):
-				}
-				fmt.Fprintln(c.out)
-			}
+				return st.Rotation != nil && st.Rotation.State == store.RotationRunning, nil
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")
 	cmd.Flags().BoolVar(&watch, "watch", false, "print again every --every until the rotation finishes")
-	config.DurationVar(cmd.Flags(), &every, "every", 5*time.Second, "interval for --watch")
+	durationVar(cmd.Flags(), &every, "every", 5*time.Second, "interval for --watch")
 	return cmd
 }
 

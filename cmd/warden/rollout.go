@@ -191,25 +191,17 @@ func (c *cli) rolloutStatusCmd() *cobra.Command {
 				return err
 			}
 			defer done()
-			for {
+			return c.watch(cmd.Context(), watch && !asJSON, every, func() (bool, error) {
 				st, err := svc.RolloutStatus(cmd.Context(), args[0])
 				if err != nil {
-					return err
+					return false, err
 				}
 				if asJSON {
-					return c.printJSON(st)
+					return false, c.printJSON(st)
 				}
 				printStatus(c.out, st, time.Now())
-				if !watch || st.Rollout.State != store.RolloutRunning {
-					return nil
-				}
-				select {
-				case <-cmd.Context().Done():
-					return nil
-				case <-time.After(every):
-				}
-				fmt.Fprintln(c.out)
-			}
+				return st.Rollout.State == store.RolloutRunning, nil
+			})
 		},
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON")

@@ -38,8 +38,17 @@ import (
 	"github.com/warden-iot/warden/internal/store"
 )
 
-// ErrRunning is returned by Start while another rotation runs.
-var ErrRunning = fmt.Errorf("a CA rotation is running; wait for it to finish (`warden ca status`): %w", store.ErrConflict)
+// ErrRunning is returned by Start while another rotation runs. It is also
+// a store.ErrConflict, which is how the admin socket reports it.
+var ErrRunning error = runningError{}
+
+type runningError struct{}
+
+func (runningError) Error() string {
+	return "a CA rotation is running; wait for it to finish (`warden ca status --watch`)"
+}
+
+func (runningError) Is(target error) bool { return target == store.ErrConflict }
 
 // ErrOffline is returned for operations that need the running server (its
 // broker): they act on live connections.
