@@ -60,6 +60,21 @@ type Relay struct {
 	now     func() time.Time
 	relayed *prometheus.CounterVec
 	upOK    prometheus.Counter // relayed.WithLabelValues("up", "forwarded"), resolved once: it runs per message
+	taps    map[string]UplinkTap
+}
+
+// UplinkTap sees a device's uplink on one channel, opened if it was
+// sealed, before it is relayed to fleet/. It runs in the device's read
+// loop: it must not block.
+type UplinkTap func(ctx context.Context, deviceID string, body []byte)
+
+// Tap installs fn for uplinks on channel (private/<id>/up/<channel>), as
+// the command relay does for results. Call it before the broker starts.
+func (r *Relay) Tap(channel string, fn UplinkTap) {
+	if r.taps == nil {
+		r.taps = map[string]UplinkTap{}
+	}
+	r.taps[channel] = fn
 }
 
 // New builds a relay. seal and reg may be nil.
@@ -132,6 +147,9 @@ func (r *Relay) Route(ctx context.Context, from broker.Origin, topic string, pay
 				broker.Property{Key: "warden-seq", Value: strconv.FormatUint(o.Header.Seq, 10)},
 				broker.Property{Key: "warden-suite", Value: o.Header.Suite.String()},
 				broker.Property{Key: "warden-epoch", Value: strconv.FormatUint(uint64(o.Epoch), 10)})
+		}
+		if tap := r.taps[channel]; tap != nil {
+			tap(ctx, id, body)
 		}
 		if err := r.pub.Publish("fleet/"+id+"/up/"+channel, body, qos, props...); err != nil {
 			r.relayed.WithLabelValues("up", "error").Inc()
@@ -216,6 +234,24 @@ func (r *Relay) sealDownlink(ctx context.Context, id, topic string, payload []by
 		return payload, err
 	}
 	return r.seal.SealDownlink(ctx, id, topic, payload)
+}
+
+// SendDown publishes payload to device id on private/<id>/down/<channel>
+// as Warden, sealed first for an envelope device (it may collect it over
+// the plain listener). props become MQTT 5 user properties.
+func (r *Relay) SendDown(ctx context.Context, id, channel string, payload []byte, qos byte, props ...broker.Property) error {
+	topic := "private/" + id + "/down/" + channel
+	body, err := r.sealDownlink(ctx, id, topic, payload)
+	if err != nil {
+		r.relayed.WithLabelValues("down", "error").Inc()
+		return fmt.Errorf("downlink to %s: seal: %w", id, err)
+	}
+	if err := r.pub.Publish(topic, body, qos, props...); err != nil {
+		r.relayed.WithLabelValues("down", "error").Inc()
+		return fmt.Errorf("downlink to %s: publish: %w", id, err)
+	}
+	r.relayed.WithLabelValues("down", "forwarded").Inc()
+	return nil
 }
 
 // SendRekey delivers a pending epoch's secret to the device on

@@ -96,3 +96,25 @@ func TestPlainOriginMustSeal(t *testing.T) {
 		t.Fatalf("plaintext relayed: %v", p.got)
 	}
 }
+
+func TestTapAndSendDown(t *testing.T) {
+	p := &fakePub{}
+	r := New(p, dir{"abc": true}, nil, nil, nil, nil)
+	var tapped []string
+	r.Tap("cmd-result", func(_ context.Context, id string, body []byte) { tapped = append(tapped, id+":"+string(body)) })
+	dev := broker.Origin{Principal: identity.Principal{Kind: identity.KindDevice, ID: "abc"}}
+	r.Route(context.Background(), dev, "private/abc/up/cmd-result", []byte("r1"), 1)
+	r.Route(context.Background(), dev, "private/abc/up/telemetry", []byte("t"), 1)
+	if len(tapped) != 1 || tapped[0] != "abc:r1" {
+		t.Fatalf("tapped %v, want only the cmd-result uplink", tapped)
+	}
+	if len(p.got) != 2 || p.got[0].topic != "fleet/abc/up/cmd-result" {
+		t.Fatalf("a tapped uplink must still reach fleet/: %v", p.got)
+	}
+	if err := r.SendDown(context.Background(), "abc", "cmd", []byte("c"), 1, broker.Property{Key: "warden-command", Value: "x"}); err != nil {
+		t.Fatal(err)
+	}
+	if last := p.got[len(p.got)-1]; last.topic != "private/abc/down/cmd" || last.props["warden-command"] != "x" {
+		t.Fatalf("SendDown published %+v", last)
+	}
+}
