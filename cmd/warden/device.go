@@ -42,7 +42,7 @@ directly otherwise.`,
 		c.deviceStateCmd("disable", "Refuse a device's connections until it is enabled again (cuts it now)", true),
 		c.deviceStateCmd("enable", "Allow a disabled device to connect again", false),
 		c.deviceStateCmd("revoke", "Revoke a device for good: its certificates go on the CRL and it is cut now", true),
-		c.deviceRekeyCmd(), c.devicePreregisterCmd(), c.deviceUnregisterCmd(), c.deviceEnrollmentsCmd(),
+		c.deviceTagCmd(), c.deviceRekeyCmd(), c.devicePreregisterCmd(), c.deviceUnregisterCmd(), c.deviceEnrollmentsCmd(),
 	)
 	return cmd
 }
@@ -727,6 +727,75 @@ func (c *cli) deviceStateCmd(verb, short string, withReason bool) *cobra.Command
 		cmd.Flags().StringVar(&reason, "reason", "", "why (kept in the registry and the audit log)")
 	}
 	return cmd
+}
+
+func (c *cli) deviceTagCmd() *cobra.Command {
+	var remove []string
+	cmd := &cobra.Command{
+		Use:   "tag ID [KEY=VALUE]... [--remove KEY]...",
+		Short: "Set or remove a device's tags (other tags are kept)",
+		Example: `  warden device tag 0badf00d site=berlin floor=2
+  warden device tag 0badf00d --remove floor`,
+		Args: cobra.MinimumNArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			set, err := parseTagArgs(args[1:])
+			if err != nil {
+				return err
+			}
+			if len(set) == 0 && len(remove) == 0 {
+				return errors.New("give at least one KEY=VALUE to set or --remove KEY")
+			}
+			for _, k := range remove {
+				if _, ok := set[k]; ok {
+					return fmt.Errorf("tag %q is both set and removed: pick one", k)
+				}
+			}
+			svc, done, err := c.openService(cmd)
+			if err != nil {
+				return err
+			}
+			defer done()
+			// SetTags replaces the whole set, so merge into the current
+			// tags; a concurrent change between the read and the write is
+			// lost, as with any read-modify-write of one record.
+			info, err := svc.Device(cmd.Context(), args[0])
+			if err != nil {
+				return err
+			}
+			tags := info.Tags
+			if tags == nil {
+				tags = map[string]string{}
+			}
+			for k, v := range set {
+				tags[k] = v
+			}
+			for _, k := range remove {
+				delete(tags, k)
+			}
+			d, err := svc.SetTags(cmd.Context(), args[0], tags)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintf(c.out, "Device %s tags: %s\n", d.ID, orDash(formatTags(d.Tags)))
+			return nil
+		},
+	}
+	cmd.Flags().StringArrayVar(&remove, "remove", nil, "remove the tag KEY (repeatable)")
+	return cmd
+}
+
+// parseTagArgs parses KEY=VALUE arguments; the registry checks keys and
+// values.
+func parseTagArgs(args []string) (map[string]string, error) {
+	tags := map[string]string{}
+	for _, kv := range args {
+		k, v, ok := strings.Cut(kv, "=")
+		if !ok || k == "" {
+			return nil, fmt.Errorf("tag %q: want KEY=VALUE", kv)
+		}
+		tags[k] = v
+	}
+	return tags, nil
 }
 
 // writeFiles writes a certificate and its key (mode 0600), removing both if

@@ -36,6 +36,9 @@ type Service interface {
 	Disable(ctx context.Context, id, reason string) (store.Device, error)
 	Enable(ctx context.Context, id string) (store.Device, error)
 	Revoke(ctx context.Context, id, reason string) (store.Device, error)
+	// SetTags replaces all of a device's tags (an empty map removes them)
+	// and returns the device as stored.
+	SetTags(ctx context.Context, id string, tags map[string]string) (store.Device, error)
 	RevokeService(ctx context.Context, name, reason string) (store.Service, error)
 	// EnableEnvelope gives a device an envelope key (docs/envelope.md); the
 	// secret is returned once, for the device's bundle, and kept only sealed.

@@ -67,6 +67,7 @@ func Handler(svc Service, logger *slog.Logger) http.Handler {
 	mux.HandleFunc("POST /v1/devices/{id}/disable", h.disable)
 	mux.HandleFunc("POST /v1/devices/{id}/enable", h.enable)
 	mux.HandleFunc("POST /v1/devices/{id}/revoke", h.revoke)
+	mux.HandleFunc("PUT /v1/devices/{id}/tags", h.setTags)
 	mux.HandleFunc("POST /v1/devices/{id}/envelope", h.enableEnvelope)
 	mux.HandleFunc("POST /v1/devices/{id}/rekey", h.rekey)
 	mux.HandleFunc("POST /v1/services", h.addService)

@@ -57,7 +57,10 @@ func (s *Server) startAPI(profile string, hybridPQ bool, cert tls.Certificate, h
 		Handler:           h,
 		TLSConfig:         tlsCfg,
 		ReadHeaderTimeout: 10 * time.Second,
-		IdleTimeout:       2 * time.Minute,
+		// Request bodies are small (CSRs, JSON of at most 64 KiB): a peer
+		// that trickles one must not hold a handler.
+		ReadTimeout: 30 * time.Second,
+		IdleTimeout: 2 * time.Minute,
 		// Failed handshakes are the peer's problem; keep them at debug.
 		ErrorLog: slog.NewLogLogger(s.Env.Log.With("listener", "api").Handler(), slog.LevelDebug),
 	}

@@ -17,6 +17,7 @@ import (
 
 	"github.com/warden-iot/warden/envelope"
 	"github.com/warden-iot/warden/internal/admin"
+	"github.com/warden-iot/warden/internal/api"
 	"github.com/warden-iot/warden/internal/apitoken"
 	"github.com/warden-iot/warden/internal/audit"
 	"github.com/warden-iot/warden/internal/broker"
@@ -232,12 +233,23 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 		log.Info("listening", "listener", "http", "addr", s.httpLn.Addr().String())
 	}
 
+	adm := admin.Local{Registry: env.Registry, OTA: s.OTA, RekeyFunc: rekey, Rotation: s.Rotation}
 	if s.apiLn != nil {
 		mux := http.NewServeMux()
 		mux.Handle("/ota/", s.OTA.HTTPHandler(ota.HTTPOptions{Auth: env.Registry, Opener: seal, URLs: urls, Metrics: otaHTTP, Name: "api"}))
 		onb := s.Onboard.Handler(onboard.HTTPOptions{Tokens: s.Tokens, TokenHeader: apitoken.FromRequest})
 		mux.Handle("/.well-known/est/", onb)
-		mux.Handle(onboard.PathClaims, onb)
+		ops, err := api.New(api.Options{
+			Tokens: s.Tokens, Admin: adm, Presence: s.Broker, Issuers: env.CA,
+			Audit: s.audit, Logger: log.With("component", "api"), Registerer: reg,
+		})
+		if err != nil {
+			return nil, err
+		}
+		mux.Handle("/v1/", ops.Handler())
+		// Claim tokens are minted with an API token: the same throttle on
+		// failed tokens per address applies.
+		mux.Handle(onboard.PathClaims, ops.Guard("POST "+onboard.PathClaims, onb))
 		var h http.Handler = mux
 		if err := s.startAPI(cfg.API.TLSProfile, cfg.TLS.HybridPQ, serverCert, h); err != nil {
 			return nil, err
@@ -257,7 +269,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 	go func() { defer close(rotDone); s.Rotation.Run(mctx) }()
 	go func() { defer close(s.bgDone); seal.Run(mctx, 30*time.Second); <-otaDone; <-rotDone }()
 
-	s.adminSrv = &http.Server{Handler: admin.Handler(admin.Local{Registry: env.Registry, OTA: s.OTA, RekeyFunc: rekey, Rotation: s.Rotation}, log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}
+	s.adminSrv = &http.Server{Handler: admin.Handler(adm, log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = s.adminSrv.Serve(s.adminLn) }()
 	return s, nil
 }

@@ -154,6 +154,9 @@ const (
 type DeviceFilter struct {
 	State DeviceState
 	Model string
+	// Owner selects the devices claimed by this user. Empty matches any
+	// device, owned or not: there is no filter for "unclaimed".
+	Owner string
 	Tags  map[string]string // every pair must match
 	After string            // paging cursor: only IDs greater than After
 	Limit int               // <= 0 means DefaultListLimit; capped at MaxListLimit

@@ -214,6 +214,9 @@ func (s *Store) ListDevices(ctx context.Context, f store.DeviceFilter) ([]store.
 	if f.Model != "" {
 		where = append(where, "model = "+arg(f.Model))
 	}
+	if f.Owner != "" {
+		where = append(where, "owner = "+arg(f.Owner))
+	}
 	for _, k := range slices.Sorted(maps.Keys(f.Tags)) {
 		where = append(where, "EXISTS (SELECT 1 FROM device_tags ft WHERE ft.device_id = devices.id AND ft.key = "+
 			arg(k)+" AND ft.value = "+arg(f.Tags[k])+")")

@@ -35,6 +35,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"CreateDeviceRejectsBadInput", testCreateDeviceRejectsBadInput},
 		{"ListDevicesPaging", testListDevicesPaging},
 		{"ListDevicesFilters", testListDevicesFilters},
+		{"ListDevicesByOwner", testListDevicesByOwner},
 		{"SetDeviceState", testSetDeviceState},
 		{"RevokeDevice", testRevokeDevice},
 		{"SetDeviceTags", testSetDeviceTags},
@@ -461,6 +462,53 @@ func testListDevicesFilters(t *testing.T, st store.Store) {
 	}
 	if _, err := st.ListDevices(ctx, store.DeviceFilter{State: "sleeping"}); err == nil {
 		t.Error("ListDevices accepted an unknown state")
+	}
+}
+
+// testListDevicesByOwner checks the owner filter the API forces for app
+// tokens: only exact matches, combined with the other filters and paging,
+// and an empty owner matching everything.
+func testListDevicesByOwner(t *testing.T, st store.Store) {
+	ctx := context.Background()
+	owners := map[string]string{"a": "alice", "b": "bob", "c": "alice", "d": "", "e": "alice", "f": "Alice"}
+	for _, id := range slices.Sorted(maps.Keys(owners)) {
+		d := device(id)
+		if id == "e" {
+			d.Model = "m2"
+		}
+		mustCreateDevice(t, st, d)
+		if owners[id] != "" {
+			if _, err := st.SetDeviceOwner(ctx, id, owners[id], base); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		f    store.DeviceFilter
+		want []string
+	}{
+		{"any owner", store.DeviceFilter{}, []string{"a", "b", "c", "d", "e", "f"}},
+		{"alice", store.DeviceFilter{Owner: "alice"}, []string{"a", "c", "e"}},
+		{"case matters", store.DeviceFilter{Owner: "Alice"}, []string{"f"}},
+		{"nobody's", store.DeviceFilter{Owner: "mallory"}, nil},
+		{"owner and model", store.DeviceFilter{Owner: "alice", Model: "m2"}, []string{"e"}},
+		{"owner and paging", store.DeviceFilter{Owner: "alice", After: "a", Limit: 1}, []string{"c"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			ds, err := st.ListDevices(ctx, tc.f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := ids(ds); !slices.Equal(got, tc.want) && !(len(got) == 0 && len(tc.want) == 0) {
+				t.Errorf("ListDevices(%+v) = %v, want %v", tc.f, got, tc.want)
+			}
+			for _, d := range ds {
+				if tc.f.Owner != "" && d.Owner != tc.f.Owner {
+					t.Errorf("device %s has owner %q, want %q", d.ID, d.Owner, tc.f.Owner)
+				}
+			}
+		})
 	}
 }
 
