@@ -75,6 +75,9 @@ type Options struct {
 	// Presence tells whether a device is connected; nil: the API says
 	// it does not know (connected is null).
 	Presence Presence
+	// Commands relays POST /v1/devices/{id}/commands; nil: that route
+	// answers 503.
+	Commands Commander
 	// Issuers names the issuing CA of each credential a device shows; nil:
 	// issuer_fingerprint is null.
 	Issuers    IssuerLookup
@@ -112,6 +115,7 @@ type API struct {
 	admin    admin.Service
 	presence Presence
 	issuers  IssuerLookup
+	commands Commander
 	audit    audit.Recorder
 	log      *slog.Logger
 	now      func() time.Time
@@ -156,7 +160,7 @@ func New(o Options) (*API, error) {
 		o.LimiterEntries = DefaultLimiterEntries
 	}
 	a := &API{
-		tokens: o.Tokens, admin: o.Admin, presence: o.Presence, issuers: o.Issuers,
+		tokens: o.Tokens, admin: o.Admin, presence: o.Presence, issuers: o.Issuers, commands: o.Commands,
 		audit: o.Audit, log: o.Logger, now: o.Now,
 		failures: newLimiterSet(o.FailureRate, o.FailureBurst, o.LimiterEntries),
 		perToken: newLimiterSet(o.TokenRate, o.TokenBurst, o.LimiterEntries),
@@ -208,6 +212,8 @@ var (
 	rolesDeviceRead = []string{apitoken.RoleAdmin, apitoken.RoleOperator, apitoken.RoleViewer, apitoken.RoleApp}
 	// Changes to devices and rollouts.
 	rolesOperate = []string{apitoken.RoleAdmin, apitoken.RoleOperator}
+	// Commands: operators, and apps to their user's devices.
+	rolesCommand = []string{apitoken.RoleAdmin, apitoken.RoleOperator, apitoken.RoleApp}
 	// Anyone with a valid token.
 	rolesAny = []string{apitoken.RoleAdmin, apitoken.RoleOperator, apitoken.RoleViewer, apitoken.RoleApp}
 )
@@ -249,6 +255,7 @@ func (a *API) table() []*route {
 		device(r(http.MethodPost, "/v1/devices/{id}/enable", rolesOperate, "Enable a disabled device", a.enableDevice)),
 		device(r(http.MethodPost, "/v1/devices/{id}/revoke", rolesOperate, "Revoke a device for good (CRL, cuts its connections now)", a.revokeDevice)),
 		device(r(http.MethodPut, "/v1/devices/{id}/tags", rolesOperate, "Replace a device's tags", a.setTags)),
+		device(r(http.MethodPost, "/v1/devices/{id}/commands", rolesCommand, "Send a command to a device and wait for its answer", a.sendCommand)),
 
 		r(http.MethodGet, "/v1/rollouts", rolesRead, "List firmware rollouts", a.listRollouts),
 		rollout(r(http.MethodGet, "/v1/rollouts/{id}", rolesRead, "A rollout's progress per stage", a.rolloutStatus)),

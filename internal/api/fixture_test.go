@@ -1,6 +1,10 @@
 package api
 
 import (
+	"github.com/warden-iot/warden/commandproto"
+	"github.com/warden-iot/warden/internal/broker"
+	"github.com/warden-iot/warden/internal/command"
+
 	"bytes"
 	"context"
 	"crypto/rand"
@@ -191,6 +195,13 @@ func newFixture(t *testing.T, o fixtureOptions) *fixture {
 	if !o.noPresence {
 		opts.Presence = f.presence
 	}
+	echo := &echoDevices{}
+	cmds, err := command.New(command.Options{Sender: echo, Presence: f.presence, Devices: reg, Logger: quiet})
+	if err != nil {
+		t.Fatal(err)
+	}
+	echo.svc = cmds
+	opts.Commands = cmds
 	if o.tune != nil {
 		o.tune(&opts)
 	}
@@ -365,4 +376,28 @@ func (f *fixture) counter(route, code string) float64 {
 		}
 	}
 	return 0
+}
+
+// echoDevices plays the connected devices for the command relay: "fail"
+// fails, "silent" is never answered, anything else echoes its body.
+type echoDevices struct{ svc *command.Service }
+
+func (e *echoDevices) SendDown(_ context.Context, id, _ string, payload []byte, _ byte, _ ...broker.Property) error {
+	cmd, err := commandproto.ParseCommand(payload)
+	if err != nil {
+		return err
+	}
+	r := commandproto.Result{ID: cmd.ID, Status: commandproto.StatusOK, Body: cmd.Body}
+	switch cmd.Name {
+	case "silent":
+		return nil
+	case "fail":
+		r = commandproto.Result{ID: cmd.ID, Status: commandproto.StatusError, Error: "the relay is stuck"}
+	}
+	b, err := r.Marshal()
+	if err != nil {
+		return err
+	}
+	go e.svc.Result(context.Background(), id, b)
+	return nil
 }

@@ -163,21 +163,22 @@ func TestOpenAPIAgainstHandler(t *testing.T) {
 	s := loadSpec(t)
 	f := newFixture(t, fixtureOptions{})
 	bodies := map[string]string{
-		"PUT /v1/devices/{id}/tags":     `{"tags":{"room":"lab"}}`,
-		"POST /v1/devices/{id}/disable": `{"reason":"openapi"}`,
-		"POST /v1/rollouts/{id}/pause":  `{"reason":"openapi"}`,
-		"POST /v1/claims":               `{"ttl_seconds":60}`,
-		"POST /v1/devices/{id}/revoke":  `{"reason":"openapi"}`,
-		"POST /v1/rollouts/{id}/abort":  `{"reason":"openapi"}`,
-		"POST /v1/devices/{id}/enable":  ``,
-		"POST /v1/rollouts/{id}/resume": ``,
-		"GET /v1/devices":               ``,
-		"GET /v1/devices/{id}":          ``,
-		"GET /v1/rollouts/{id}":         ``,
-		"GET /v1/rollouts":              ``,
-		"GET /v1/firmware/images":       ``,
-		"GET /v1/ca":                    ``,
-		"GET /v1/whoami":                ``,
+		"PUT /v1/devices/{id}/tags":      `{"tags":{"room":"lab"}}`,
+		"POST /v1/devices/{id}/disable":  `{"reason":"openapi"}`,
+		"POST /v1/rollouts/{id}/pause":   `{"reason":"openapi"}`,
+		"POST /v1/claims":                `{"ttl_seconds":60}`,
+		"POST /v1/devices/{id}/revoke":   `{"reason":"openapi"}`,
+		"POST /v1/rollouts/{id}/abort":   `{"reason":"openapi"}`,
+		"POST /v1/devices/{id}/enable":   ``,
+		"POST /v1/devices/{id}/commands": `{"name":"ping"}`,
+		"POST /v1/rollouts/{id}/resume":  ``,
+		"GET /v1/devices":                ``,
+		"GET /v1/devices/{id}":           ``,
+		"GET /v1/rollouts/{id}":          ``,
+		"GET /v1/rollouts":               ``,
+		"GET /v1/firmware/images":        ``,
+		"GET /v1/ca":                     ``,
+		"GET /v1/whoami":                 ``,
 	}
 	ops := s.operations(t)
 	// Changes in an order that keeps each one possible: disable before

@@ -27,6 +27,7 @@ func TestRoleBoundaries(t *testing.T) {
 		{"POST", "/v1/devices/dev-a2/enable", "", want{"admin": ok, "operator": ok, "viewer": forbidden, "app": forbidden, "app2": notFound}},
 		{"PUT", "/v1/devices/dev-a2/tags", `{"tags":{"room":"kitchen"}}`, want{"admin": ok, "operator": ok, "viewer": forbidden, "app": forbidden, "app2": notFound}},
 		{"POST", "/v1/devices/dev-a3/revoke", `{"reason":"stolen"}`, want{"admin": ok, "operator": ok, "viewer": forbidden, "app": forbidden, "app2": notFound}},
+		{"POST", "/v1/devices/dev-a1/commands", `{"name":"ping"}`, want{"admin": ok, "operator": ok, "viewer": forbidden, "app": ok, "app2": notFound}},
 		{"GET", "/v1/rollouts", "", want{"admin": ok, "operator": ok, "viewer": ok, "app": forbidden, "app2": forbidden}},
 		{"GET", "/v1/rollouts/{rollout}", "", want{"admin": ok, "operator": ok, "viewer": ok, "app": forbidden, "app2": forbidden}},
 		{"POST", "/v1/rollouts/{rollout}/pause", `{"reason":"look"}`, want{"admin": ok, "operator": ok, "viewer": forbidden, "app": forbidden, "app2": forbidden}},

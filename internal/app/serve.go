@@ -15,12 +15,14 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/warden-iot/warden/commandproto"
 	"github.com/warden-iot/warden/envelope"
 	"github.com/warden-iot/warden/internal/admin"
 	"github.com/warden-iot/warden/internal/api"
 	"github.com/warden-iot/warden/internal/apitoken"
 	"github.com/warden-iot/warden/internal/audit"
 	"github.com/warden-iot/warden/internal/broker"
+	"github.com/warden-iot/warden/internal/command"
 	"github.com/warden-iot/warden/internal/config"
 	"github.com/warden-iot/warden/internal/identity"
 	"github.com/warden-iot/warden/internal/onboard"
@@ -147,6 +149,12 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 		return nil, err
 	}
 	rel := relay.New(s.Broker, env.Registry, seal, log.With("component", "relay"), s.audit, reg)
+	cmds, err := command.New(command.Options{Sender: rel, Presence: s.Broker, Devices: env.Registry,
+		Audit: s.audit, Logger: log.With("component", "command"), Registerer: reg})
+	if err != nil {
+		return nil, err
+	}
+	rel.Tap(commandproto.ChannelResult, cmds.Result)
 
 	// Firmware: the HTTPS listener is bound first because offers carry
 	// download URLs that name its port.
@@ -240,7 +248,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 		onb := s.Onboard.Handler(onboard.HTTPOptions{Tokens: s.Tokens, TokenHeader: apitoken.FromRequest})
 		mux.Handle("/.well-known/est/", onb)
 		ops, err := api.New(api.Options{
-			Tokens: s.Tokens, Admin: adm, Presence: s.Broker, Issuers: env.CA,
+			Tokens: s.Tokens, Admin: adm, Presence: s.Broker, Issuers: env.CA, Commands: cmds,
 			Audit: s.audit, Logger: log.With("component", "api"), Registerer: reg,
 		})
 		if err != nil {

@@ -87,3 +87,51 @@ func TestOperatorAPI(t *testing.T) {
 		t.Error("API changes are not audited with the token")
 	}
 }
+
+// Commands through the real relay: the API call returns the device's
+// answer, a device that does not answer times out, an offline device is
+// refused at once, and another user's app cannot command the device.
+func TestCommandRelay(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	dev := s.addDevice("cmd-dev-1")
+	s.addDevice("cmd-dev-2")
+	cl := estClient(t, dev.ca, nil)
+	operator := strings.TrimSpace(s.mustWarden("token", "create", "--role", "operator", "--user", "otto"))
+	app := strings.TrimSpace(s.mustWarden("token", "create", "--role", "app", "--user", "mallory"))
+
+	rc := mustConnectRaw(t, s.mqtts, dev, rawOpts{clean: true})
+	rc.subscribe(t, "private/cmd-dev-1/down/cmd", 1)
+	go func() {
+		for m := range rc.msgs {
+			var c struct {
+				ID   string          `json:"id"`
+				Name string          `json:"name"`
+				Body json.RawMessage `json:"body"`
+			}
+			if json.Unmarshal(m.Payload, &c) != nil || c.Name == "ignore" {
+				continue
+			}
+			res, _ := json.Marshal(map[string]any{"id": c.ID, "status": "ok", "body": map[string]any{"got": c.Body}})
+			_, _ = rc.publish(t, "private/cmd-dev-1/up/cmd-result", res, 1)
+		}
+	}()
+	code, body := apiCall(t, cl, s, "POST", "/v1/devices/cmd-dev-1/commands", operator, `{"name":"blink","body":{"times":3}}`)
+	if code != http.StatusOK || !strings.Contains(body, `"status":"ok"`) || !strings.Contains(body, `{"got":{"times":3}}`) {
+		t.Fatalf("command: %d %s", code, body)
+	}
+	if code, body := apiCall(t, cl, s, "POST", "/v1/devices/cmd-dev-1/commands", operator, `{"name":"ignore","timeout_seconds":1}`); code != http.StatusGatewayTimeout {
+		t.Fatalf("unanswered command: %d %s", code, body)
+	}
+	if code, body := apiCall(t, cl, s, "POST", "/v1/devices/cmd-dev-2/commands", operator, `{"name":"blink"}`); code != http.StatusConflict || !strings.Contains(body, `"offline"`) {
+		t.Fatalf("offline device: %d %s", code, body)
+	}
+	if code, _ := apiCall(t, cl, s, "POST", "/v1/devices/cmd-dev-1/commands", app, `{"name":"blink"}`); code != http.StatusNotFound {
+		t.Fatalf("another user's app commanded the device: %d", code)
+	}
+	if !s.auditContains(`"action":"command.send"`, `"subject":"device:cmd-dev-1"`) || !s.auditContains(`"action":"command.result"`, `"outcome":"ok"`) {
+		t.Error("commands and results are not audited")
+	}
+	if v := s.metric(t, "warden_commands_total", `outcome="timeout"`); v != 1 {
+		t.Errorf("timeouts counted %v", v)
+	}
+}
