@@ -30,6 +30,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/warden-iot/warden/internal/audit"
+	"github.com/warden-iot/warden/internal/events"
 	"github.com/warden-iot/warden/internal/identity"
 	"github.com/warden-iot/warden/internal/policy"
 )
@@ -131,7 +132,10 @@ type Options struct {
 	ClientCAs         *x509.CertPool
 	// Trust, if set, replaces ServerCertificate and ClientCAs on every
 	// handshake with its current answers (CA rotation without a restart).
-	Trust       TrustSource
+	Trust TrustSource
+	// Events, if set, hears of refusals, denials, sessions and publishes
+	// (the anomaly monitor).
+	Events      events.Sink
 	HybridPQ    bool
 	Listeners   []ListenerConfig
 	Limits      Limits
@@ -169,6 +173,9 @@ func New(opts Options) (*Broker, error) {
 	}
 	if opts.Registerer == nil {
 		opts.Registerer = prometheus.NewRegistry()
+	}
+	if opts.Events == nil {
+		opts.Events = events.Discard{}
 	}
 	if opts.Authenticator == nil || opts.Policy == nil {
 		return nil, errors.New("broker: an authenticator and a policy are required")
@@ -515,6 +522,9 @@ func (b *Broker) Connected(id string) bool {
 func (b *Broker) handshakeFailed(listener, remote string, err error) {
 	reason := handshakeReason(err)
 	b.metrics.handshakeFailures.WithLabelValues(listener, reason).Inc()
+	if reason != "peer-closed" {
+		b.opts.Events.Observe(events.Event{Kind: events.AuthFailed, At: time.Now(), Remote: remote, Listener: listener, Reason: "tls-" + reason})
+	}
 	// Always counted; audited unless the peer just went away, and sampled so
 	// a scanner or a flood of bad handshakes cannot flood the audit log.
 	if reason == "peer-closed" || !b.hook.sampleLog() {

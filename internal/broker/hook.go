@@ -15,6 +15,7 @@ import (
 	"golang.org/x/time/rate"
 
 	"github.com/warden-iot/warden/internal/audit"
+	"github.com/warden-iot/warden/internal/events"
 	"github.com/warden-iot/warden/internal/identity"
 	"github.com/warden-iot/warden/internal/policy"
 	"github.com/warden-iot/warden/internal/registry"
@@ -76,6 +77,18 @@ func (h *securityHook) Provides(b byte) bool {
 }
 
 func (h *securityHook) sampleLog() bool { return h.logSample.Allow() }
+
+// event starts an event about p: a device's (or claim connection's) ID
+// goes in Device, a service's name in Service.
+func event(kind events.Kind, p identity.Principal, cl *mqtt.Client) events.Event {
+	e := events.Event{Kind: kind, At: time.Now(), Remote: cl.Net.Remote, Listener: cl.Net.Listener}
+	if p.Kind == identity.KindService {
+		e.Service = p.ID
+	} else {
+		e.Device = p.ID
+	}
+	return e
+}
 
 func (h *securityHook) state(id string) *clientState {
 	v, ok := h.states.Load(id)
@@ -276,6 +289,9 @@ func (h *securityHook) authenticatePassword(cl *mqtt.Client, pk packets.Packet) 
 
 func (h *securityHook) refuse(cl *mqtt.Client, p identity.Principal, reason string) error {
 	h.b.metrics.authFailures.WithLabelValues(reason).Inc()
+	ev := event(events.AuthFailed, p, cl)
+	ev.Reason = reason
+	h.b.opts.Events.Observe(ev)
 	actor := ""
 	if p.ID != "" {
 		actor = p.String()
@@ -321,6 +337,7 @@ func (h *securityHook) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) 
 	h.b.metrics.connections.WithLabelValues(cl.Net.Listener, kind).Inc()
 	h.b.metrics.connects.WithLabelValues(cl.Net.Listener, kind).Inc()
 	h.b.log.Info("connected", string(st.principal.Kind), st.principal.ID, "listener", cl.Net.Listener, "remote", cl.Net.Remote)
+	h.b.opts.Events.Observe(event(events.Connected, st.principal, cl))
 	if o := h.b.currentObserver(); o != nil {
 		o.SessionEstablished(st.principal, st.leaf)
 	}
@@ -342,6 +359,9 @@ func (h *securityHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 		})
 	}
 	h.b.log.Info("disconnected", string(st.principal.Kind), st.principal.ID, "listener", cl.Net.Listener, "cause", errString(err))
+	ev := event(events.Disconnected, st.principal, cl)
+	ev.Reason = errString(err)
+	h.b.opts.Events.Observe(ev)
 	if expire && !cl.IsTakenOver() {
 		h.states.CompareAndDelete(cl.ID, st)
 	}
@@ -391,6 +411,9 @@ func (h *securityHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) boo
 			action = "publish"
 		}
 		h.b.metrics.aclDenials.WithLabelValues(action).Inc()
+		ev := event(events.ACLDenied, st.principal, cl)
+		ev.Topic, ev.Reason = topic, action
+		h.b.opts.Events.Observe(ev)
 		if st.denyLog.Allow() {
 			h.b.audit.Record(context.Background(), audit.Event{
 				Action: "mqtt." + action, Outcome: "denied", Actor: st.principal.String(), Reason: "acl",
@@ -409,6 +432,11 @@ func (h *securityHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets
 		return pk, nil
 	}
 	h.b.metrics.aclDenials.WithLabelValues("publish").Inc()
+	if st := h.stateFor(cl); st != nil {
+		ev := event(events.ACLDenied, st.principal, cl)
+		ev.Topic, ev.Reason = pk.TopicName, "publish"
+		h.b.opts.Events.Observe(ev)
+	}
 	if st := h.stateFor(cl); st != nil && st.denyLog.Allow() {
 		h.b.audit.Record(context.Background(), audit.Event{
 			Action: "mqtt.publish", Outcome: "denied", Actor: st.principal.String(), Reason: "acl",
@@ -438,6 +466,10 @@ func (h *securityHook) OnPublish(cl *mqtt.Client, pk packets.Packet) (packets.Pa
 		return pk, packets.ErrRejectPacket
 	}
 	h.b.metrics.messagesIn.WithLabelValues(string(st.principal.Kind)).Inc()
+	if st.principal.Kind == identity.KindDevice {
+		h.b.opts.Events.Observe(events.Event{Kind: events.Published, At: time.Now(), Device: st.principal.ID,
+			Listener: cl.Net.Listener, Topic: pk.TopicName, Size: len(pk.Payload)})
+	}
 
 	r := h.b.currentRouter()
 	if r == nil {
