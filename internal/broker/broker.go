@@ -160,6 +160,7 @@ type Broker struct {
 	closer   []func() error
 	router   Router
 	observer Observer
+	quarant  QuarantineChecker
 	done     chan struct{}
 }
 
@@ -440,6 +441,27 @@ func (b *Broker) currentObserver() Observer {
 	b.mu.Lock()
 	defer b.mu.Unlock()
 	return b.observer
+}
+
+// QuarantineChecker tells whether a device is quarantined (the anomaly
+// monitor implements it); IsQuarantined must be cheap and must not block.
+type QuarantineChecker interface {
+	IsQuarantined(deviceID string) bool
+}
+
+// SetQuarantine installs q: a quarantined device's sessions get only the
+// rights of policy.Quarantined (its OTA and certificate topics).
+func (b *Broker) SetQuarantine(q QuarantineChecker) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.quarant = q
+}
+
+func (b *Broker) quarantined(id string) bool {
+	b.mu.Lock()
+	q := b.quarant
+	b.mu.Unlock()
+	return q != nil && q.IsQuarantined(id)
 }
 
 // ConnectionCertificate returns the client certificate of id's live

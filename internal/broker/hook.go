@@ -119,9 +119,13 @@ func (h *securityHook) stateFor(cl *mqtt.Client) *clientState {
 
 func (h *securityHook) newState(p identity.Principal, cl *mqtt.Client) *clientState {
 	lim := h.b.opts.Limits
+	rights := h.b.opts.Policy.Compile(p)
+	if p.Kind == identity.KindDevice && h.b.quarantined(p.ID) {
+		rights = policy.Quarantined(p.ID)
+	}
 	return &clientState{
 		principal: p,
-		rights:    h.b.opts.Policy.Compile(p),
+		rights:    rights,
 		client:    cl,
 		limiter:   rate.NewLimiter(rate.Limit(lim.PublishRate), max(lim.PublishBurst, 1)),
 		denyLog:   rate.NewLimiter(1, 5),

@@ -25,8 +25,10 @@ const (
 	// Published: a device's publish was accepted; Size is the payload's
 	// length. This is the hot path: producers fill no more than they have.
 	Published
-	// EnvelopeRejected: a sealed message did not open; Reason is "tag"
-	// (authentication failed), "replay", "epoch" or "malformed".
+	// EnvelopeRejected: a sealed message did not open, or a plaintext one
+	// came where an envelope is required; Reason is the envelope package's
+	// reason ("bad-tag", "replay", "unknown-key", "downgrade",
+	// "malformed", "bad-padding") or "plaintext".
 	EnvelopeRejected
 	// FirmwareReported: a device reported the firmware it runs; Model and
 	// Version say which.

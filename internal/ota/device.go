@@ -8,6 +8,7 @@ import (
 
 	"github.com/warden-iot/warden/firmware"
 	"github.com/warden-iot/warden/internal/audit"
+	"github.com/warden-iot/warden/internal/events"
 	"github.com/warden-iot/warden/internal/store"
 	"github.com/warden-iot/warden/otaproto"
 )
@@ -136,6 +137,13 @@ func (s *Service) Report(ctx context.Context, deviceID string, rep otaproto.Repo
 	if err := rep.Validate(); err != nil {
 		s.reports.WithLabelValues("invalid", "refused").Inc()
 		return nil, invalidf("%v", err)
+	}
+	if rep.Version != "" && s.events != nil {
+		ev := events.Event{Kind: events.FirmwareReported, At: s.now(), Device: deviceID, Version: rep.Version}
+		if d, err := s.st.GetDevice(ctx, deviceID); err == nil {
+			ev.Model = d.Model
+		}
+		s.events.Observe(ev)
 	}
 	if rep.State == otaproto.StateCurrent {
 		o, err := s.Current(ctx, deviceID, rep.Version, rep.SecurityCounter, rep.Sequence)

@@ -23,6 +23,7 @@ import (
 
 	"github.com/warden-iot/warden/firmware"
 	"github.com/warden-iot/warden/internal/audit"
+	"github.com/warden-iot/warden/internal/events"
 	"github.com/warden-iot/warden/internal/registry"
 	"github.com/warden-iot/warden/internal/store"
 	"github.com/warden-iot/warden/otaproto"
@@ -73,6 +74,9 @@ type Options struct {
 	// carry no URL (MQTT delivery only).
 	ImageURL func(deviceID, sha string) string
 	Now      func() time.Time
+	// Events, if set, hears of every firmware version a device reports
+	// running (the anomaly monitor checks it against the model's set).
+	Events events.Sink
 }
 
 // Service is safe for concurrent use.
@@ -85,6 +89,7 @@ type Service struct {
 	maxImage int64
 	imageURL func(deviceID, sha string) string
 	now      func() time.Time
+	events   events.Sink
 
 	open sync.Map // sha -> Blob kept open: images never change once stored
 
@@ -118,7 +123,7 @@ func New(o Options) (*Service, error) {
 	}
 	s := &Service{
 		st: o.Store, blobs: o.Blobs, log: o.Logger, audit: o.Audit, alerter: o.Alerter,
-		maxImage: o.MaxImageSize, imageURL: o.ImageURL, now: o.Now, expired: map[string]bool{},
+		maxImage: o.MaxImageSize, imageURL: o.ImageURL, now: o.Now, events: o.Events, expired: map[string]bool{},
 		uploads: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warden_ota_uploads_total", Help: "Firmware uploads, by outcome (stored, refused, error).",
 		}, []string{"outcome"}),

@@ -158,6 +158,21 @@ type Rights struct {
 	write     []string
 }
 
+// Quarantined returns the rights of a device the anomaly monitor put in
+// quarantine: only what it needs to be repaired, its firmware updates
+// (private/<id>/ota/...) and its certificate (private/<id>/cert/...), until
+// an operator releases it. No configured rule widens them.
+func Quarantined(id string) *Rights {
+	r := &Rights{principal: identity.Principal{Kind: identity.KindDevice, ID: id}}
+	if identity.ValidateDeviceID(id) != nil {
+		return r
+	}
+	base := "private/" + id
+	r.write = []string{base + "/ota/get", base + "/ota/status", base + "/cert/csr"}
+	r.read = []string{base + "/ota/notify", base + "/ota/block", base + "/cert/new"}
+	return r
+}
+
 // Compile substitutes the principal into every rule that selects it. A
 // principal with an invalid ID, or of an unknown kind, gets Rights that
 // allow nothing: the ID is spliced into topic patterns, so an ID that is not

@@ -294,3 +294,30 @@ func BenchmarkCanSubscribe(b *testing.B) {
 		r.CanSubscribe("$share/relay/fleet/+/up/#")
 	}
 }
+
+func TestQuarantinedRights(t *testing.T) {
+	r := Quarantined("0badf00d")
+	for _, topic := range []string{"private/0badf00d/ota/get", "private/0badf00d/ota/status", "private/0badf00d/cert/csr"} {
+		if !r.CanPublish(topic) {
+			t.Errorf("a quarantined device cannot publish %s", topic)
+		}
+	}
+	for _, topic := range []string{"private/0badf00d/up/telemetry", "private/0badf00d/ota/block", "private/0badf00d/state", "fleet/0badf00d/up/x"} {
+		if r.CanPublish(topic) {
+			t.Errorf("a quarantined device may publish %s", topic)
+		}
+	}
+	for _, filter := range []string{"private/0badf00d/ota/notify", "private/0badf00d/ota/block", "private/0badf00d/cert/new"} {
+		if !r.CanSubscribe(filter) {
+			t.Errorf("a quarantined device cannot read %s", filter)
+		}
+	}
+	for _, filter := range []string{"private/0badf00d/#", "private/0badf00d/down/cmd", "private/0badf00d/ota/#"} {
+		if r.CanSubscribe(filter) {
+			t.Errorf("a quarantined device may subscribe %s", filter)
+		}
+	}
+	if r := Quarantined("../x"); r.CanPublish("private/../x/ota/get") {
+		t.Error("an invalid ID got rights")
+	}
+}

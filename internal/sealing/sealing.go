@@ -20,12 +20,14 @@ import (
 	"log/slog"
 	"sync"
 	"sync/atomic"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 
 	"github.com/warden-iot/warden/envelope"
 	"github.com/warden-iot/warden/internal/audit"
+	"github.com/warden-iot/warden/internal/events"
 	"github.com/warden-iot/warden/internal/registry"
 	"github.com/warden-iot/warden/internal/store"
 )
@@ -58,6 +60,10 @@ var ErrNotEnvelopeDevice = errors.New("not an envelope device")
 // (its replay window must be checked and committed atomically); different
 // devices proceed in parallel.
 type Sealing struct {
+	// Events, if set before use, hears of every envelope that did not open
+	// (the anomaly monitor).
+	Events events.Sink
+
 	dir   Directory
 	log   *slog.Logger
 	audit audit.Recorder
@@ -375,6 +381,9 @@ func (s *Sealing) fail(id, topic string, err error) error {
 		reason = envelope.ReasonMalformed
 	}
 	s.failures.WithLabelValues(string(reason)).Inc()
+	if s.Events != nil {
+		s.Events.Observe(events.Event{Kind: events.EnvelopeRejected, At: time.Now(), Device: id, Topic: topic, Reason: string(reason)})
+	}
 	s.mu.Lock()
 	d := s.devices[id]
 	s.mu.Unlock()
@@ -394,6 +403,9 @@ func (s *Sealing) fail(id, topic string, err error) error {
 // required.
 func (s *Sealing) CountPlaintext(id, topic string) {
 	s.failures.WithLabelValues("plaintext").Inc()
+	if s.Events != nil {
+		s.Events.Observe(events.Event{Kind: events.EnvelopeRejected, At: time.Now(), Device: id, Topic: topic, Reason: "plaintext"})
+	}
 	s.audit.Record(context.Background(), audit.Event{
 		Action: "envelope.open", Outcome: "denied", Actor: "device:" + id, Reason: "plaintext", Details: map[string]string{"topic": topic},
 	})
