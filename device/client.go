@@ -64,6 +64,8 @@ type Client struct {
 	ob         *onboarding    // renewals, rotations and claims (renew.go)
 	gate       publishGate    // holds publishes while a new certificate takes over (renew.go)
 
+	cmd atomic.Pointer[commander] // set by HandleCommands (command.go), which then holds the cmd channel
+
 	life context.Context // ends at Close or a failed Connect; bounds background work
 	stop context.CancelFunc
 	wg   sync.WaitGroup // resubscription goroutines
@@ -267,6 +269,9 @@ func (c *Client) SubscribeDown(ctx context.Context, channel string, qos byte, h 
 	if err := validChannel(channel, true); err != nil {
 		return fmt.Errorf("device: subscribe down: %w", err)
 	}
+	if err := c.commandsReserved(c.downPrefix + channel); err != nil {
+		return err
+	}
 	return c.subscribe(ctx, c.downPrefix+channel, qos, h, true)
 }
 
@@ -341,6 +346,9 @@ func (c *Client) Publish(ctx context.Context, topic string, payload []byte, qos 
 // SDK's rekey topic cannot be subscribed to this way, and its messages are
 // never delivered to any handler.
 func (c *Client) Subscribe(ctx context.Context, filter string, qos byte, h func(Message)) error {
+	if err := c.commandsReserved(filter); err != nil {
+		return err
+	}
 	return c.subscribe(ctx, filter, qos, h, false)
 }
 

@@ -78,6 +78,8 @@ type Options struct {
 	// Commands relays POST /v1/devices/{id}/commands; nil: that route
 	// answers 503.
 	Commands Commander
+	// Streams serves GET /v1/stream; nil: that route answers 503.
+	Streams Streamer
 	// Issuers names the issuing CA of each credential a device shows; nil:
 	// issuer_fingerprint is null.
 	Issuers    IssuerLookup
@@ -116,6 +118,8 @@ type API struct {
 	presence Presence
 	issuers  IssuerLookup
 	commands Commander
+	streamer Streamer
+	streams  streamCounts
 	audit    audit.Recorder
 	log      *slog.Logger
 	now      func() time.Time
@@ -160,7 +164,7 @@ func New(o Options) (*API, error) {
 		o.LimiterEntries = DefaultLimiterEntries
 	}
 	a := &API{
-		tokens: o.Tokens, admin: o.Admin, presence: o.Presence, issuers: o.Issuers, commands: o.Commands,
+		tokens: o.Tokens, admin: o.Admin, presence: o.Presence, issuers: o.Issuers, commands: o.Commands, streamer: o.Streams,
 		audit: o.Audit, log: o.Logger, now: o.Now,
 		failures: newLimiterSet(o.FailureRate, o.FailureBurst, o.LimiterEntries),
 		perToken: newLimiterSet(o.TokenRate, o.TokenBurst, o.LimiterEntries),
@@ -265,5 +269,7 @@ func (a *API) table() []*route {
 		r(http.MethodGet, "/v1/firmware/images", rolesRead, "List stored firmware images", a.listImages),
 
 		r(http.MethodGet, "/v1/ca", rolesRead, "Issuing CAs and the latest CA rotation", a.caStatus),
+
+		r(http.MethodGet, "/v1/stream", rolesDeviceRead, "Server-Sent Events: device telemetry and connections (apps: their user's devices)", a.openStream),
 	}
 }

@@ -1,6 +1,8 @@
 package api
 
 import (
+	"github.com/warden-iot/warden/internal/stream"
+
 	"github.com/warden-iot/warden/commandproto"
 	"github.com/warden-iot/warden/internal/broker"
 	"github.com/warden-iot/warden/internal/command"
@@ -104,6 +106,7 @@ var tokenNames = []string{"admin", "operator", "viewer", "app", "app2"}
 
 type fixture struct {
 	t        *testing.T
+	hub      *stream.Hub
 	st       *sqlite.Store
 	reg      *registry.Registry
 	ca       *pki.Authority
@@ -202,6 +205,8 @@ func newFixture(t *testing.T, o fixtureOptions) *fixture {
 	}
 	echo.svc = cmds
 	opts.Commands = cmds
+	f.hub = stream.NewHub(nil)
+	opts.Streams = f.hub
 	if o.tune != nil {
 		o.tune(&opts)
 	}
@@ -299,6 +304,12 @@ func (f *fixture) do(r req) *httptest.ResponseRecorder {
 		body = strings.NewReader(r.body)
 	}
 	hr := httptest.NewRequest(r.method, r.path, body)
+	if strings.HasPrefix(r.path, "/v1/stream") {
+		// A stream lasts until its reader goes: this one goes soon.
+		ctx, cancel := context.WithTimeout(context.Background(), streamFor)
+		defer cancel()
+		hr = hr.WithContext(ctx)
+	}
 	hr.RemoteAddr = "192.0.2.1:40000"
 	if r.remote != "" {
 		hr.RemoteAddr = r.remote
@@ -401,3 +412,6 @@ func (e *echoDevices) SendDown(_ context.Context, id, _ string, payload []byte, 
 	go e.svc.Result(context.Background(), id, b)
 	return nil
 }
+
+// streamFor is how long the fixture reads a /v1/stream answer.
+const streamFor = 300 * time.Millisecond

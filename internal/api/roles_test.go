@@ -34,6 +34,7 @@ func TestRoleBoundaries(t *testing.T) {
 		{"POST", "/v1/rollouts/{rollout}/resume", "", want{"admin": ok, "operator": ok, "viewer": forbidden, "app": forbidden, "app2": forbidden}},
 		{"POST", "/v1/rollouts/{rollout}/abort", `{"reason":"bad"}`, want{"admin": ok, "operator": ok, "viewer": forbidden, "app": forbidden, "app2": forbidden}},
 		{"GET", "/v1/firmware/images", "", want{"admin": ok, "operator": ok, "viewer": ok, "app": forbidden, "app2": forbidden}},
+		{"GET", "/v1/stream?device=dev-a2", "", want{"admin": ok, "operator": ok, "viewer": ok, "app": ok, "app2": notFound}},
 		{"GET", "/v1/ca", "", want{"admin": ok, "operator": ok, "viewer": ok, "app": forbidden, "app2": forbidden}},
 		{"POST", "/v1/claims", "", want{"admin": http.StatusCreated, "operator": http.StatusCreated, "viewer": forbidden, "app": http.StatusCreated, "app2": http.StatusCreated}},
 	}
@@ -47,6 +48,7 @@ func TestRoleBoundaries(t *testing.T) {
 		found := false
 		for _, c := range covered {
 			m, p, _ := strings.Cut(c, " ")
+			p, _, _ = strings.Cut(p, "?")
 			found = found || (m == rt.Method && matchPath(rt.Pattern, strings.ReplaceAll(p, "{rollout}", "r")))
 		}
 		if !found {

@@ -122,6 +122,9 @@ func (a *API) wrap(rt *route) http.Handler {
 			c.fail(err)
 			return
 		}
+		if _, ok := v.(streamed); ok {
+			return // the route wrote its own answer
+		}
 		c.writeJSON(http.StatusOK, v)
 	})
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/warden-iot/warden/internal/broker"
 	"github.com/warden-iot/warden/internal/command"
 	"github.com/warden-iot/warden/internal/config"
+	"github.com/warden-iot/warden/internal/events"
 	"github.com/warden-iot/warden/internal/identity"
 	"github.com/warden-iot/warden/internal/onboard"
 	"github.com/warden-iot/warden/internal/ota"
@@ -32,6 +33,7 @@ import (
 	"github.com/warden-iot/warden/internal/relay"
 	"github.com/warden-iot/warden/internal/rotation"
 	"github.com/warden-iot/warden/internal/sealing"
+	"github.com/warden-iot/warden/internal/stream"
 )
 
 // Server is a running `warden serve`.
@@ -129,7 +131,9 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 		return nil, err
 	}
 	s.seal = seal
+	hub := stream.NewHub(reg)
 	s.Broker, err = broker.New(broker.Options{
+		Events:            events.Multi{hub},
 		Logger:            log.With("component", "broker"),
 		Audit:             s.audit,
 		Registerer:        reg,
@@ -155,6 +159,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 		return nil, err
 	}
 	rel.Tap(commandproto.ChannelResult, cmds.Result)
+	rel.TapAll(hub.Uplink)
 
 	// Firmware: the HTTPS listener is bound first because offers carry
 	// download URLs that name its port.
@@ -248,7 +253,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 		onb := s.Onboard.Handler(onboard.HTTPOptions{Tokens: s.Tokens, TokenHeader: apitoken.FromRequest})
 		mux.Handle("/.well-known/est/", onb)
 		ops, err := api.New(api.Options{
-			Tokens: s.Tokens, Admin: adm, Presence: s.Broker, Issuers: env.CA, Commands: cmds,
+			Tokens: s.Tokens, Admin: adm, Presence: s.Broker, Issuers: env.CA, Commands: cmds, Streams: hub,
 			Audit: s.audit, Logger: log.With("component", "api"), Registerer: reg,
 		})
 		if err != nil {

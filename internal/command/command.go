@@ -179,7 +179,7 @@ func (s *Service) Send(ctx context.Context, req Request) (Outcome, error) {
 		s.record(ctx, req, id, "failed", "offline", nil)
 		return Outcome{}, fmt.Errorf("command to %s: %w", req.DeviceID, ErrOffline)
 	}
-	payload, err := json.Marshal(cmd)
+	payload, err := cmd.Marshal() // within MaxMessage whatever the body (no HTML escaping)
 	if err != nil {
 		return Outcome{}, err
 	}

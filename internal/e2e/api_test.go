@@ -1,12 +1,16 @@
 package e2e
 
 import (
+	"bufio"
+	"context"
 	"encoding/json"
 	"io"
 	"net/http"
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/warden-iot/warden/device"
 )
 
 // apiCall makes one request to the running server's HTTPS API.
@@ -133,5 +137,94 @@ func TestCommandRelay(t *testing.T) {
 	}
 	if v := s.metric(t, "warden_commands_total", `outcome="timeout"`); v != 1 {
 		t.Errorf("timeouts counted %v", v)
+	}
+}
+
+// An app's whole path with the SDK on the device: the user claims the
+// device, opens an event stream (its devices only) and sees the device's
+// telemetry, and commands it; the SDK's handler answers.
+func TestAppStreamAndCommandsWithSDK(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	c := s.addDevice("sdk-cmd-1")
+	c2 := s.addDevice("sdk-cmd-2") // someone else's: never on alice's stream
+	cl := estClient(t, c.ca, nil)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+
+	dev := connectSDK(t, s, c)
+	app := strings.TrimSpace(s.mustWarden("token", "create", "--role", "app", "--user", "alice"))
+	claim := httpsPostJSON(t, cl, "https://"+s.api+"/v1/claims", app)
+	if err := dev.Claim(ctx, claim); err != nil {
+		t.Fatalf("claim: %v", err)
+	}
+	err := dev.HandleCommands(ctx, func(_ context.Context, cmd device.Command) (json.RawMessage, error) {
+		if cmd.Name != "read-temp" {
+			return nil, device.ErrUnknownCommand
+		}
+		return json.RawMessage(`{"celsius":21.5}`), nil
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	// The stream: read it line by line in the background.
+	req, _ := http.NewRequestWithContext(ctx, "GET", "https://localhost:"+s.api[strings.LastIndexByte(s.api, ':')+1:]+"/v1/stream", nil)
+	req.Header.Set("Authorization", "Bearer "+app)
+	resp, err := cl.Do(req)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("open stream: %v %v", err, resp)
+	}
+	defer resp.Body.Close()
+	lines := make(chan string, 100)
+	go func() {
+		sc := bufio.NewScanner(resp.Body)
+		for sc.Scan() {
+			lines <- sc.Text()
+		}
+		close(lines)
+	}()
+	// Publish until the stream shows it (the subscription is in place once
+	// the response headers arrived, but keep it robust).
+	other := connectSDK(t, s, c2)
+	seen := false
+	for deadline := time.Now().Add(10 * time.Second); !seen && time.Now().Before(deadline); {
+		_ = other.PublishUp(ctx, "telemetry", []byte(`{"not":"alice's"}`), 1)
+		if err := dev.PublishUp(ctx, "telemetry", []byte(`{"celsius":21.5}`), 1); err != nil {
+			t.Fatal(err)
+		}
+		timeout := time.After(300 * time.Millisecond)
+	read:
+		for {
+			select {
+			case l, ok := <-lines:
+				if !ok {
+					t.Fatal("the stream ended")
+				}
+				if strings.Contains(l, "sdk-cmd-2") {
+					t.Fatalf("alice's stream carried another device: %s", l)
+				}
+				if strings.HasPrefix(l, "data: ") && strings.Contains(l, `"device":"sdk-cmd-1"`) && strings.Contains(l, `"celsius":21.5`) {
+					seen = true
+					break read
+				}
+			case <-timeout:
+				break read
+			}
+		}
+	}
+	if !seen {
+		t.Fatal("the app's stream never showed its device's telemetry")
+	}
+
+	code, body := apiCall(t, cl, s, "POST", "/v1/devices/sdk-cmd-1/commands", app, `{"name":"read-temp"}`)
+	if code != http.StatusOK || !strings.Contains(body, `"status":"ok"`) || !strings.Contains(body, `"celsius":21.5`) {
+		t.Fatalf("command: %d %s", code, body)
+	}
+	code, body = apiCall(t, cl, s, "POST", "/v1/devices/sdk-cmd-1/commands", app, `{"name":"self-destruct"}`)
+	if code != http.StatusOK || !strings.Contains(body, `"status":"rejected"`) {
+		t.Fatalf("unknown command: %d %s", code, body)
+	}
+	if code, _ := apiCall(t, cl, s, "POST", "/v1/devices/sdk-cmd-2/commands", app, `{"name":"read-temp"}`); code != http.StatusNotFound {
+		t.Fatalf("alice commanded a device that is not hers: %d", code)
 	}
 }

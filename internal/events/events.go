@@ -72,3 +72,13 @@ type Discard struct{}
 
 // Observe implements Sink.
 func (Discard) Observe(Event) {}
+
+// Multi fans events out to several sinks, in order.
+type Multi []Sink
+
+// Observe implements Sink.
+func (m Multi) Observe(e Event) {
+	for _, s := range m {
+		s.Observe(e)
+	}
+}

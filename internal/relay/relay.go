@@ -61,6 +61,14 @@ type Relay struct {
 	relayed *prometheus.CounterVec
 	upOK    prometheus.Counter // relayed.WithLabelValues("up", "forwarded"), resolved once: it runs per message
 	taps    map[string]UplinkTap
+	all     func(ctx context.Context, deviceID, channel string, body []byte)
+}
+
+// TapAll installs fn for every relayed uplink (the app event stream), with
+// its channel. Like a Tap it runs in the device's read loop and must not
+// block; body is only valid during the call.
+func (r *Relay) TapAll(fn func(ctx context.Context, deviceID, channel string, body []byte)) {
+	r.all = fn
 }
 
 // UplinkTap sees a device's uplink on one channel, opened if it was
@@ -150,6 +158,9 @@ func (r *Relay) Route(ctx context.Context, from broker.Origin, topic string, pay
 		}
 		if tap := r.taps[channel]; tap != nil {
 			tap(ctx, id, body)
+		}
+		if r.all != nil {
+			r.all(ctx, id, channel, body)
 		}
 		if err := r.pub.Publish("fleet/"+id+"/up/"+channel, body, qos, props...); err != nil {
 			r.relayed.WithLabelValues("up", "error").Inc()
