@@ -80,6 +80,9 @@ type Options struct {
 	Commands Commander
 	// Streams serves GET /v1/stream; nil: that route answers 503.
 	Streams Streamer
+	// Firmware adds a device's last firmware report to GET
+	// /v1/devices/{id}; nil: null.
+	Firmware FirmwareLookup
 	// Issuers names the issuing CA of each credential a device shows; nil:
 	// issuer_fingerprint is null.
 	Issuers    IssuerLookup
@@ -119,6 +122,7 @@ type API struct {
 	issuers  IssuerLookup
 	commands Commander
 	streamer Streamer
+	firmware FirmwareLookup
 	streams  streamCounts
 	audit    audit.Recorder
 	log      *slog.Logger
@@ -164,7 +168,7 @@ func New(o Options) (*API, error) {
 		o.LimiterEntries = DefaultLimiterEntries
 	}
 	a := &API{
-		tokens: o.Tokens, admin: o.Admin, presence: o.Presence, issuers: o.Issuers, commands: o.Commands, streamer: o.Streams,
+		tokens: o.Tokens, admin: o.Admin, presence: o.Presence, issuers: o.Issuers, commands: o.Commands, streamer: o.Streams, firmware: o.Firmware,
 		audit: o.Audit, log: o.Logger, now: o.Now,
 		failures: newLimiterSet(o.FailureRate, o.FailureBurst, o.LimiterEntries),
 		perToken: newLimiterSet(o.TokenRate, o.TokenBurst, o.LimiterEntries),

@@ -1,7 +1,9 @@
 package api
 
 import (
+	"context"
 	"crypto/x509"
+	"errors"
 	"fmt"
 	"maps"
 	"net/url"
@@ -41,6 +43,23 @@ type DeviceDetail struct {
 	// Connected is null when this server cannot tell.
 	Connected   *bool        `json:"connected"`
 	Credentials []Credential `json:"credentials"` // newest first
+	// Firmware is what the device last reported running; null if it never
+	// reported (or this server cannot tell).
+	Firmware *Firmware `json:"firmware"`
+}
+
+// Firmware is a device's last firmware report.
+type Firmware struct {
+	Version         string    `json:"version"`
+	SecurityCounter uint32    `json:"security_counter"`
+	ImageSHA256     string    `json:"image_sha256,omitempty"`
+	ReportedAt      time.Time `json:"reported_at"`
+}
+
+// FirmwareLookup reads what a device last reported running; store.Store
+// implements it.
+type FirmwareLookup interface {
+	GetDeviceFirmware(ctx context.Context, deviceID string) (store.DeviceFirmware, error)
 }
 
 // Credential is one of a device's certificates; nothing secret.
@@ -219,6 +238,15 @@ func (a *API) showDevice(c *call) (any, error) {
 	}
 	for _, cr := range info.Credentials {
 		out.Credentials = append(out.Credentials, a.toCredential(cr))
+	}
+	if a.firmware != nil {
+		fw, err := a.firmware.GetDeviceFirmware(c.ctx(), info.ID)
+		switch {
+		case err == nil:
+			out.Firmware = &Firmware{Version: fw.Version, SecurityCounter: fw.SecurityCounter, ImageSHA256: fw.ImageSHA256, ReportedAt: fw.ReportedAt.UTC()}
+		case !errors.Is(err, store.ErrNotFound):
+			return nil, err
+		}
 	}
 	return out, nil
 }

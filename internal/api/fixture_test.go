@@ -207,6 +207,7 @@ func newFixture(t *testing.T, o fixtureOptions) *fixture {
 	opts.Commands = cmds
 	f.hub = stream.NewHub(nil)
 	opts.Streams = f.hub
+	opts.Firmware = st
 	if o.tune != nil {
 		o.tune(&opts)
 	}

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/warden-iot/warden/internal/events"
+	"github.com/warden-iot/warden/internal/store"
 )
 
 // TestStream: an app's stream carries its own devices' telemetry and
@@ -53,5 +54,22 @@ func TestStream(t *testing.T) {
 	}
 	if w := f.do(req{method: "GET", path: "/v1/stream?devices=dev-a1", token: "admin"}); w.Code != http.StatusBadRequest {
 		t.Fatalf("unknown parameter: %d", w.Code)
+	}
+}
+
+func TestShowDeviceFirmware(t *testing.T) {
+	f := newFixture(t, fixtureOptions{})
+	var d DeviceDetail
+	decode(t, f.do(req{method: "GET", path: "/v1/devices/dev-a1", token: "viewer"}), &d)
+	if d.Firmware != nil {
+		t.Fatalf("firmware %+v before any report", d.Firmware)
+	}
+	if err := f.st.SetDeviceFirmware(context.Background(), store.DeviceFirmware{DeviceID: "dev-a1", Version: "1.4.2",
+		SecurityCounter: 3, ReportedAt: time.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	decode(t, f.do(req{method: "GET", path: "/v1/devices/dev-a1", token: "viewer"}), &d)
+	if d.Firmware == nil || d.Firmware.Version != "1.4.2" || d.Firmware.SecurityCounter != 3 {
+		t.Fatalf("firmware %+v", d.Firmware)
 	}
 }

@@ -253,7 +253,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 		onb := s.Onboard.Handler(onboard.HTTPOptions{Tokens: s.Tokens, TokenHeader: apitoken.FromRequest})
 		mux.Handle("/.well-known/est/", onb)
 		ops, err := api.New(api.Options{
-			Tokens: s.Tokens, Admin: adm, Presence: s.Broker, Issuers: env.CA, Commands: cmds, Streams: hub,
+			Tokens: s.Tokens, Admin: adm, Presence: s.Broker, Issuers: env.CA, Commands: cmds, Streams: hub, Firmware: env.Store,
 			Audit: s.audit, Logger: log.With("component", "api"), Registerer: reg,
 		})
 		if err != nil {
