@@ -42,6 +42,7 @@ directly otherwise.`,
 		c.deviceStateCmd("disable", "Refuse a device's connections until it is enabled again (cuts it now)", true),
 		c.deviceStateCmd("enable", "Allow a disabled device to connect again", false),
 		c.deviceStateCmd("revoke", "Revoke a device for good: its certificates go on the CRL and it is cut now", true),
+		c.deviceReleaseCmd(),
 		c.deviceTagCmd(), c.deviceRekeyCmd(), c.devicePreregisterCmd(), c.deviceUnregisterCmd(), c.deviceEnrollmentsCmd(),
 	)
 	return cmd

@@ -61,6 +61,8 @@ variables and its flags, in that order of precedence; see docs/configuration.md.
 		c.rolloutCmd(),
 		c.claimCertCmd(),
 		c.tokenCmd(),
+		c.auditCmd(),
+		c.alertsCmd(),
 	)
 	return root
 }

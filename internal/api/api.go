@@ -83,6 +83,8 @@ type Options struct {
 	// Firmware adds a device's last firmware report to GET
 	// /v1/devices/{id}; nil: null.
 	Firmware FirmwareLookup
+	// AuditLog is the audit log's path, for GET /v1/audit; "": 503.
+	AuditLog string
 	// Issuers names the issuing CA of each credential a device shows; nil:
 	// issuer_fingerprint is null.
 	Issuers    IssuerLookup
@@ -123,6 +125,7 @@ type API struct {
 	commands Commander
 	streamer Streamer
 	firmware FirmwareLookup
+	auditLog string
 	streams  streamCounts
 	audit    audit.Recorder
 	log      *slog.Logger
@@ -168,7 +171,7 @@ func New(o Options) (*API, error) {
 		o.LimiterEntries = DefaultLimiterEntries
 	}
 	a := &API{
-		tokens: o.Tokens, admin: o.Admin, presence: o.Presence, issuers: o.Issuers, commands: o.Commands, streamer: o.Streams, firmware: o.Firmware,
+		tokens: o.Tokens, admin: o.Admin, presence: o.Presence, issuers: o.Issuers, commands: o.Commands, streamer: o.Streams, firmware: o.Firmware, auditLog: o.AuditLog,
 		audit: o.Audit, log: o.Logger, now: o.Now,
 		failures: newLimiterSet(o.FailureRate, o.FailureBurst, o.LimiterEntries),
 		perToken: newLimiterSet(o.TokenRate, o.TokenBurst, o.LimiterEntries),
@@ -220,6 +223,8 @@ var (
 	rolesDeviceRead = []string{apitoken.RoleAdmin, apitoken.RoleOperator, apitoken.RoleViewer, apitoken.RoleApp}
 	// Changes to devices and rollouts.
 	rolesOperate = []string{apitoken.RoleAdmin, apitoken.RoleOperator}
+	// The audit log names every device and token: administrators only.
+	rolesAudit = []string{apitoken.RoleAdmin}
 	// Commands: operators, and apps to their user's devices.
 	rolesCommand = []string{apitoken.RoleAdmin, apitoken.RoleOperator, apitoken.RoleApp}
 	// Anyone with a valid token.
@@ -274,6 +279,7 @@ func (a *API) table() []*route {
 
 		r(http.MethodGet, "/v1/ca", rolesRead, "Issuing CAs and the latest CA rotation", a.caStatus),
 
+		r(http.MethodGet, "/v1/audit", rolesAudit, "Read the hash-chained audit log, paged and filtered", a.readAudit),
 		r(http.MethodGet, "/v1/stream", rolesDeviceRead, "Server-Sent Events: device telemetry and connections (apps: their user's devices)", a.openStream),
 	}
 }

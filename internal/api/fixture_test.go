@@ -1,6 +1,7 @@
 package api
 
 import (
+	"fmt"
 	"github.com/warden-iot/warden/internal/stream"
 
 	"github.com/warden-iot/warden/commandproto"
@@ -208,6 +209,17 @@ func newFixture(t *testing.T, o fixtureOptions) *fixture {
 	f.hub = stream.NewHub(nil)
 	opts.Streams = f.hub
 	opts.Firmware = st
+	opts.AuditLog = filepath.Join(dir, "audit.log")
+	alog, err := audit.Open(opts.AuditLog, quiet)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for i := range 5 {
+		alog.Record(ctx, audit.Event{Action: "device.revoke", Outcome: "done", Actor: "operator", Subject: fmt.Sprintf("device:dev-%d", i)})
+	}
+	if err := alog.Close(); err != nil {
+		t.Fatal(err)
+	}
 	if o.tune != nil {
 		o.tune(&opts)
 	}

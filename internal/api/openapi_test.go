@@ -179,6 +179,7 @@ func TestOpenAPIAgainstHandler(t *testing.T) {
 		"GET /v1/firmware/images":        ``,
 		"GET /v1/ca":                     ``,
 		"GET /v1/stream":                 ``,
+		"GET /v1/audit":                  ``,
 		"GET /v1/whoami":                 ``,
 	}
 	ops := s.operations(t)

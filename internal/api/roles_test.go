@@ -35,6 +35,7 @@ func TestRoleBoundaries(t *testing.T) {
 		{"POST", "/v1/rollouts/{rollout}/abort", `{"reason":"bad"}`, want{"admin": ok, "operator": ok, "viewer": forbidden, "app": forbidden, "app2": forbidden}},
 		{"GET", "/v1/firmware/images", "", want{"admin": ok, "operator": ok, "viewer": ok, "app": forbidden, "app2": forbidden}},
 		{"GET", "/v1/stream?device=dev-a2", "", want{"admin": ok, "operator": ok, "viewer": ok, "app": ok, "app2": notFound}},
+		{"GET", "/v1/audit?limit=2", "", want{"admin": ok, "operator": forbidden, "viewer": forbidden, "app": forbidden, "app2": forbidden}},
 		{"GET", "/v1/ca", "", want{"admin": ok, "operator": ok, "viewer": ok, "app": forbidden, "app2": forbidden}},
 		{"POST", "/v1/claims", "", want{"admin": http.StatusCreated, "operator": http.StatusCreated, "viewer": forbidden, "app": http.StatusCreated, "app2": http.StatusCreated}},
 	}

@@ -17,8 +17,8 @@ import (
 
 // OpenOTA builds the firmware service on the environment's store. imageURL
 // may be nil (no HTTPS delivery, e.g. in local CLI commands).
-func (e *Env) OpenOTA(rec audit.Recorder, reg prometheus.Registerer, imageURL func(deviceID, sha string) string) (*ota.Service, error) {
-	return ota.New(ota.Options{
+func (e *Env) OpenOTA(rec audit.Recorder, reg prometheus.Registerer, imageURL func(deviceID, sha string) string, tune ...func(*ota.Options)) (*ota.Service, error) {
+	o := ota.Options{
 		Store:        e.Store,
 		Blobs:        ota.FileBlobs{Dir: e.Paths.Firmware},
 		Logger:       e.Log.With("component", "ota"),
@@ -26,7 +26,11 @@ func (e *Env) OpenOTA(rec audit.Recorder, reg prometheus.Registerer, imageURL fu
 		Registerer:   reg,
 		MaxImageSize: int64(e.Config.OTA.MaxImageSize),
 		ImageURL:     imageURL,
-	})
+	}
+	for _, t := range tune {
+		t(&o)
+	}
+	return ota.New(o)
 }
 
 // publicBase is the URL prefix devices download images from.

@@ -26,6 +26,7 @@ import (
 	"github.com/warden-iot/warden/internal/config"
 	"github.com/warden-iot/warden/internal/events"
 	"github.com/warden-iot/warden/internal/identity"
+	"github.com/warden-iot/warden/internal/monitor"
 	"github.com/warden-iot/warden/internal/onboard"
 	"github.com/warden-iot/warden/internal/ota"
 	"github.com/warden-iot/warden/internal/policy"
@@ -45,6 +46,8 @@ type Server struct {
 	Tokens  *apitoken.Service
 	// Rotation runs CA rotations (`warden ca rotate`).
 	Rotation *rotation.Manager
+	// Monitor is the anomaly monitor.
+	Monitor *monitor.Monitor
 
 	audit    *audit.Log
 	httpSrv  *http.Server
@@ -132,8 +135,21 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 	}
 	s.seal = seal
 	hub := stream.NewHub(reg)
+	resp := &responder{}
+	fwPolicy := &firmwarePolicy{}
+	webhook, err := monitor.NewWebhook(cfg.Monitor.Webhook)
+	if err != nil {
+		return nil, err
+	}
+	if s.Monitor, err = monitor.New(ctx, monitor.Options{
+		Store: env.Store, Config: cfg.Monitor, Responder: resp, Webhook: webhook, Audit: s.audit,
+		Logger: log.With("component", "monitor"), Registerer: reg, Certificates: env.Store, Firmware: fwPolicy,
+	}); err != nil {
+		return nil, err
+	}
+	seal.Events = s.Monitor
 	s.Broker, err = broker.New(broker.Options{
-		Events:            events.Multi{hub},
+		Events:            events.Multi{hub, s.Monitor},
 		Logger:            log.With("component", "broker"),
 		Audit:             s.audit,
 		Registerer:        reg,
@@ -152,6 +168,8 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 	if err != nil {
 		return nil, err
 	}
+	resp.b = s.Broker
+	s.Broker.SetQuarantine(s.Monitor)
 	rel := relay.New(s.Broker, env.Registry, seal, log.With("component", "relay"), s.audit, reg)
 	cmds, err := command.New(command.Options{Sender: rel, Presence: s.Broker, Devices: env.Registry,
 		Audit: s.audit, Logger: log.With("component", "command"), Registerer: reg})
@@ -172,9 +190,12 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 		urls = ota.NewURLSigner(publicBase(cfg.OTA.PublicURL, cfg.Hostnames, s.apiLn.Addr()))
 		imageURL = urls.URL
 	}
-	if s.OTA, err = env.OpenOTA(s.audit, reg, imageURL); err != nil {
+	if s.OTA, err = env.OpenOTA(s.audit, reg, imageURL, func(o *ota.Options) {
+		o.Events, o.Alerter = s.Monitor, otaAlerts{s.Monitor}
+	}); err != nil {
 		return nil, err
 	}
+	fwPolicy.o = s.OTA
 	if err := s.OTA.Sweep(ctx); err != nil {
 		log.Warn("could not sweep orphaned firmware files", "error", err)
 	}
@@ -278,9 +299,16 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 	go s.maintain(mctx)
 	otaDone := make(chan struct{})
 	go func() { defer close(otaDone); s.OTA.Run(mctx, 5*time.Second) }()
+	monDone := make(chan struct{})
+	go func() {
+		defer close(monDone)
+		if err := s.Monitor.Run(mctx); err != nil && mctx.Err() == nil {
+			log.Error("the anomaly monitor stopped", "error", err)
+		}
+	}()
 	rotDone := make(chan struct{})
 	go func() { defer close(rotDone); s.Rotation.Run(mctx) }()
-	go func() { defer close(s.bgDone); seal.Run(mctx, 30*time.Second); <-otaDone; <-rotDone }()
+	go func() { defer close(s.bgDone); seal.Run(mctx, 30*time.Second); <-otaDone; <-rotDone; <-monDone }()
 
 	s.adminSrv = &http.Server{Handler: admin.Handler(adm, log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = s.adminSrv.Serve(s.adminLn) }()

@@ -42,6 +42,9 @@ type Config struct {
 	Limits  Limits        `koanf:"limits"`
 	Devices Devices       `koanf:"devices"`
 	OTA     OTA           `koanf:"ota"`
+	// Monitor is the anomaly monitor: detectors, alerts, responses
+	// (monitor.go, docs/monitoring.md).
+	Monitor Monitor `koanf:"monitor"`
 }
 
 // OTA configures firmware delivery (docs/firmware.md).
@@ -207,6 +210,7 @@ func Default() Config {
 			FlapBan:          5 * time.Minute,
 			MaxSessionExpiry: 7 * 24 * time.Hour,
 		},
+		Monitor: DefaultMonitor(),
 	}
 }
 

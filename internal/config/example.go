@@ -106,4 +106,104 @@ devices:
   # past expiry must enroll again.
   cert_lifetime: 0s            # 0 (10 years) or 1h..36500d; e.g. 30d
   service_cert_lifetime: 0s    # 0 (10 years) or 1h..36500d
+
+# The anomaly monitor (docs/monitoring.md): detectors over what devices do.
+# Each finding becomes an alert (stored, "warden alerts", GET /v1/alerts, a
+# metric, the webhook). A detector's response is "alert" (only), "disconnect"
+# (cut the device's connection) or "quarantine" (the device may only use its
+# OTA and certificate topics until "warden device release ID").
+monitor:
+  enabled: true
+  cooldown: 1h            # repeats within it count into the same alert (1m..7d)
+  queue_size: 4096        # findings waiting to be stored; beyond: dropped, counted (16..1000000)
+  max_devices: 200000     # devices tracked (100..10000000)
+  max_sources: 20000      # addresses, claimed IDs and services tracked (100..10000000)
+  forget_after: 7d        # drop the state of a device unseen this long (1h..365d)
+  check_interval: 30s     # silence checks, forgetting, releases from the CLI (1s..1h)
+  retention: 90d          # delete alerts last seen longer ago; 0 keeps them (0 or 1d..3650d)
+  webhook:
+    # Alerts are POSTed as JSON with a Warden-Signature header (HMAC-SHA256).
+    url: ""               # http(s)://...; empty turns the webhook off
+    secret_file: ""       # file holding the signing secret (>= 16 bytes, mode 0600); required with url
+    timeout: 10s          # per attempt (1s..5m)
+    max_attempts: 5       # with exponential backoff (1..20)
+  # Refused connections per claimed device ID, and per source address. The
+  # ID and address are the peer's claim, so these only alert.
+  auth_failures:
+    enabled: true
+    threshold: 10         # failures within window (1..1000000)
+    window: 5m            # 1s..7d
+  auth_failures_source:
+    enabled: true
+    threshold: 50         # many devices may share one address behind NAT
+    window: 5m
+  # Sealed messages of a device that did not authenticate, and replays.
+  envelope_tag_failures:
+    enabled: true
+    threshold: 3
+    window: 10m
+    response: alert
+  envelope_replays:
+    enabled: true
+    threshold: 5          # a QoS 1 resend after a lost PUBACK is one
+    window: 10m
+    response: alert
+  # Publishes and subscriptions outside the device's rights.
+  acl_denials:
+    enabled: true
+    threshold: 10
+    window: 10m
+    response: alert
+  # A device publishing far above its own baseline: publishes are counted
+  # per interval; the baseline is a weighted average over the intervals in
+  # which it published. After warmup such intervals, more than factor times
+  # the baseline and more than floor publishes in one interval is a finding.
+  publish_rate:
+    enabled: true
+    interval: 1m          # 1s..1h
+    factor: 10            # > 1
+    floor: 60             # publishes per interval (1..1000000000)
+    warmup: 30            # intervals learned before judging (1..1000000)
+    response: alert
+  # A payload far larger than the device's own: after warmup publishes, one
+  # larger than factor times its weighted average size and than floor.
+  payload_size:
+    enabled: true
+    factor: 8
+    floor: 4KiB           # 1B..256MiB
+    warmup: 50            # publishes
+    response: alert
+  # A device connecting again and again.
+  connect_flapping:
+    enabled: true
+    threshold: 10         # connects within window
+    window: 10m
+    response: alert
+  # One identity connecting alternately from two hosts: a cloned key. One
+  # change of address is roaming; switches changes within window are not.
+  cloned_identity:
+    enabled: true
+    switches: 2           # 1..1000
+    window: 10m
+    response: alert
+  # A device not heard from (connect or publish) for longer than its
+  # heartbeat, among the devices seen since the server started. Per model
+  # (as reported with the firmware), e.g.:
+  #   models: [{model: sensor-v2, heartbeat: 6h}, {model: actuator, heartbeat: 0s}]
+  # where 0s turns the check off for that model.
+  silence:
+    enabled: true
+    heartbeat: 1h         # 1m..365d
+    models: []
+  # Certificates that expire within window, one alert per certificate. A
+  # certificate is reported only once less than a quarter of its life is
+  # left too (devices renew with a third left), so short-lived ones are not.
+  cert_expiry:
+    enabled: true
+    window: 30d           # 1h..3650d
+    interval: 6h          # scan period (1m..7d)
+  # Firmware outside the versions allowed for the device's model.
+  firmware:
+    enabled: true
+    response: alert
 `

@@ -63,6 +63,8 @@ func flagSpecs() []flagSpec {
 		{"max-session-expiry", "limits.max_session_expiry", "longest a disconnected session is kept (1s..3650d)", true},
 		{"cert-lifetime", "devices.cert_lifetime", "validity of issued device certificates, e.g. 30d for short-lived ones that the device SDK renews at two thirds of their life; 0 = 3650d (10 years), else 1h..36500d", true},
 		{"service-cert-lifetime", "devices.service_cert_lifetime", "validity of issued service certificates, e.g. 90d; 0 = 3650d (10 years), else 1h..36500d", true},
+		{"monitor", "monitor.enabled", "run the anomaly monitor (detectors, alerts, quarantine); --monitor=false turns it off", true},
+		{"monitor-webhook-url", "monitor.webhook.url", "http(s) URL alerts are POSTed to, signed with the secret in monitor.webhook.secret_file; empty turns the webhook off", true},
 	}
 }
 

@@ -24,6 +24,7 @@ func FuzzLoadYAML(f *testing.F) {
 	f.Add([]byte("limits: {publish_rate: .nan, max_inflight: 18446744073709551615}\n"))
 	f.Add([]byte("\t- bad"))
 	f.Add([]byte("data: !!binary aGVsbG8=\nlog: {level: ~}\n"))
+	f.Add([]byte("monitor:\n  silence: {models: [{model: a, heartbeat: 1h}, {model: a}, x, [1]]}\n  webhook: {url: http://x, secret_file: s}\n  publish_rate: {factor: .inf}\n"))
 
 	// One file per fuzz process, rewritten for each input: inputs run one
 	// at a time within a process, and a directory per input would make

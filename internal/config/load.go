@@ -74,6 +74,10 @@ func Load(opts LoadOptions) (*Config, error) {
 	}
 
 	cfg.Hostnames = dedupe(cfg.Hostnames)
+	if len(cfg.Monitor.Silence.Models) == 0 {
+		// "models: []" equals the default, as "hostnames: []" does.
+		cfg.Monitor.Silence.Models = nil
+	}
 	errs = append(errs, absolutize(&cfg)...)
 	if err := cfg.Validate(); err != nil {
 		errs = append(errs, err)
@@ -492,6 +496,12 @@ func decodeHook(splitLists bool) mapstructure.DecodeHookFuncType {
 			return toDuration(from, data)
 		case byteSizeType:
 			return toByteSize(from, data)
+		case modelHeartbeatsType:
+			if s, ok := data.(string); ok && splitLists {
+				// WARDEN_MONITOR__SILENCE__MODELS=sensor-v2=6h,gateway=0s
+				return parseModelHeartbeats(s)
+			}
+			return data, nil
 		case stringSliceType:
 			if s, ok := data.(string); ok && splitLists {
 				// WARDEN_HOSTNAMES=a.example,b.example
@@ -610,7 +620,7 @@ func absolutize(cfg *Config) []error {
 	for _, p := range []struct {
 		key string
 		v   *string
-	}{{"data", &cfg.Data}, {"master_key_file", &cfg.MasterKeyFile}} {
+	}{{"data", &cfg.Data}, {"master_key_file", &cfg.MasterKeyFile}, {"monitor.webhook.secret_file", &cfg.Monitor.Webhook.SecretFile}} {
 		if *p.v == "" || strings.ContainsRune(*p.v, 0) {
 			continue // Validate reports it
 		}

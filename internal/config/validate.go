@@ -132,6 +132,9 @@ func (c *Config) Validate() error {
 	v.lifetime("devices.cert_lifetime", c.Devices.CertLifetime)
 	v.lifetime("devices.service_cert_lifetime", c.Devices.ServiceCertLifetime)
 
+	// Anomaly monitor.
+	c.Monitor.validate(v)
+
 	return errors.Join(v.errs...)
 }
 

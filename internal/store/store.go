@@ -275,6 +275,9 @@ type Store interface {
 	// OnboardStore keeps enrollments, claims, API tokens and CA rotations (onboard.go).
 	OnboardStore
 
+	// AlertStore keeps the anomaly monitor's alerts and quarantines (alerts.go).
+	AlertStore
+
 	// Close releases the database.
 	Close() error
 }

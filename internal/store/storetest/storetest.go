@@ -104,6 +104,14 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"SetRotationDevice", testSetRotationDevice},
 		{"RotationDevicesAndCounts", testRotationDevicesAndCounts},
 		{"ConcurrentEnroll", func(t *testing.T, st store.Store) { ConcurrentEnroll(t, st, st) }},
+		{"CreateAndGetAlert", testCreateAndGetAlert},
+		{"CreateAlertRejectsBadInput", testCreateAlertRejectsBadInput},
+		{"UpdateAlert", testUpdateAlert},
+		{"AcknowledgeAlert", testAcknowledgeAlert},
+		{"ListAlerts", testListAlerts},
+		{"PurgeAlerts", testPurgeAlerts},
+		{"Quarantines", testQuarantines},
+		{"ExpiringCredentials", testExpiringCredentials},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

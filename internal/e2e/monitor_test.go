@@ -1,0 +1,87 @@
+package e2e
+
+import (
+	"encoding/json"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// A device probing other devices' subtrees trips the ACL-denial detector
+// on the real server; the configured response quarantines it: it is cut,
+// and on its next session it may only use its OTA and certificate topics,
+// until an operator releases it. The alert is stored, audited and counted.
+func TestMonitorQuarantinesAProbingDevice(t *testing.T) {
+	data := t.TempDir()
+	cfg := filepath.Join(t.TempDir(), "warden.yaml")
+	if err := os.WriteFile(cfg, []byte(`monitor:
+  check_interval: 1s
+  acl_denials:
+    threshold: 5
+    window: 1m
+    response: quarantine
+`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := startServer(t, data, "--config", cfg)
+	bad := s.addDevice("probe-1")
+	s.addDevice("victim-1")
+
+	rc := mustConnectRaw(t, s.mqtts, bad, rawOpts{clean: true})
+	for range 6 {
+		_, _ = rc.publish(t, "private/victim-1/up/telemetry", []byte("x"), 1)
+	}
+	select {
+	case <-rc.down:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the quarantined device was not cut")
+	}
+	var alerts []struct {
+		Detector string `json:"detector"`
+		Device   string `json:"device"`
+		Response string `json:"response"`
+	}
+	eventually(t, 10*time.Second, "the alert is stored", func() bool {
+		out, _, err := s.warden("alerts", "--json")
+		return err == nil && json.Unmarshal([]byte(out), &alerts) == nil && len(alerts) > 0
+	})
+	if alerts[0].Detector != "acl_denials" || alerts[0].Device != "probe-1" || alerts[0].Response != "quarantine" {
+		t.Fatalf("alerts %+v", alerts)
+	}
+	if v := s.metric(t, "warden_alerts_total", `detector="acl_denials"`); v < 1 {
+		t.Errorf("alert metric %v", v)
+	}
+	if !s.auditContains(`"action":"alert.acl_denials"`, `probe-1`) {
+		t.Error("the alert is not audited")
+	}
+
+	// Quarantined: telemetry and commands are closed, firmware and
+	// certificate topics open.
+	rc = mustConnectRaw(t, s.mqtts, bad, rawOpts{clean: true})
+	if code := rc.subscribe(t, "private/probe-1/down/cmd", 1); code < 0x80 {
+		t.Fatalf("a quarantined device subscribed to its commands (code %#x)", code)
+	}
+	if code := rc.subscribe(t, "private/probe-1/ota/notify", 1); code >= 0x80 {
+		t.Fatalf("a quarantined device cannot hear of firmware (code %#x)", code)
+	}
+	if code, _ := rc.publish(t, "private/probe-1/up/telemetry", []byte("x"), 1); code < 0x80 {
+		t.Fatalf("a quarantined device published telemetry (code %#x)", code)
+	}
+
+	// Released: full rights on the next session.
+	s.mustWarden("device", "release", "probe-1")
+	select {
+	case <-rc.down:
+	case <-time.After(10 * time.Second):
+		t.Fatal("the release did not reach the running server")
+	}
+	rc = mustConnectRaw(t, s.mqtts, bad, rawOpts{clean: true})
+	if code, err := rc.publish(t, "private/probe-1/up/telemetry", []byte("x"), 1); err != nil || code >= 0x80 {
+		t.Fatalf("after the release: code %#x, %v", code, err)
+	}
+	if out := s.mustWarden("alerts", "quarantined"); strings.Contains(out, "probe-1") {
+		t.Fatalf("still listed as quarantined:\n%s", out)
+	}
+}
