@@ -85,6 +85,9 @@ type Options struct {
 	Firmware FirmwareLookup
 	// AuditLog is the audit log's path, for GET /v1/audit; "": 503.
 	AuditLog string
+	// Alerts serves the monitor's routes (alerts, acknowledgements,
+	// releases); nil: 503.
+	Alerts Alerter
 	// Issuers names the issuing CA of each credential a device shows; nil:
 	// issuer_fingerprint is null.
 	Issuers    IssuerLookup
@@ -126,6 +129,7 @@ type API struct {
 	streamer Streamer
 	firmware FirmwareLookup
 	auditLog string
+	alerts   Alerter
 	streams  streamCounts
 	audit    audit.Recorder
 	log      *slog.Logger
@@ -171,7 +175,7 @@ func New(o Options) (*API, error) {
 		o.LimiterEntries = DefaultLimiterEntries
 	}
 	a := &API{
-		tokens: o.Tokens, admin: o.Admin, presence: o.Presence, issuers: o.Issuers, commands: o.Commands, streamer: o.Streams, firmware: o.Firmware, auditLog: o.AuditLog,
+		tokens: o.Tokens, admin: o.Admin, presence: o.Presence, issuers: o.Issuers, commands: o.Commands, streamer: o.Streams, firmware: o.Firmware, auditLog: o.AuditLog, alerts: o.Alerts,
 		audit: o.Audit, log: o.Logger, now: o.Now,
 		failures: newLimiterSet(o.FailureRate, o.FailureBurst, o.LimiterEntries),
 		perToken: newLimiterSet(o.TokenRate, o.TokenBurst, o.LimiterEntries),
@@ -259,6 +263,7 @@ func (a *API) table() []*route {
 	}
 	device := func(rt *route) *route { rt.scope, rt.resource = scopeDevice, "device"; return rt }
 	rollout := func(rt *route) *route { rt.resource = "rollout"; return rt }
+	alert := func(rt *route) *route { rt.resource = "alert"; return rt }
 	return []*route{
 		r(http.MethodGet, "/v1/whoami", rolesAny, "The calling token's ID, role and user", a.whoami),
 
@@ -268,6 +273,7 @@ func (a *API) table() []*route {
 		device(r(http.MethodPost, "/v1/devices/{id}/enable", rolesOperate, "Enable a disabled device", a.enableDevice)),
 		device(r(http.MethodPost, "/v1/devices/{id}/revoke", rolesOperate, "Revoke a device for good (CRL, cuts its connections now)", a.revokeDevice)),
 		device(r(http.MethodPut, "/v1/devices/{id}/tags", rolesOperate, "Replace a device's tags", a.setTags)),
+		device(r(http.MethodPost, "/v1/devices/{id}/release", rolesOperate, "Lift a device's quarantine", a.releaseDevice)),
 		device(r(http.MethodPost, "/v1/devices/{id}/commands", rolesCommand, "Send a command to a device and wait for its answer", a.sendCommand)),
 
 		r(http.MethodGet, "/v1/rollouts", rolesRead, "List firmware rollouts", a.listRollouts),
@@ -279,6 +285,8 @@ func (a *API) table() []*route {
 
 		r(http.MethodGet, "/v1/ca", rolesRead, "Issuing CAs and the latest CA rotation", a.caStatus),
 
+		r(http.MethodGet, "/v1/alerts", rolesRead, "The anomaly monitor's alerts, newest first", a.listAlerts),
+		alert(r(http.MethodPost, "/v1/alerts/{id}/ack", rolesOperate, "Acknowledge an alert", a.ackAlert)),
 		r(http.MethodGet, "/v1/audit", rolesAudit, "Read the hash-chained audit log, paged and filtered", a.readAudit),
 		r(http.MethodGet, "/v1/stream", rolesDeviceRead, "Server-Sent Events: device telemetry and connections (apps: their user's devices)", a.openStream),
 	}

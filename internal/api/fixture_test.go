@@ -2,6 +2,8 @@ package api
 
 import (
 	"fmt"
+	"github.com/warden-iot/warden/internal/config"
+	"github.com/warden-iot/warden/internal/monitor"
 	"github.com/warden-iot/warden/internal/stream"
 
 	"github.com/warden-iot/warden/commandproto"
@@ -209,6 +211,18 @@ func newFixture(t *testing.T, o fixtureOptions) *fixture {
 	f.hub = stream.NewHub(nil)
 	opts.Streams = f.hub
 	opts.Firmware = st
+	mon, err := monitor.New(ctx, monitor.Options{Store: st, Config: config.DefaultMonitor(), Logger: quiet, Clock: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := st.CreateAlert(ctx, store.Alert{ID: "a1", Detector: "acl_denials", Severity: store.SeverityWarning, Device: "dev-a2",
+		Summary: "7 ACL denials in 1m", Response: store.ResponseQuarantine, Count: 1, CreatedAt: clk.Now(), LastSeen: clk.Now()}); err != nil {
+		t.Fatal(err)
+	}
+	if err := mon.Quarantine(ctx, "dev-a2", "test", "test"); err != nil {
+		t.Fatal(err)
+	}
+	opts.Alerts = mon
 	opts.AuditLog = filepath.Join(dir, "audit.log")
 	alog, err := audit.Open(opts.AuditLog, quiet)
 	if err != nil {

@@ -180,6 +180,9 @@ func TestOpenAPIAgainstHandler(t *testing.T) {
 		"GET /v1/ca":                     ``,
 		"GET /v1/stream":                 ``,
 		"GET /v1/audit":                  ``,
+		"GET /v1/alerts":                 ``,
+		"POST /v1/alerts/{id}/ack":       ``,
+		"POST /v1/devices/{id}/release":  ``,
 		"GET /v1/whoami":                 ``,
 	}
 	ops := s.operations(t)
@@ -191,8 +194,13 @@ func TestOpenAPIAgainstHandler(t *testing.T) {
 		op := ops[key]
 		method, pattern, _ := strings.Cut(key, " ")
 		path := pattern
-		if strings.HasPrefix(pattern, "/v1/rollouts/") {
+		switch {
+		case strings.HasPrefix(pattern, "/v1/rollouts/"):
 			path = strings.ReplaceAll(path, "{id}", f.rollout)
+		case strings.HasPrefix(pattern, "/v1/alerts/"):
+			path = strings.ReplaceAll(path, "{id}", "a1")
+		case pattern == "/v1/devices/{id}/release":
+			path = strings.ReplaceAll(path, "{id}", "dev-a2") // the fixture's quarantined device
 		}
 		path = strings.ReplaceAll(path, "{id}", "dev-a1")
 		body, known := bodies[key]

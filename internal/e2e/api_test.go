@@ -90,6 +90,17 @@ func TestOperatorAPI(t *testing.T) {
 	if !s.auditContains(`"action":"api.request"`, `"actor":"token:`) {
 		t.Error("API changes are not audited with the token")
 	}
+	// The audit log, through the API (admins only) and verified on disk.
+	admin := strings.TrimSpace(s.mustWarden("token", "create", "--role", "admin", "--user", "root"))
+	if code, body := apiCall(t, cl, s, "GET", "/v1/audit?tail=true&limit=50&action=api.", admin, ""); code != http.StatusOK || !strings.Contains(body, `"hash":"`) || !strings.Contains(body, "stolen") {
+		t.Fatalf("GET /v1/audit: %d %s", code, body)
+	}
+	if code, _ := apiCall(t, cl, s, "GET", "/v1/audit", operator, ""); code != http.StatusForbidden {
+		t.Fatalf("an operator read the audit log: %d", code)
+	}
+	if out, errOut, err := s.warden("audit", "verify"); err != nil {
+		t.Fatalf("audit verify of the live log: %v\n%s%s", err, out, errOut)
+	}
 }
 
 // Commands through the real relay: the API call returns the device's

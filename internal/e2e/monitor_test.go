@@ -50,6 +50,10 @@ func TestMonitorQuarantinesAProbingDevice(t *testing.T) {
 	if alerts[0].Detector != "acl_denials" || alerts[0].Device != "probe-1" || alerts[0].Response != "quarantine" {
 		t.Fatalf("alerts %+v", alerts)
 	}
+	viewer := strings.TrimSpace(s.mustWarden("token", "create", "--role", "viewer", "--user", "vera"))
+	if code, body := apiCall(t, estClient(t, bad.ca, nil), s, "GET", "/v1/alerts?detector=acl_denials", viewer, ""); code != 200 || !strings.Contains(body, `"device":"probe-1"`) {
+		t.Errorf("GET /v1/alerts: %d %s", code, body)
+	}
 	if v := s.metric(t, "warden_alerts_total", `detector="acl_denials"`); v < 1 {
 		t.Errorf("alert metric %v", v)
 	}
