@@ -258,7 +258,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 		// Devices without TLS (envelope devices) check and report here with
 		// sealed requests and download with the capability in their offer.
 		ops := s.opsHandler(reg)
-		sealedOTA := s.OTA.HTTPHandler(ota.HTTPOptions{Opener: seal, URLs: urls, Metrics: otaHTTP, Name: "http"})
+		sealedOTA := s.OTA.HTTPHandler(ota.HTTPOptions{Opener: httpOpener{seal}, URLs: urls, Metrics: otaHTTP, Name: "http"})
 		mux := http.NewServeMux()
 		mux.Handle("/ota/", sealedOTA)
 		mux.Handle("/", ops)
@@ -270,7 +270,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 	adm := admin.Local{Registry: env.Registry, OTA: s.OTA, RekeyFunc: rekey, Rotation: s.Rotation}
 	if s.apiLn != nil {
 		mux := http.NewServeMux()
-		mux.Handle("/ota/", s.OTA.HTTPHandler(ota.HTTPOptions{Auth: env.Registry, Opener: seal, URLs: urls, Metrics: otaHTTP, Name: "api"}))
+		mux.Handle("/ota/", s.OTA.HTTPHandler(ota.HTTPOptions{Auth: env.Registry, Opener: httpOpener{seal}, URLs: urls, Metrics: otaHTTP, Name: "api"}))
 		onb := s.Onboard.Handler(onboard.HTTPOptions{Tokens: s.Tokens, TokenHeader: apitoken.FromRequest})
 		mux.Handle("/.well-known/est/", onb)
 		ops, err := api.New(api.Options{

@@ -269,6 +269,20 @@ type Opened struct {
 	Epoch     uint32
 }
 
+type unverifiedKey struct{}
+
+// Unverified marks ctx as carrying a message whose device ID is the
+// peer's claim, not an authenticated session's (sealed HTTPS requests): its
+// failures are not reported to the anomaly monitor as the device's.
+func Unverified(ctx context.Context) context.Context {
+	return context.WithValue(ctx, unverifiedKey{}, true)
+}
+
+func unverified(ctx context.Context) bool {
+	v, _ := ctx.Value(unverifiedKey{}).(bool)
+	return v
+}
+
 // OpenUplink authenticates (and decrypts) a device's uplink published on
 // topic, checking suite, epoch and replay window, and commits its sequence
 // number. A message under a pending epoch confirms the rekey. Errors are
@@ -284,10 +298,10 @@ func (s *Sealing) OpenUplink(ctx context.Context, id, topic string, msg []byte) 
 func (s *Sealing) CheckConnectPassword(ctx context.Context, id string, password []byte) error {
 	_, msg, err := envelope.ParseConnectPassword(password)
 	if err != nil {
-		s.fail(id, "", err)
+		s.fail(Unverified(ctx), id, "", err)
 		return err
 	}
-	_, err = s.open(ctx, id, envelope.ConnectTopic, msg, true)
+	_, err = s.open(Unverified(ctx), id, envelope.ConnectTopic, msg, true)
 	return err
 }
 
@@ -319,10 +333,10 @@ func (s *Sealing) open(ctx context.Context, id, topic string, msg []byte, connec
 
 	h, err := envelope.Parse(msg)
 	if err != nil {
-		return Opened{}, s.fail(id, topic, err)
+		return Opened{}, s.fail(ctx, id, topic, err)
 	}
 	if err := envelope.RequireSuite(h.Suite, d.minSuite); err != nil {
-		return Opened{}, s.fail(id, topic, err)
+		return Opened{}, s.fail(ctx, id, topic, err)
 	}
 	var e *epoch
 	for _, c := range d.epochs {
@@ -331,7 +345,7 @@ func (s *Sealing) open(ctx context.Context, id, topic string, msg []byte, connec
 		}
 	}
 	if e == nil {
-		return Opened{}, s.fail(id, topic, &envelope.OpenError{Reason: envelope.ReasonUnknownKey})
+		return Opened{}, s.fail(ctx, id, topic, &envelope.OpenError{Reason: envelope.ReasonUnknownKey})
 	}
 	w, err := s.windowFor(ctx, id, e.n)
 	if err != nil {
@@ -339,20 +353,20 @@ func (s *Sealing) open(ctx context.Context, id, topic string, msg []byte, connec
 	}
 	defer w.mu.Unlock()
 	if err := w.w.Check(h.Seq); err != nil {
-		return Opened{}, s.fail(id, topic, err)
+		return Opened{}, s.fail(ctx, id, topic, err)
 	}
 	pt, _, err := envelope.Open(e.up, topic, msg)
 	if err != nil {
-		return Opened{}, s.fail(id, topic, err)
+		return Opened{}, s.fail(ctx, id, topic, err)
 	}
 	if connect && len(pt) != 0 {
-		return Opened{}, s.fail(id, topic, &envelope.OpenError{Reason: envelope.ReasonMalformed})
+		return Opened{}, s.fail(ctx, id, topic, &envelope.OpenError{Reason: envelope.ReasonMalformed})
 	}
 	// The number is durable before the message is acknowledged or relayed:
 	// a restart must never accept it again.
 	if err := s.commit(ctx, id, e.n, w, h.Seq); err != nil {
 		if envelope.ReasonOf(err) != "" {
-			return Opened{}, s.fail(id, topic, err)
+			return Opened{}, s.fail(ctx, id, topic, err)
 		}
 		return Opened{}, err
 	}
@@ -375,13 +389,19 @@ func (s *Sealing) open(ctx context.Context, id, topic string, msg []byte, connec
 
 // fail counts and audits an envelope refusal and returns the one error the
 // peer may see.
-func (s *Sealing) fail(id, topic string, err error) error {
+func (s *Sealing) fail(ctx context.Context, id, topic string, err error) error {
 	reason := envelope.ReasonOf(err)
 	if reason == "" {
 		reason = envelope.ReasonMalformed
 	}
 	s.failures.WithLabelValues(string(reason)).Inc()
-	if s.Events != nil {
+	// Only a failure on a session the device authenticated says something
+	// about that device: where the ID is the peer's claim (a CONNECT
+	// password, a sealed HTTPS request), anyone could name a victim, and a
+	// detector's response (quarantine) must not be theirs to trigger.
+	// Those are audited and counted here, and refused connections reach
+	// the monitor as authentication failures.
+	if s.Events != nil && !unverified(ctx) {
 		s.Events.Observe(events.Event{Kind: events.EnvelopeRejected, At: time.Now(), Device: id, Topic: topic, Reason: string(reason)})
 	}
 	s.mu.Lock()

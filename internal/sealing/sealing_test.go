@@ -15,6 +15,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/warden-iot/warden/envelope"
+	"github.com/warden-iot/warden/internal/events"
 	"github.com/warden-iot/warden/internal/keystore"
 	"github.com/warden-iot/warden/internal/pki"
 	"github.com/warden-iot/warden/internal/registry"
@@ -279,5 +280,37 @@ func TestRekeyIsTriggeredBeforeNumbersRunOut(t *testing.T) {
 	case <-due:
 		t.Fatal("rekey triggered twice for one epoch")
 	case <-time.After(100 * time.Millisecond):
+	}
+}
+
+type sink struct{ got []events.Event }
+
+func (s *sink) Observe(e events.Event) { s.got = append(s.got, e) }
+
+// Only failures on authenticated sessions reach the monitor as the
+// device's: a claimed ID (CONNECT passwords, sealed HTTPS) could name
+// anyone.
+func TestRejectionsReachTheMonitorOnlyFromAuthenticatedSessions(t *testing.T) {
+	f := newFixture(t)
+	ctx := context.Background()
+	secret := f.addEnvelopeDevice(t, "dev1", "ccm-8")
+	ev := &sink{}
+	f.seal.Events = ev
+	topic := "private/dev1/up/telemetry"
+	msg, _ := envelope.Seal(keys(t, secret, "dev1", 0, envelope.CCM8, envelope.Uplink), 0, topic, []byte("x"))
+	if _, err := f.seal.OpenUplink(ctx, "dev1", topic, msg); err != nil {
+		t.Fatal(err)
+	}
+	_, _ = f.seal.OpenUplink(Unverified(ctx), "dev1", topic, msg) // a replay, unverified
+	_ = f.seal.CheckConnectPassword(ctx, "dev1", []byte("garbage"))
+	if len(ev.got) != 0 {
+		t.Fatalf("unverified failures reported as the device's: %+v", ev.got)
+	}
+	_, _ = f.seal.OpenUplink(ctx, "dev1", topic, msg) // a replay on the device's session
+	if len(ev.got) != 1 || ev.got[0].Kind != events.EnvelopeRejected || ev.got[0].Device != "dev1" || ev.got[0].Reason != "replay" {
+		t.Fatalf("events %+v", ev.got)
+	}
+	if f.failures("replay") != 2 {
+		t.Fatalf("every failure is still counted: %v", f.failures("replay"))
 	}
 }
