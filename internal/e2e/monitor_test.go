@@ -89,3 +89,43 @@ func TestMonitorQuarantinesAProbingDevice(t *testing.T) {
 		t.Fatalf("still listed as quarantined:\n%s", out)
 	}
 }
+
+// Replayed sealed messages from an envelope device's own session reach the
+// replay detector on the real server; failed CONNECT passwords that only
+// name the device do not (anyone could send those).
+func TestMonitorSeesEnvelopeReplays(t *testing.T) {
+	cfg := filepath.Join(t.TempDir(), "warden.yaml")
+	if err := os.WriteFile(cfg, []byte("monitor:\n  envelope_replays:\n    threshold: 3\n    window: 1m\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	s := startServer(t, t.TempDir(), "--mqtt", "127.0.0.1:0", "--config", cfg)
+	d := s.addEnvelopeDevice(t, "env-rp", "--envelope")
+	s.addEnvelopeDevice(t, "env-victim", "--envelope")
+	for range 5 { // garbage passwords naming the victim
+		_, _, _ = connectPlain(t, s.plain, "env-victim", []byte("not a password"))
+	}
+	dev, _, err := connectPlain(t, s.plain, "env-rp", d.password(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	topic := "private/env-rp/up/telemetry"
+	msg := d.seal(t, topic, []byte(`{"n":1}`))
+	for range 4 { // the first opens, three replays follow
+		_, _ = dev.publish(t, topic, msg, 1)
+	}
+	var alerts []struct {
+		Detector string `json:"detector"`
+		Device   string `json:"device"`
+	}
+	eventually(t, 10*time.Second, "the replay alert", func() bool {
+		out, _, err := s.warden("alerts", "--json", "--detector", "envelope_replays")
+		return err == nil && json.Unmarshal([]byte(out), &alerts) == nil && len(alerts) > 0
+	})
+	if alerts[0].Device != "env-rp" {
+		t.Fatalf("alerts %+v", alerts)
+	}
+	out, _, _ := s.warden("alerts", "--json", "--device", "env-victim")
+	if strings.Contains(out, "envelope") {
+		t.Fatalf("failed passwords naming a device were held against it:\n%s", out)
+	}
+}

@@ -89,7 +89,7 @@ func TestDetectorsFire(t *testing.T) {
 			summary: "3 sealed messages from device dev-1 failed authentication in 10m",
 			misbehave: func(s sim) {
 				for range 3 {
-					s.observe(events.Event{Kind: events.EnvelopeRejected, Reason: "tag"})
+					s.observe(events.Event{Kind: events.EnvelopeRejected, Reason: "bad-tag"})
 					// Faults that are not forgeries do not count.
 					s.observe(events.Event{Kind: events.EnvelopeRejected, Reason: "epoch"})
 					s.h.clk.advance(time.Minute)
@@ -236,7 +236,7 @@ func TestDetectorsQuietBelowThreshold(t *testing.T) {
 		s.observe(events.Event{Kind: events.Connected})
 	}
 	for range 2 {
-		s.observe(events.Event{Kind: events.EnvelopeRejected, Reason: "tag"})
+		s.observe(events.Event{Kind: events.EnvelopeRejected, Reason: "bad-tag"})
 	}
 	for range 4 {
 		s.observe(events.Event{Kind: events.EnvelopeRejected, Reason: "replay"})

@@ -531,7 +531,9 @@ func (m *Monitor) envelopeRejected(e *events.Event, at time.Time) {
 		w        int64
 	)
 	switch e.Reason {
-	case "tag":
+	case "bad-tag", "bad-padding", "downgrade":
+		// Forged or tampered messages, or a suite downgrade: the envelope
+		// package's reasons (events.EnvelopeRejected).
 		c, detector, w = m.cfg.EnvelopeTagFailures, DetectorEnvelopeTagFailures, m.p.tagW
 	case "replay":
 		c, detector, w = m.cfg.EnvelopeReplays, DetectorEnvelopeReplays, m.p.replayW
