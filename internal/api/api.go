@@ -88,6 +88,9 @@ type Options struct {
 	// Alerts serves the monitor's routes (alerts, acknowledgements,
 	// releases); nil: 503.
 	Alerts Alerter
+	// Seen adds when a device was last seen to GET /v1/devices/{id}; nil:
+	// null.
+	Seen SeenLookup
 	// Issuers names the issuing CA of each credential a device shows; nil:
 	// issuer_fingerprint is null.
 	Issuers    IssuerLookup
@@ -130,6 +133,7 @@ type API struct {
 	firmware FirmwareLookup
 	auditLog string
 	alerts   Alerter
+	seen     SeenLookup
 	streams  streamCounts
 	audit    audit.Recorder
 	log      *slog.Logger
@@ -175,7 +179,7 @@ func New(o Options) (*API, error) {
 		o.LimiterEntries = DefaultLimiterEntries
 	}
 	a := &API{
-		tokens: o.Tokens, admin: o.Admin, presence: o.Presence, issuers: o.Issuers, commands: o.Commands, streamer: o.Streams, firmware: o.Firmware, auditLog: o.AuditLog, alerts: o.Alerts,
+		tokens: o.Tokens, admin: o.Admin, presence: o.Presence, issuers: o.Issuers, commands: o.Commands, streamer: o.Streams, firmware: o.Firmware, auditLog: o.AuditLog, alerts: o.Alerts, seen: o.Seen,
 		audit: o.Audit, log: o.Logger, now: o.Now,
 		failures: newLimiterSet(o.FailureRate, o.FailureBurst, o.LimiterEntries),
 		perToken: newLimiterSet(o.TokenRate, o.TokenBurst, o.LimiterEntries),

@@ -46,6 +46,15 @@ type DeviceDetail struct {
 	// Firmware is what the device last reported running; null if it never
 	// reported (or this server cannot tell).
 	Firmware *Firmware `json:"firmware"`
+	// LastSeen is when the device last connected or published since the
+	// server started; null if not since then (or this server cannot tell).
+	LastSeen *time.Time `json:"last_seen"`
+}
+
+// SeenLookup tells when a device was last seen; *monitor.Monitor
+// implements it.
+type SeenLookup interface {
+	LastSeen(id string) (time.Time, bool)
 }
 
 // Firmware is a device's last firmware report.
@@ -238,6 +247,11 @@ func (a *API) showDevice(c *call) (any, error) {
 	}
 	for _, cr := range info.Credentials {
 		out.Credentials = append(out.Credentials, a.toCredential(cr))
+	}
+	if a.seen != nil {
+		if t, ok := a.seen.LastSeen(info.ID); ok {
+			out.LastSeen = &t
+		}
 	}
 	if a.firmware != nil {
 		fw, err := a.firmware.GetDeviceFirmware(c.ctx(), info.ID)

@@ -223,6 +223,7 @@ func newFixture(t *testing.T, o fixtureOptions) *fixture {
 		t.Fatal(err)
 	}
 	opts.Alerts = mon
+	opts.Seen = mon
 	opts.AuditLog = filepath.Join(dir, "audit.log")
 	alog, err := audit.Open(opts.AuditLog, quiet)
 	if err != nil {

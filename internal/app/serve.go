@@ -275,7 +275,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 		mux.Handle("/.well-known/est/", onb)
 		ops, err := api.New(api.Options{
 			Tokens: s.Tokens, Admin: adm, Presence: s.Broker, Issuers: env.CA, Commands: cmds, Streams: hub, Firmware: env.Store,
-			AuditLog: p.AuditLog, Alerts: s.Monitor,
+			AuditLog: p.AuditLog, Alerts: s.Monitor, Seen: s.Monitor,
 			Audit: s.audit, Logger: log.With("component", "api"), Registerer: reg,
 		})
 		if err != nil {

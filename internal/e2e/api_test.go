@@ -76,7 +76,7 @@ func TestOperatorAPI(t *testing.T) {
 
 	rc := mustConnectRaw(t, s.mqtts, dev, rawOpts{clean: true})
 	code, body = apiCall(t, cl, s, "GET", "/v1/devices/api-dev-1", operator, "")
-	if code != http.StatusOK || !strings.Contains(body, `"connected":true`) {
+	if code != http.StatusOK || !strings.Contains(body, `"connected":true`) || !strings.Contains(body, `"last_seen":"`) {
 		t.Fatalf("operator show: %d %s", code, body)
 	}
 	if code, body := apiCall(t, cl, s, "POST", "/v1/devices/api-dev-1/revoke", operator, `{"reason":"stolen"}`); code != http.StatusOK {

@@ -456,3 +456,16 @@ func TestWindow(t *testing.T) {
 		t.Errorf("estimate after the clock went back = %v", got)
 	}
 }
+
+func TestLastSeen(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	if _, ok := h.m.LastSeen("dev-1"); ok {
+		t.Fatal("seen before any event")
+	}
+	h.m.Observe(events.Event{Kind: events.Connected, At: t0, Device: "dev-1", Remote: "192.0.2.1:1"})
+	h.m.Observe(events.Event{Kind: events.Published, At: t0.Add(time.Minute), Device: "dev-1", Size: 10})
+	h.m.Observe(events.Event{Kind: events.Disconnected, At: t0.Add(2 * time.Minute), Device: "dev-1"})
+	if got, ok := h.m.LastSeen("dev-1"); !ok || !got.Equal(t0.Add(time.Minute)) {
+		t.Fatalf("LastSeen = %v %v, want the last publish", got, ok)
+	}
+}

@@ -611,3 +611,16 @@ func (m *Monitor) subject(tbl *table[subjectState], idx int, id string, now int6
 	st.lastAny = now
 	return lockedSubject{st: st, sh: sh}, true
 }
+
+// LastSeen is when device id last connected or published, as far as this
+// process has seen (it does not survive a restart); false if never.
+func (m *Monitor) LastSeen(id string) (time.Time, bool) {
+	sh := m.devices.shard(id)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	d := sh.m[id]
+	if d == nil || d.lastSeen == 0 {
+		return time.Time{}, false
+	}
+	return time.Unix(0, d.lastSeen).UTC(), true
+}
