@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -37,35 +38,9 @@ func (a *API) listAlerts(c *call) (any, error) {
 	if err != nil {
 		return nil, err
 	}
-	var f store.AlertFilter
-	for k, vs := range c.r.URL.Query() {
-		if len(vs) != 1 {
-			return nil, invalidf("query parameter %q is given %d times", k, len(vs))
-		}
-		v := vs[0]
-		var err error
-		switch k {
-		case "since":
-			f.Since, err = time.Parse(time.RFC3339, v)
-		case "detector":
-			f.Detector = v
-		case "device":
-			f.Device = v
-		case "unacknowledged":
-			f.Unacknowledged, err = strconv.ParseBool(v)
-		case "before":
-			f.Before = v
-		case "limit":
-			f.Limit, err = strconv.Atoi(v)
-			if err == nil && (f.Limit < 1 || f.Limit > store.MaxListLimit) {
-				return nil, invalidf("limit must be 1..%d", store.MaxListLimit)
-			}
-		default:
-			return nil, invalidf("unknown query parameter %q", k)
-		}
-		if err != nil {
-			return nil, invalidf("query parameter %s=%q: %v", k, v, err)
-		}
+	f, err := parseAlertQuery(c.r.URL.Query())
+	if err != nil {
+		return nil, err
 	}
 	list, err := al.Alerts(c.ctx(), f)
 	if err != nil {
@@ -109,4 +84,40 @@ func (a *API) releaseDevice(c *call) (any, error) {
 		return nil, err
 	}
 	return toDevice(info.Device), nil
+}
+
+// parseAlertQuery reads the query of GET /v1/alerts: each parameter at
+// most once, values in range, nothing unknown.
+func parseAlertQuery(q url.Values) (store.AlertFilter, error) {
+	var f store.AlertFilter
+	for k, vs := range q {
+		if len(vs) != 1 {
+			return store.AlertFilter{}, invalidf("query parameter %q is given %d times", k, len(vs))
+		}
+		v := vs[0]
+		var err error
+		switch k {
+		case "since":
+			f.Since, err = time.Parse(time.RFC3339, v)
+		case "detector":
+			f.Detector = v
+		case "device":
+			f.Device = v
+		case "unacknowledged":
+			f.Unacknowledged, err = strconv.ParseBool(v)
+		case "before":
+			f.Before = v
+		case "limit":
+			f.Limit, err = strconv.Atoi(v)
+			if err == nil && (f.Limit < 1 || f.Limit > store.MaxListLimit) {
+				return store.AlertFilter{}, invalidf("limit must be 1..%d", store.MaxListLimit)
+			}
+		default:
+			return store.AlertFilter{}, invalidf("unknown query parameter %q", k)
+		}
+		if err != nil {
+			return store.AlertFilter{}, invalidf("query parameter %s=%q: %v", k, v, err)
+		}
+	}
+	return f, nil
 }

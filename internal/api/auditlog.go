@@ -2,6 +2,7 @@ package api
 
 import (
 	"net/http"
+	"net/url"
 	"strconv"
 	"time"
 
@@ -25,11 +26,27 @@ func (a *API) readAudit(c *call) (any, error) {
 	if a.auditLog == "" {
 		return nil, &httpError{http.StatusServiceUnavailable, codeInternal, "the audit log is not available on this server"}
 	}
-	q := c.r.URL.Query()
+	f, err := parseAuditQuery(c.r.URL.Query())
+	if err != nil {
+		return nil, err
+	}
+	page, err := audit.Read(a.auditLog, f)
+	if err != nil {
+		return nil, err
+	}
+	if page.Entries == nil {
+		page.Entries = []audit.Entry{}
+	}
+	return AuditPage{Entries: page.Entries, Next: page.Next, More: page.More}, nil
+}
+
+// parseAuditQuery reads the query of GET /v1/audit: each parameter at most
+// once, numbers and times in range, nothing unknown.
+func parseAuditQuery(q url.Values) (audit.Filter, error) {
 	var f audit.Filter
 	for k, vs := range q {
 		if len(vs) != 1 {
-			return nil, invalidf("query parameter %q is given %d times", k, len(vs))
+			return audit.Filter{}, invalidf("query parameter %q is given %d times", k, len(vs))
 		}
 		v := vs[0]
 		var err error
@@ -39,7 +56,7 @@ func (a *API) readAudit(c *call) (any, error) {
 		case "limit":
 			f.Limit, err = strconv.Atoi(v)
 			if err == nil && (f.Limit < 1 || f.Limit > audit.MaxLimit) {
-				return nil, invalidf("limit must be 1..%d", audit.MaxLimit)
+				return audit.Filter{}, invalidf("limit must be 1..%d", audit.MaxLimit)
 			}
 		case "since":
 			f.Since, err = time.Parse(time.RFC3339, v)
@@ -54,18 +71,11 @@ func (a *API) readAudit(c *call) (any, error) {
 		case "tail":
 			f.Newest, err = strconv.ParseBool(v)
 		default:
-			return nil, invalidf("unknown query parameter %q", k)
+			return audit.Filter{}, invalidf("unknown query parameter %q", k)
 		}
 		if err != nil {
-			return nil, invalidf("query parameter %s=%q: %v", k, v, err)
+			return audit.Filter{}, invalidf("query parameter %s=%q: %v", k, v, err)
 		}
 	}
-	page, err := audit.Read(a.auditLog, f)
-	if err != nil {
-		return nil, err
-	}
-	if page.Entries == nil {
-		page.Entries = []audit.Entry{}
-	}
-	return AuditPage{Entries: page.Entries, Next: page.Next, More: page.More}, nil
+	return f, nil
 }

@@ -6,6 +6,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/warden-iot/warden/internal/audit"
 	"github.com/warden-iot/warden/internal/registry"
 	"github.com/warden-iot/warden/internal/store"
 )
@@ -93,6 +94,52 @@ func FuzzParseDeviceQuery(f *testing.F) {
 		}
 		if err := registry.ValidateTags(flt.Tags); err != nil {
 			t.Fatalf("parseDeviceQuery(%q): tags %v: %v", raw, flt.Tags, err)
+		}
+	})
+}
+
+// FuzzParseListQueries feeds raw query strings to the parsers of GET
+// /v1/audit and GET /v1/alerts: they never panic, refuse only with a 400,
+// and keep an accepted limit within its bounds.
+func FuzzParseListQueries(f *testing.F) {
+	for _, s := range []string{
+		"",
+		"after=10&limit=50",
+		"tail=true&action=mqtt.",
+		"since=2026-11-21T10:00:00Z&subject=device:abc",
+		"limit=0",
+		"limit=100000",
+		"after=-1",
+		"after=1&after=2",
+		"since=yesterday",
+		"unacknowledged=true&detector=acl_denials&device=d1&before=a1",
+		"unknown=1",
+		"%zz",
+	} {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, raw string) {
+		q, err := url.ParseQuery(raw)
+		if err != nil {
+			return
+		}
+		check := func(what string, err error) {
+			if err == nil {
+				return
+			}
+			if e := classify(err); e.status != http.StatusBadRequest || e.code != codeInvalid {
+				t.Fatalf("%s(%q): %v answers %d %s, want 400 invalid", what, raw, err, e.status, e.code)
+			}
+		}
+		af, err := parseAuditQuery(q)
+		check("parseAuditQuery", err)
+		if err == nil && (af.Limit < 0 || af.Limit > audit.MaxLimit) {
+			t.Fatalf("parseAuditQuery(%q) accepted limit %d", raw, af.Limit)
+		}
+		lf, err := parseAlertQuery(q)
+		check("parseAlertQuery", err)
+		if err == nil && (lf.Limit < 0 || lf.Limit > store.MaxListLimit) {
+			t.Fatalf("parseAlertQuery(%q) accepted limit %d", raw, lf.Limit)
 		}
 	})
 }

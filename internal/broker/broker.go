@@ -155,13 +155,16 @@ type Broker struct {
 
 	kinds map[string]string // listener name -> kind
 
-	mu       sync.Mutex
-	addrs    map[string]net.Addr
-	closer   []func() error
-	router   Router
-	observer Observer
-	quarant  QuarantineChecker
-	done     chan struct{}
+	mu     sync.Mutex
+	addrs  map[string]net.Addr
+	closer []func() error
+	done   chan struct{}
+
+	// Set before Start, read on every publish, session and subscription:
+	// atomics, so that connections never queue on mu for them.
+	router   atomic.Pointer[Router]
+	observer atomic.Pointer[Observer]
+	quarant  atomic.Pointer[QuarantineChecker]
 }
 
 // New validates opts and builds a broker; Start binds the listeners.
@@ -244,16 +247,17 @@ func New(opts Options) (*Broker, error) {
 
 // SetRouter installs the component that relays accepted publishes. Call it
 // before Start.
-func (b *Broker) SetRouter(r Router) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.router = r
-}
+func (b *Broker) SetRouter(r Router) { b.router.Store(&r) }
 
-func (b *Broker) currentRouter() Router {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.router
+func (b *Broker) currentRouter() Router { return load(&b.router) }
+
+// load returns what p points to, or the zero value (a nil interface).
+func load[T any](p *atomic.Pointer[T]) T {
+	if v := p.Load(); v != nil {
+		return *v
+	}
+	var zero T
+	return zero
 }
 
 // Start binds every listener (failing fast on a busy port) and starts
@@ -431,17 +435,9 @@ type Observer interface {
 }
 
 // SetObserver installs o (nil removes it).
-func (b *Broker) SetObserver(o Observer) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.observer = o
-}
+func (b *Broker) SetObserver(o Observer) { b.observer.Store(&o) }
 
-func (b *Broker) currentObserver() Observer {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.observer
-}
+func (b *Broker) currentObserver() Observer { return load(&b.observer) }
 
 // QuarantineChecker tells whether a device is quarantined (the anomaly
 // monitor implements it); IsQuarantined must be cheap and must not block.
@@ -451,16 +447,10 @@ type QuarantineChecker interface {
 
 // SetQuarantine installs q: a quarantined device's sessions get only the
 // rights of policy.Quarantined (its OTA and certificate topics).
-func (b *Broker) SetQuarantine(q QuarantineChecker) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.quarant = q
-}
+func (b *Broker) SetQuarantine(q QuarantineChecker) { b.quarant.Store(&q) }
 
 func (b *Broker) quarantined(id string) bool {
-	b.mu.Lock()
-	q := b.quarant
-	b.mu.Unlock()
+	q := load(&b.quarant)
 	return q != nil && q.IsQuarantined(id)
 }
 

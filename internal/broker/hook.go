@@ -436,12 +436,13 @@ func (h *securityHook) OnPacketRead(cl *mqtt.Client, pk packets.Packet) (packets
 		return pk, nil
 	}
 	h.b.metrics.aclDenials.WithLabelValues("publish").Inc()
-	if st := h.stateFor(cl); st != nil {
+	st := h.stateFor(cl)
+	if st != nil {
 		ev := event(events.ACLDenied, st.principal, cl)
 		ev.Topic, ev.Reason = pk.TopicName, "publish"
 		h.b.opts.Events.Observe(ev)
 	}
-	if st := h.stateFor(cl); st != nil && st.denyLog.Allow() {
+	if st != nil && st.denyLog.Allow() {
 		h.b.audit.Record(context.Background(), audit.Event{
 			Action: "mqtt.publish", Outcome: "denied", Actor: st.principal.String(), Reason: "acl",
 			Remote: cl.Net.Remote, Listener: cl.Net.Listener, Details: map[string]string{"topic": truncate(pk.TopicName, 256)},

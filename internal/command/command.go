@@ -224,14 +224,9 @@ func (s *Service) record(ctx context.Context, req Request, id, outcome, reason s
 	if details == nil {
 		details = map[string]string{}
 	}
-	details["name"] = req.Name
+	details["name"], details["command_id"] = req.Name, id
 	s.o.Audit.Record(ctx, audit.Event{Action: "command.send", Outcome: outcome, Actor: req.Actor,
-		Subject: "device:" + req.DeviceID, Reason: reason, Details: mergeID(details, id)})
-}
-
-func mergeID(m map[string]string, id string) map[string]string {
-	m["command_id"] = id
-	return m
+		Subject: "device:" + req.DeviceID, Reason: reason, Details: details})
 }
 
 func (s *Service) add(id string, p *pending) bool {

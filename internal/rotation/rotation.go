@@ -124,14 +124,13 @@ type Options struct {
 
 // Manager runs CA rotations. Its methods are safe for concurrent use.
 type Manager struct {
-	o        Options
-	log      *slog.Logger
-	metrics  *metrics
-	opMu     sync.Mutex // one Start, step or issuer change at a time
-	kick     chan struct{}
-	seen     chan observation
-	running  atomic.Pointer[store.Rotation] // cache for Observe; nil when none runs
-	observed atomic.Uint64                  // observations dropped because the queue was full
+	o       Options
+	log     *slog.Logger
+	metrics *metrics
+	opMu    sync.Mutex // one Start, step or issuer change at a time
+	kick    chan struct{}
+	seen    chan observation
+	running atomic.Pointer[store.Rotation] // cache for Observe; nil when none runs
 }
 
 type observation struct {
@@ -146,6 +145,7 @@ type metrics struct {
 	switched  prometheus.Counter
 	failures  *prometheus.CounterVec
 	cut       *prometheus.CounterVec
+	dropped   prometheus.Counter
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -161,8 +161,10 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		cut: prometheus.NewCounterVec(prometheus.CounterOpts{Name: "warden_rotation_connections_cut_total",
 			Help: "Connections cut because their issuing CA stopped being trusted, by cause."}, []string{"cause"}),
 	}
+	m.dropped = prometheus.NewCounter(prometheus.CounterOpts{Name: "warden_rotation_observations_dropped_total",
+		Help: "Session and subscription notices a rotation could not queue (its sweep and the retained delivery cover them)."})
 	if reg != nil {
-		reg.MustRegister(m.reissued, m.delivered, m.switched, m.failures, m.cut)
+		reg.MustRegister(m.reissued, m.delivered, m.switched, m.failures, m.cut, m.dropped)
 	}
 	return m
 }
@@ -345,7 +347,7 @@ func (m *Manager) queue(o observation) {
 	select {
 	case m.seen <- o:
 	default:
-		m.observed.Add(1)
+		m.metrics.dropped.Inc()
 	}
 }
 

@@ -15,6 +15,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/warden-iot/warden/enrollproto"
 	"github.com/warden-iot/warden/internal/identity"
 	"github.com/warden-iot/warden/internal/keystore"
@@ -506,8 +508,8 @@ func TestObserveNeverBlocks(t *testing.T) {
 	for range cap(m.seen) + 10 {
 		m.SessionEstablished(p, f.certs["dev-000"])
 	}
-	if m.observed.Load() != 10 {
-		t.Fatalf("dropped %d observations, want 10", m.observed.Load())
+	if got := testutil.ToFloat64(m.metrics.dropped); got != 10 {
+		t.Fatalf("dropped %v observations, want 10", got)
 	}
 }
 
