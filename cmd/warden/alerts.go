@@ -1,24 +1,29 @@
 package main
 
 import (
+	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"time"
 
 	"github.com/spf13/cobra"
 
+	"github.com/warden-iot/warden/internal/apiclient"
 	"github.com/warden-iot/warden/internal/app"
 	"github.com/warden-iot/warden/internal/audit"
 	"github.com/warden-iot/warden/internal/identity"
 	"github.com/warden-iot/warden/internal/store"
 )
 
-// alertsEnv is the data directory opened for the alert and quarantine
-// commands. They work on the store directly whether or not the server
-// runs: the server keeps no copy of alerts, and picks up a release made
-// here at its next periodic check (monitor.check_interval).
+// alertsEnv is where the alert and quarantine commands act: the running
+// server's API, through its admin socket, while `warden serve` runs on
+// this data directory (api is set), so that a release takes effect at
+// once; the data directory itself otherwise.
 type alertsEnv struct {
+	api *apiclient.Client
+
 	env *app.Env
 	rec *audit.Log
 }
@@ -27,6 +32,13 @@ func (c *cli) openAlerts(cmd *cobra.Command) (*alertsEnv, func(), error) {
 	cfg, log, err := c.load(cmd)
 	if err != nil {
 		return nil, nil, err
+	}
+	client, err := c.server(cmd.Context(), cfg, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	if client != nil {
+		return &alertsEnv{api: client}, func() {}, nil
 	}
 	env, err := app.Open(cmd.Context(), cfg, quiet(log))
 	if err != nil {
@@ -61,7 +73,8 @@ Without flags, alerts lists the alerts nobody acknowledged yet, newest first.
 --all includes acknowledged ones. Acknowledge an alert with
 ` + "`warden alerts ack ID`" + `; a later finding of the same kind raises a new alert.
 
-These commands act on the data directory, whether or not the server runs.`,
+While ` + "`warden serve`" + ` runs, these commands go through its API on the
+admin socket; otherwise they act on the data directory.`,
 		Example: `  warden alerts
   warden alerts --since 24h --detector cloned_identity
   warden alerts --device 0badf00d --all --json
@@ -82,7 +95,7 @@ These commands act on the data directory, whether or not the server runs.`,
 			}
 			var list []store.Alert
 			for len(list) < limit {
-				page, err := ae.env.Store.ListAlerts(cmd.Context(), f)
+				page, err := ae.alerts(cmd.Context(), f)
 				if err != nil {
 					return err
 				}
@@ -152,20 +165,22 @@ func (c *cli) alertsAckCmd() *cobra.Command {
 				return err
 			}
 			defer done()
+			if err := ae.checkBy(by); err != nil {
+				return err
+			}
 			var errs []error
 			for _, id := range args {
-				a, err := ae.env.Store.AcknowledgeAlert(cmd.Context(), id, by, time.Now())
+				a, err := ae.acknowledge(cmd.Context(), id, by)
 				if err != nil {
 					errs = append(errs, fmt.Errorf("acknowledge %s: %w", id, err))
 					continue
 				}
-				ae.rec.Record(cmd.Context(), audit.Event{Action: "alert.acknowledge", Outcome: "done", Actor: by, Subject: "alert:" + id, Reason: a.Detector})
 				fmt.Fprintf(c.out, "Acknowledged %s (%s: %s)\n", id, a.Detector, a.Summary)
 			}
 			return errors.Join(errs...)
 		},
 	}
-	cmd.Flags().StringVar(&by, "by", "operator", "who acknowledges, as the alert and the audit log record it")
+	cmd.Flags().StringVar(&by, "by", defaultBy, "who acknowledges, as the alert and the audit log record it (without a running server only)")
 	return cmd
 }
 
@@ -181,7 +196,7 @@ func (c *cli) alertsQuarantinedCmd() *cobra.Command {
 				return err
 			}
 			defer done()
-			qs, err := ae.env.Store.ListQuarantines(cmd.Context())
+			qs, err := ae.quarantines(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -223,8 +238,10 @@ cloned identity needs a new key before it is released, or the copy comes
 back with it: re-arm it with ` + "`warden device preregister ID --recover`" + ` (when
 it enrolls again, every earlier certificate, the copied one too, is revoked).
 
-It acts on the data directory; a running server applies the release within
-monitor.check_interval (30s by default).`,
+While ` + "`warden serve`" + ` runs, the release goes through its API and takes
+effect at once: the device's connection is cut, and its next session has all
+its rights. Otherwise it is made in the data directory, and the server applies
+it when it starts.`,
 		Example: `  warden device release 0badf00d`,
 		Args:    cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -237,12 +254,13 @@ monitor.check_interval (30s by default).`,
 				return err
 			}
 			defer done()
-			q, err := ae.env.Store.ClearQuarantine(cmd.Context(), id)
+			if err := ae.checkBy(by); err != nil {
+				return err
+			}
+			q, err := ae.release(cmd.Context(), id, by)
 			if err != nil {
 				return err
 			}
-			ae.rec.Record(cmd.Context(), audit.Event{Action: "device.release", Outcome: "done", Actor: by,
-				Subject: identity.Principal{Kind: identity.KindDevice, ID: id}.String(), Reason: q.Reason})
 			fmt.Fprintf(c.out, "Released device %s from quarantine (it was quarantined %s by %s: %s)\n",
 				id, q.CreatedAt.Local().Format(time.DateTime), q.Actor, q.Reason)
 			return nil
@@ -252,6 +270,73 @@ monitor.check_interval (30s by default).`,
 
 // withBy adds --by, who acts, to cmd.
 func withBy(cmd *cobra.Command, by *string) *cobra.Command {
-	cmd.Flags().StringVar(by, "by", "operator", "who acts, as the audit log records it")
+	cmd.Flags().StringVar(by, "by", defaultBy, "who acts, as the audit log records it (without a running server only)")
 	return cmd
+}
+
+// defaultBy is who the commands say acted, and who the API records for
+// whoever uses the admin socket.
+const defaultBy = "operator"
+
+// checkBy refuses a --by that the running server cannot record: its API
+// records the caller it authenticated, which on the admin socket is the
+// operator, and takes no one's word for another name.
+func (ae *alertsEnv) checkBy(by string) error {
+	if ae.api != nil && by != defaultBy {
+		return fmt.Errorf("--by %q cannot be recorded while `warden serve` runs on this data directory: the change goes through its API, which records the admin socket's caller as %q; run the command without --by", by, defaultBy)
+	}
+	return nil
+}
+
+// alerts returns one page of alerts matching f.
+func (ae *alertsEnv) alerts(ctx context.Context, f store.AlertFilter) ([]store.Alert, error) {
+	if ae.api != nil {
+		l, err := ae.api.Alerts(ctx, f)
+		return l.Alerts, err
+	}
+	return ae.env.Store.ListAlerts(ctx, f)
+}
+
+func (ae *alertsEnv) acknowledge(ctx context.Context, id, by string) (store.Alert, error) {
+	if ae.api != nil {
+		return ae.api.AcknowledgeAlert(ctx, id)
+	}
+	a, err := ae.env.Store.AcknowledgeAlert(ctx, id, by, time.Now())
+	if err != nil {
+		return store.Alert{}, err
+	}
+	ae.rec.Record(ctx, audit.Event{Action: "alert.acknowledge", Outcome: "done", Actor: by, Subject: "alert:" + id, Reason: a.Detector})
+	return a, nil
+}
+
+func (ae *alertsEnv) quarantines(ctx context.Context) ([]store.Quarantine, error) {
+	if ae.api != nil {
+		return ae.api.Quarantined(ctx)
+	}
+	return ae.env.Store.ListQuarantines(ctx)
+}
+
+// release lifts a device's quarantine and returns what it was.
+func (ae *alertsEnv) release(ctx context.Context, id, by string) (store.Quarantine, error) {
+	if ae.api != nil {
+		qs, err := ae.api.Quarantined(ctx)
+		if err != nil {
+			return store.Quarantine{}, err
+		}
+		i := slices.IndexFunc(qs, func(q store.Quarantine) bool { return q.DeviceID == id })
+		if i < 0 {
+			return store.Quarantine{}, fmt.Errorf("release device %q: it is not quarantined: %w", id, store.ErrNotFound)
+		}
+		if _, err := ae.api.Release(ctx, id); err != nil {
+			return store.Quarantine{}, err
+		}
+		return qs[i], nil
+	}
+	q, err := ae.env.Store.ClearQuarantine(ctx, id)
+	if err != nil {
+		return store.Quarantine{}, err
+	}
+	ae.rec.Record(ctx, audit.Event{Action: "device.release", Outcome: "done", Actor: by,
+		Subject: identity.Principal{Kind: identity.KindDevice, ID: id}.String(), Reason: q.Reason})
+	return q, nil
 }

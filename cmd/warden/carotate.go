@@ -13,6 +13,7 @@ import (
 	"golang.org/x/term"
 
 	"github.com/warden-iot/warden/internal/admin"
+	"github.com/warden-iot/warden/internal/apiclient"
 	"github.com/warden-iot/warden/internal/config"
 	"github.com/warden-iot/warden/internal/rotation"
 	"github.com/warden-iot/warden/internal/store"
@@ -76,7 +77,7 @@ mid-rotation resumes it when it starts again.`,
 			if err != nil {
 				return err
 			}
-			_, online := svc.(*admin.Client)
+			_, online := svc.(*apiclient.Client)
 			if online && !noWait {
 				if err := c.followDelivery(cmd.Context(), svc); err != nil {
 					return err

@@ -21,10 +21,13 @@ import (
 
 	"github.com/warden-iot/warden/envelope"
 	"github.com/warden-iot/warden/internal/admin"
+	"github.com/warden-iot/warden/internal/api"
+	"github.com/warden-iot/warden/internal/apiclient"
 	"github.com/warden-iot/warden/internal/app"
 	"github.com/warden-iot/warden/internal/config"
 	"github.com/warden-iot/warden/internal/fileutil"
 	"github.com/warden-iot/warden/internal/identity"
+	"github.com/warden-iot/warden/internal/monitor"
 	"github.com/warden-iot/warden/internal/pki"
 	"github.com/warden-iot/warden/internal/registry"
 	"github.com/warden-iot/warden/internal/store"
@@ -550,6 +553,13 @@ type deviceJSON struct {
 	CreatedAt   time.Time         `json:"created_at"`
 	UpdatedAt   time.Time         `json:"updated_at"`
 	Credentials []credentialJSON  `json:"credentials,omitempty"`
+
+	// What only a running server knows (device show with `warden serve`
+	// running); absent otherwise.
+	Connected *bool             `json:"connected,omitempty"`
+	LastSeen  *time.Time        `json:"last_seen,omitempty"`
+	Firmware  *api.Firmware     `json:"firmware,omitempty"`
+	Counters  *monitor.Activity `json:"counters,omitempty"`
 }
 
 type credentialJSON struct {
@@ -671,6 +681,14 @@ func (c *cli) deviceShowCmd() *cobra.Command {
 			for _, cr := range info.Credentials {
 				j.Credentials = append(j.Credentials, toCredentialJSON(cr))
 			}
+			online, isOnline := svc.(*apiclient.Client)
+			if isOnline {
+				d, err := online.DeviceDetail(cmd.Context(), args[0])
+				if err != nil {
+					return err
+				}
+				j.Connected, j.LastSeen, j.Firmware, j.Counters = d.Connected, d.LastSeen, d.Firmware, d.Counters
+			}
 			if asJSON {
 				return c.printJSON(j)
 			}
@@ -678,7 +696,10 @@ func (c *cli) deviceShowCmd() *cobra.Command {
 			if j.StateReason != "" {
 				fmt.Fprintf(c.out, " (%s)", j.StateReason)
 			}
-			fmt.Fprintf(c.out, "\nTags     %s\nCreated  %s\nUpdated  %s\n", orDash(formatTags(j.Tags)), j.CreatedAt.UTC().Format(time.RFC3339), j.UpdatedAt.UTC().Format(time.RFC3339))
+			fmt.Fprintf(c.out, "\nOwner    %s\nTags     %s\nCreated  %s\nUpdated  %s\n", orDash(j.Owner), orDash(formatTags(j.Tags)), j.CreatedAt.UTC().Format(time.RFC3339), j.UpdatedAt.UTC().Format(time.RFC3339))
+			if isOnline {
+				c.printLive(j)
+			}
 			for _, cr := range j.Credentials {
 				status := "valid"
 				if cr.RevokedAt != nil {
@@ -694,6 +715,26 @@ func (c *cli) deviceShowCmd() *cobra.Command {
 	}
 	cmd.Flags().BoolVar(&asJSON, "json", false, "print JSON (includes the certificates as PEM)")
 	return cmd
+}
+
+// printLive prints what the running server knows of a device.
+func (c *cli) printLive(j deviceJSON) {
+	conn := "unknown"
+	if j.Connected != nil {
+		conn = map[bool]string{true: "yes", false: "no"}[*j.Connected]
+	}
+	seen := "not since the server started"
+	if j.LastSeen != nil {
+		seen = j.LastSeen.UTC().Format(time.RFC3339) + " (" + time.Since(*j.LastSeen).Round(time.Second).String() + " ago)"
+	}
+	fw := "never reported"
+	if j.Firmware != nil {
+		fw = fmt.Sprintf("%s (security counter %d, reported %s)", j.Firmware.Version, j.Firmware.SecurityCounter, j.Firmware.ReportedAt.UTC().Format(time.RFC3339))
+	}
+	fmt.Fprintf(c.out, "Online   %s\nSeen     %s\nFirmware %s\n", conn, seen, fw)
+	if n := j.Counters; n != nil {
+		fmt.Fprintf(c.out, "Counters %d messages (%d bytes) up, %d sessions, %d ACL denials since the server started\n", n.Messages, n.Bytes, n.Connects, n.ACLDenials)
+	}
 }
 
 func (c *cli) deviceStateCmd(verb, short string, withReason bool) *cobra.Command {

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"context"
 	"encoding/pem"
 	"errors"
 	"fmt"
@@ -12,6 +13,9 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/warden-iot/warden/enrollproto"
+	"github.com/warden-iot/warden/internal/api"
+	"github.com/warden-iot/warden/internal/apiclient"
 	"github.com/warden-iot/warden/internal/apitoken"
 	"github.com/warden-iot/warden/internal/app"
 	"github.com/warden-iot/warden/internal/audit"
@@ -21,10 +25,12 @@ import (
 	"github.com/warden-iot/warden/internal/store"
 )
 
-// onboardEnv is the data directory opened for onboarding commands. They
-// work on the store directly whether or not the server runs: the server
-// keeps no cache of enrollments, claim certificates or tokens.
+// onboardEnv is where the onboarding commands act: the running server's
+// API, through its admin socket, while `warden serve` runs on this data
+// directory (api is set), and the data directory itself otherwise.
 type onboardEnv struct {
+	api *apiclient.Client
+
 	env     *app.Env
 	rec     *audit.Log
 	onboard *onboard.Service
@@ -35,6 +41,13 @@ func (c *cli) openOnboard(cmd *cobra.Command) (*onboardEnv, func(), error) {
 	cfg, log, err := c.load(cmd)
 	if err != nil {
 		return nil, nil, err
+	}
+	client, err := c.server(cmd.Context(), cfg, log)
+	if err != nil {
+		return nil, nil, err
+	}
+	if client != nil {
+		return &onboardEnv{api: client}, func() {}, nil
 	}
 	env, err := app.Open(cmd.Context(), cfg, quiet(log))
 	if err != nil {
@@ -104,15 +117,15 @@ revoked one never can.`,
 				return err
 			}
 			defer done()
-			files, err := oe.onboard.Preregister(cmd.Context(), []onboard.Preregistration{{DeviceID: id, Model: model, Tags: t, Recovery: recovery}})
+			file, err := oe.preregister(cmd.Context(), onboard.Preregistration{DeviceID: id, Model: model, Tags: t, Recovery: recovery})
 			switch {
 			case !recovery && errors.Is(err, store.ErrConflict):
 				return fmt.Errorf("%w; if device %s is registered and can no longer connect, re-arm it with --recover", err, id)
 			case err != nil:
 				return err
 			}
-			b, err := files[0].Marshal()
-			clear(files[0].Secret)
+			b, err := file.Marshal()
+			clear(file.Secret)
 			if err != nil {
 				return err
 			}
@@ -150,10 +163,9 @@ func (c *cli) deviceUnregisterCmd() *cobra.Command {
 				return err
 			}
 			defer done()
-			if err := oe.env.Store.DeleteEnrollment(cmd.Context(), args[0]); err != nil {
+			if err := oe.unregister(cmd.Context(), args[0]); err != nil {
 				return fmt.Errorf("unregister %s: %w", args[0], err)
 			}
-			oe.rec.Record(cmd.Context(), audit.Event{Action: "device.unregister", Outcome: "done", Actor: "operator", Subject: "device:" + args[0]})
 			fmt.Fprintf(c.out, "Removed the enrollment of %s\n", args[0])
 			return nil
 		},
@@ -173,18 +185,9 @@ func (c *cli) deviceEnrollmentsCmd() *cobra.Command {
 				return err
 			}
 			defer done()
-			var all []store.Enrollment
-			f := store.EnrollmentFilter{Claim: claim, Unused: unused, Limit: store.MaxListLimit}
-			for {
-				page, err := oe.env.Store.ListEnrollments(cmd.Context(), f)
-				if err != nil {
-					return err
-				}
-				all = append(all, page...)
-				if len(page) < f.Limit {
-					break
-				}
-				f.After = page[len(page)-1].DeviceID
+			all, err := oe.enrollments(cmd.Context(), store.EnrollmentFilter{Claim: claim, Unused: unused})
+			if err != nil {
+				return err
 			}
 			if asJSON {
 				return c.printJSON(all)
@@ -304,20 +307,16 @@ func (c *cli) claimCertCreateCmd() *cobra.Command {
 			if err := writeCA(outDir, root); err != nil {
 				return err
 			}
-			cc, cert, err := oe.env.Registry.AddClaimCert(cmd.Context(), name, km.csrDER, lifetime, allow)
+			notAfter, chain, err := oe.addClaimCert(cmd.Context(), name, km.csrDER, lifetime, allow)
 			if err != nil {
 				return err
 			}
 			certPath, keyPath := filepath.Join(outDir, name+".crt"), filepath.Join(outDir, name+".key")
-			chain := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
-			chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: oe.env.CA.Issuing().Raw})...)
 			if err := writeFiles(certPath, chain, keyPath, km.key); err != nil {
 				return fmt.Errorf("claim certificate %s is issued but its files could not be written (%w); revoke it with `warden claim-cert revoke %s`", name, err, name)
 			}
-			oe.rec.Record(cmd.Context(), audit.Event{Action: "claim-cert.create", Outcome: "done", Actor: "operator", Subject: "claim:" + name,
-				Details: map[string]string{"serial": cc.Serial, "allowed": fmt.Sprint(len(allow))}})
 			fmt.Fprintf(c.out, "Issued claim certificate %s (valid until %s), %d device IDs allowed\n  certificate  %s\n  key          %s\n  root to pin  %s\n",
-				name, cc.NotAfter.Format(time.RFC3339), len(allow), certPath, keyPath, filepath.Join(outDir, "ca.crt"))
+				name, notAfter.Format(time.RFC3339), len(allow), certPath, keyPath, filepath.Join(outDir, "ca.crt"))
 			return nil
 		},
 	}
@@ -354,11 +353,9 @@ func (c *cli) claimCertAllowCmd() *cobra.Command {
 				return err
 			}
 			defer done()
-			if err := oe.env.Registry.AllowClaim(cmd.Context(), args[0], allow); err != nil {
+			if err := oe.allowClaim(cmd.Context(), args[0], allow); err != nil {
 				return err
 			}
-			oe.rec.Record(cmd.Context(), audit.Event{Action: "claim-cert.allow", Outcome: "done", Actor: "operator", Subject: "claim:" + args[0],
-				Details: map[string]string{"allowed": fmt.Sprint(len(allow))}})
 			fmt.Fprintf(c.out, "Allowed %d more device IDs on %s\n", len(allow), args[0])
 			return nil
 		},
@@ -381,7 +378,7 @@ func (c *cli) claimCertListCmd() *cobra.Command {
 				return err
 			}
 			defer done()
-			cs, err := oe.env.Store.ListClaimCerts(cmd.Context())
+			cs, unused, err := oe.claimCerts(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -397,8 +394,7 @@ func (c *cli) claimCertListCmd() *cobra.Command {
 				if cc.Revoked() {
 					state = "revoked"
 				}
-				unused, _ := oe.env.Store.ListEnrollments(cmd.Context(), store.EnrollmentFilter{Claim: cc.Name, Unused: true, Limit: store.MaxListLimit})
-				rows[i] = []string{cc.Name, state, cc.NotAfter.Format(time.RFC3339), fmt.Sprint(len(unused))}
+				rows[i] = []string{cc.Name, state, cc.NotAfter.Format(time.RFC3339), fmt.Sprint(unused[i])}
 			}
 			c.table([]string{"NAME", "STATE", "NOT AFTER", "UNUSED IDS"}, rows)
 			return nil
@@ -420,10 +416,9 @@ func (c *cli) claimCertRevokeCmd() *cobra.Command {
 				return err
 			}
 			defer done()
-			if _, err := oe.env.Store.RevokeClaimCert(cmd.Context(), args[0], reason, time.Now()); err != nil {
+			if err := oe.revokeClaimCert(cmd.Context(), args[0], reason); err != nil {
 				return err
 			}
-			oe.rec.Record(cmd.Context(), audit.Event{Action: "claim-cert.revoke", Outcome: "done", Actor: "operator", Subject: "claim:" + args[0], Reason: reason})
 			fmt.Fprintf(c.out, "Revoked claim certificate %s\n", args[0])
 			return nil
 		},
@@ -463,7 +458,7 @@ func (c *cli) tokenCreateCmd() *cobra.Command {
 				return err
 			}
 			defer done()
-			tok, rec, err := oe.tokens.Create(cmd.Context(), role, user, note, ttl)
+			tok, rec, err := oe.createToken(cmd.Context(), role, user, note, ttl)
 			if err != nil {
 				return err
 			}
@@ -493,7 +488,7 @@ func (c *cli) tokenListCmd() *cobra.Command {
 				return err
 			}
 			defer done()
-			ts, err := oe.tokens.List(cmd.Context())
+			ts, err := oe.listTokens(cmd.Context())
 			if err != nil {
 				return err
 			}
@@ -532,11 +527,223 @@ func (c *cli) tokenRevokeCmd() *cobra.Command {
 				return err
 			}
 			defer done()
-			if _, err := oe.tokens.Revoke(cmd.Context(), args[0]); err != nil {
+			if err := oe.revokeToken(cmd.Context(), args[0]); err != nil {
 				return err
 			}
 			fmt.Fprintf(c.out, "Revoked token %s\n", args[0])
 			return nil
 		},
 	}
+}
+
+// The onboarding actions, through the API or on the data directory. What
+// the API answers is turned back into the store's records, so that every
+// command prints the same whichever way it went.
+
+func (oe *onboardEnv) preregister(ctx context.Context, p onboard.Preregistration) (enrollproto.SecretFile, error) {
+	if oe.api != nil {
+		return oe.api.Preregister(ctx, api.EnrollmentRequest{DeviceID: p.DeviceID, Model: p.Model, Tags: p.Tags, Recovery: p.Recovery})
+	}
+	files, err := oe.onboard.Preregister(ctx, []onboard.Preregistration{p})
+	if err != nil {
+		return enrollproto.SecretFile{}, err
+	}
+	return files[0], nil
+}
+
+func (oe *onboardEnv) unregister(ctx context.Context, id string) error {
+	if oe.api != nil {
+		return oe.api.Unregister(ctx, id)
+	}
+	if err := oe.env.Store.DeleteEnrollment(ctx, id); err != nil {
+		return err
+	}
+	oe.rec.Record(ctx, audit.Event{Action: "device.unregister", Outcome: "done", Actor: "operator", Subject: "device:" + id})
+	return nil
+}
+
+// enrollments returns every enrollment matching f, all pages of it.
+func (oe *onboardEnv) enrollments(ctx context.Context, f store.EnrollmentFilter) ([]store.Enrollment, error) {
+	var all []store.Enrollment
+	f.Limit = store.MaxListLimit
+	for {
+		var page []store.Enrollment
+		if oe.api != nil {
+			l, err := oe.api.Enrollments(ctx, f)
+			if err != nil {
+				return nil, err
+			}
+			for _, e := range l.Enrollments {
+				page = append(page, fromAPIEnrollment(e))
+			}
+			f.After = l.NextAfter
+		} else {
+			var err error
+			if page, err = oe.env.Store.ListEnrollments(ctx, f); err != nil {
+				return nil, err
+			}
+			f.After = ""
+			if len(page) == f.Limit {
+				f.After = page[len(page)-1].DeviceID
+			}
+		}
+		all = append(all, page...)
+		if f.After == "" {
+			return all, nil
+		}
+	}
+}
+
+// allowedIDs are the device IDs of an allow-list.
+func allowedIDs(allow []store.Enrollment) []string {
+	ids := make([]string, len(allow))
+	for i, e := range allow {
+		ids[i] = e.DeviceID
+	}
+	return ids
+}
+
+// wholeSeconds rounds d up: rounding down could make a short lifetime 0,
+// which means the default.
+func wholeSeconds(d time.Duration) int64 { return int64((d + time.Second - 1) / time.Second) }
+
+// addClaimCert issues a claim certificate; every entry of allow has the
+// same model and tags. It returns the certificate's expiry and its chain,
+// PEM: the certificate, then the issuing CA.
+func (oe *onboardEnv) addClaimCert(ctx context.Context, name string, csrDER []byte, lifetime time.Duration, allow []store.Enrollment) (time.Time, []byte, error) {
+	if oe.api != nil {
+		req := api.ClaimCertRequest{Name: name, CSR: csrDER, LifetimeSeconds: wholeSeconds(lifetime), Allow: allowedIDs(allow)}
+		if len(allow) > 0 {
+			req.Model, req.Tags = allow[0].Model, allow[0].Tags
+		}
+		out, err := oe.api.CreateClaimCert(ctx, req)
+		if err != nil {
+			return time.Time{}, nil, err
+		}
+		return out.ClaimCert.NotAfter, []byte(out.ChainPEM), nil
+	}
+	cc, cert, err := oe.env.Registry.AddClaimCert(ctx, name, csrDER, lifetime, allow)
+	if err != nil {
+		return time.Time{}, nil, err
+	}
+	chain := pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cert.Raw})
+	chain = append(chain, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: oe.env.CA.Issuing().Raw})...)
+	oe.rec.Record(ctx, audit.Event{Action: "claim-cert.create", Outcome: "done", Actor: "operator", Subject: "claim:" + name,
+		Details: map[string]string{"serial": cc.Serial, "allowed": fmt.Sprint(len(allow))}})
+	return cc.NotAfter, chain, nil
+}
+
+// allowClaim adds allow, whose entries all have the same model, to a
+// claim certificate's allow-list.
+func (oe *onboardEnv) allowClaim(ctx context.Context, name string, allow []store.Enrollment) error {
+	if oe.api != nil {
+		_, err := oe.api.AllowClaim(ctx, name, api.AllowRequest{Allow: allowedIDs(allow), Model: allow[0].Model})
+		return err
+	}
+	if err := oe.env.Registry.AllowClaim(ctx, name, allow); err != nil {
+		return err
+	}
+	oe.rec.Record(ctx, audit.Event{Action: "claim-cert.allow", Outcome: "done", Actor: "operator", Subject: "claim:" + name,
+		Details: map[string]string{"allowed": fmt.Sprint(len(allow))}})
+	return nil
+}
+
+// claimCerts lists the claim certificates and how many IDs of each one's
+// allow-list have not enrolled.
+func (oe *onboardEnv) claimCerts(ctx context.Context) ([]store.ClaimCert, []int, error) {
+	if oe.api != nil {
+		list, err := oe.api.ClaimCerts(ctx)
+		if err != nil {
+			return nil, nil, err
+		}
+		cs, unused := make([]store.ClaimCert, len(list)), make([]int, len(list))
+		for i, cc := range list {
+			cs[i], unused[i] = fromAPIClaimCert(cc), cc.Unused
+		}
+		return cs, unused, nil
+	}
+	cs, err := oe.env.Store.ListClaimCerts(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	unused := make([]int, len(cs))
+	for i, cc := range cs {
+		es, err := oe.enrollments(ctx, store.EnrollmentFilter{Claim: cc.Name, Unused: true})
+		if err != nil {
+			return nil, nil, err
+		}
+		unused[i] = len(es)
+	}
+	return cs, unused, nil
+}
+
+func (oe *onboardEnv) revokeClaimCert(ctx context.Context, name, reason string) error {
+	if oe.api != nil {
+		_, err := oe.api.RevokeClaimCert(ctx, name, reason)
+		return err
+	}
+	if _, err := oe.env.Store.RevokeClaimCert(ctx, name, reason, time.Now()); err != nil {
+		return err
+	}
+	oe.rec.Record(ctx, audit.Event{Action: "claim-cert.revoke", Outcome: "done", Actor: "operator", Subject: "claim:" + name, Reason: reason})
+	return nil
+}
+
+// createToken returns the new token, the only copy of it, and its record.
+func (oe *onboardEnv) createToken(ctx context.Context, role, user, note string, ttl time.Duration) (string, store.APIToken, error) {
+	if oe.api != nil {
+		out, err := oe.api.CreateToken(ctx, role, user, note, ttl)
+		if err != nil {
+			return "", store.APIToken{}, err
+		}
+		return out.Secret, fromAPIToken(out.Token), nil
+	}
+	return oe.tokens.Create(ctx, role, user, note, ttl)
+}
+
+func (oe *onboardEnv) listTokens(ctx context.Context) ([]store.APIToken, error) {
+	if oe.api != nil {
+		list, err := oe.api.Tokens(ctx)
+		if err != nil {
+			return nil, err
+		}
+		ts := make([]store.APIToken, len(list))
+		for i, t := range list {
+			ts[i] = fromAPIToken(t)
+		}
+		return ts, nil
+	}
+	return oe.tokens.List(ctx)
+}
+
+func (oe *onboardEnv) revokeToken(ctx context.Context, id string) error {
+	if oe.api != nil {
+		_, err := oe.api.RevokeToken(ctx, id)
+		return err
+	}
+	_, err := oe.tokens.Revoke(ctx, id)
+	return err
+}
+
+// orZero is *t, or the zero time that the store's records use for none.
+func orZero(t *time.Time) time.Time {
+	if t == nil {
+		return time.Time{}
+	}
+	return *t
+}
+
+func fromAPIEnrollment(e api.Enrollment) store.Enrollment {
+	return store.Enrollment{DeviceID: e.DeviceID, Method: e.Method, Claim: e.Claim, Model: e.Model, Tags: e.Tags,
+		Created: e.CreatedAt, UsedAt: orZero(e.UsedAt), Serial: e.Serial, Recovery: e.Recovery}
+}
+
+func fromAPIClaimCert(c api.ClaimCert) store.ClaimCert {
+	return store.ClaimCert{Name: c.Name, Serial: c.Serial, Fingerprint: c.Fingerprint, NotAfter: c.NotAfter,
+		CreatedAt: c.CreatedAt, RevokedAt: orZero(c.RevokedAt), Reason: c.Reason}
+}
+
+func fromAPIToken(t api.Token) store.APIToken {
+	return store.APIToken{ID: t.ID, Role: t.Role, User: t.User, Note: t.Note, CreatedAt: t.CreatedAt,
+		ExpiresAt: orZero(t.ExpiresAt), LastUsedAt: orZero(t.LastUsedAt), RevokedAt: orZero(t.RevokedAt)}
 }

@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/warden-iot/warden/internal/admin"
+	"github.com/warden-iot/warden/internal/apiclient"
 	"github.com/warden-iot/warden/internal/app"
 	"github.com/warden-iot/warden/internal/audit"
 	"github.com/warden-iot/warden/internal/config"
@@ -86,16 +87,15 @@ func newLogger(cfg *config.Config, w io.Writer) *slog.Logger {
 	return slog.New(slog.NewTextHandler(w, opts))
 }
 
-// service returns the running server's admin API when `warden serve` runs
-// on this data directory, otherwise the registry opened locally. The
-// returned func releases it.
+// service returns the running server's API, reached through its admin
+// socket, when `warden serve` runs on this data directory; otherwise the
+// registry opened locally. The returned func releases it.
 func (c *cli) service(ctx context.Context, cfg *config.Config, log *slog.Logger) (admin.Service, func(), error) {
-	client, err := admin.Dial(ctx, cfg.Paths().AdminSocket)
+	client, err := c.server(ctx, cfg, log)
 	if err != nil {
 		return nil, nil, err
 	}
 	if client != nil {
-		log.Debug("using the running server's admin socket", "socket", cfg.Paths().AdminSocket)
 		return client, func() {}, nil
 	}
 	env, err := app.Open(ctx, cfg, quiet(log))
@@ -120,6 +120,19 @@ func (c *cli) service(ctx context.Context, cfg *config.Config, log *slog.Logger)
 		return nil, nil, err
 	}
 	return admin.Local{Registry: env.Registry, OTA: fw, Rotation: rot}, func() { rec.Close(); env.Close() }, nil
+}
+
+// server returns a client of the running server's API on its admin
+// socket, or nil when no server runs on this data directory.
+func (c *cli) server(ctx context.Context, cfg *config.Config, log *slog.Logger) (*apiclient.Client, error) {
+	client, err := apiclient.DialSocket(ctx, cfg.Paths().AdminSocket)
+	if err != nil {
+		return nil, err
+	}
+	if client != nil {
+		log.Debug("using the running server's API on its admin socket", "socket", cfg.Paths().AdminSocket)
+	}
+	return client, nil
 }
 
 // openService loads the configuration for cmd and returns the service to

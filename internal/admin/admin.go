@@ -1,8 +1,10 @@
-// Package admin is the operator surface that CLI commands use. The same
-// Service interface is implemented twice: Local acts on the registry
-// directly (no server running), Client talks to a running `warden serve`
-// over a unix socket in the data directory (mode 0600), so that revocations
-// take effect on live connections at once.
+// Package admin is the operator surface of the registry, firmware and CA.
+// Service is implemented twice: Local acts on the data directory in
+// process (no server running, and inside the server behind its API), and
+// internal/apiclient calls a running `warden serve` through its API (over
+// the admin socket, a unix socket in the data directory with mode 0600, or
+// HTTPS with a token), so that revocations take effect on live
+// connections at once.
 package admin
 
 import (
@@ -13,7 +15,6 @@ import (
 	"fmt"
 
 	"github.com/warden-iot/warden/internal/ota"
-	"github.com/warden-iot/warden/internal/pki"
 	"github.com/warden-iot/warden/internal/registry"
 	"github.com/warden-iot/warden/internal/rotation"
 	"github.com/warden-iot/warden/internal/store"
@@ -177,30 +178,4 @@ func (l Local) Rekey(ctx context.Context, id string) (uint32, error) {
 		return 0, errNeedsServer
 	}
 	return l.RekeyFunc(ctx, id)
-}
-
-// Error codes carried over the socket so the client can rebuild errors that
-// callers test with errors.Is.
-const (
-	codeNotFound = "not_found"
-	codeConflict = "conflict"
-	codeInvalid  = "invalid"
-	codeRefused  = "refused"
-	codeInternal = "internal"
-)
-
-func errorCode(err error) string {
-	switch {
-	case errors.Is(err, store.ErrNotFound):
-		return codeNotFound
-	case errors.Is(err, store.ErrConflict):
-		return codeConflict
-	case errors.Is(err, registry.ErrInvalid):
-		return codeInvalid
-	case errors.Is(err, ota.ErrRefused), errors.Is(err, pki.ErrNoRootKey):
-		return codeRefused
-	case errors.Is(err, pki.ErrUnknownIssuer):
-		return codeNotFound
-	}
-	return codeInternal
 }

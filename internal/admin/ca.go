@@ -3,8 +3,6 @@ package admin
 import (
 	"context"
 	"errors"
-	"net/http"
-	"net/url"
 	"time"
 
 	"github.com/warden-iot/warden/internal/rotation"
@@ -78,69 +76,4 @@ func (l Local) issuerChange(ctx context.Context, op func(*rotation.Manager) (int
 	}
 	st, err := m.Status(ctx)
 	return IssuerChange{ConnectionsCut: cut, Status: st}, err
-}
-
-type rotateRequest struct {
-	GraceSeconds int64 `json:"grace_seconds"`
-}
-
-type revokeIssuerRequest struct {
-	Reason string `json:"reason,omitempty"`
-}
-
-func (h *handler) caRoutes(mux *http.ServeMux) {
-	mux.HandleFunc("POST /v1/ca/rotate", func(w http.ResponseWriter, r *http.Request) {
-		var req rotateRequest
-		if err := decode(r, &req); err != nil {
-			h.fail(w, err)
-			return
-		}
-		rot, err := h.svc.RotateCA(r.Context(), time.Duration(req.GraceSeconds)*time.Second)
-		h.reply(w, rot, err)
-	})
-	mux.HandleFunc("GET /v1/ca", func(w http.ResponseWriter, r *http.Request) {
-		st, err := h.svc.CAStatus(r.Context())
-		h.reply(w, st, err)
-	})
-	mux.HandleFunc("POST /v1/ca/issuers/{fp}/retire", func(w http.ResponseWriter, r *http.Request) {
-		res, err := h.svc.RetireIssuer(r.Context(), r.PathValue("fp"))
-		h.reply(w, res, err)
-	})
-	mux.HandleFunc("POST /v1/ca/issuers/{fp}/revoke", func(w http.ResponseWriter, r *http.Request) {
-		var req revokeIssuerRequest
-		if err := decode(r, &req); err != nil {
-			h.fail(w, err)
-			return
-		}
-		res, err := h.svc.RevokeIssuer(r.Context(), r.PathValue("fp"), req.Reason)
-		h.reply(w, res, err)
-	})
-}
-
-// RotateCA implements CA.
-func (c *Client) RotateCA(ctx context.Context, grace time.Duration) (store.Rotation, error) {
-	var out store.Rotation
-	err := c.do(ctx, http.MethodPost, "/v1/ca/rotate", rotateRequest{GraceSeconds: int64(grace / time.Second)}, &out)
-	return out, err
-}
-
-// CAStatus implements CA.
-func (c *Client) CAStatus(ctx context.Context) (rotation.Status, error) {
-	var out rotation.Status
-	err := c.do(ctx, http.MethodGet, "/v1/ca", nil, &out)
-	return out, err
-}
-
-// RetireIssuer implements CA.
-func (c *Client) RetireIssuer(ctx context.Context, fingerprint string) (IssuerChange, error) {
-	var out IssuerChange
-	err := c.do(ctx, http.MethodPost, "/v1/ca/issuers/"+url.PathEscape(fingerprint)+"/retire", nil, &out)
-	return out, err
-}
-
-// RevokeIssuer implements CA.
-func (c *Client) RevokeIssuer(ctx context.Context, fingerprint, reason string) (IssuerChange, error) {
-	var out IssuerChange
-	err := c.do(ctx, http.MethodPost, "/v1/ca/issuers/"+url.PathEscape(fingerprint)+"/revoke", revokeIssuerRequest{Reason: reason}, &out)
-	return out, err
 }

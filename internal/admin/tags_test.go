@@ -4,10 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"errors"
-	"log/slog"
 	"maps"
-	"net/http"
-	"os"
 	"path/filepath"
 	"testing"
 
@@ -18,8 +15,8 @@ import (
 	"github.com/warden-iot/warden/internal/store/sqlite"
 )
 
-// TestSetTags sets tags through Local and through a Client on a real
-// admin socket, and checks that errors keep their kind across the socket.
+// TestSetTags sets tags through Local (internal/apiclient checks the same
+// through the API on a real admin socket).
 func TestSetTags(t *testing.T) {
 	ctx := context.Background()
 	dir := t.TempDir()
@@ -52,20 +49,7 @@ func TestSetTags(t *testing.T) {
 	}
 
 	local := Local{Registry: reg}
-	sock := filepath.Join(dir, "a.sock")
-	ln, err := Listen(sock)
-	if err != nil {
-		t.Fatal(err)
-	}
-	srv := &http.Server{Handler: Handler(local, slog.New(slog.DiscardHandler))}
-	go func() { _ = srv.Serve(ln) }()
-	t.Cleanup(func() { srv.Close(); os.Remove(sock) })
-	client, err := Dial(ctx, sock)
-	if err != nil || client == nil {
-		t.Fatalf("Dial: %v, %v", client, err)
-	}
-
-	for name, svc := range map[string]Service{"local": local, "socket": client} {
+	for name, svc := range map[string]Service{"local": local} {
 		t.Run(name, func(t *testing.T) {
 			for _, tags := range []map[string]string{{"site": "lyon", "floor": "2"}, {}, nil, {"via": name}} {
 				d, err := svc.SetTags(ctx, "dev1", tags)

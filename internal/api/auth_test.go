@@ -10,6 +10,8 @@ import (
 	"time"
 
 	"github.com/warden-iot/warden/internal/apitoken"
+	"github.com/warden-iot/warden/internal/audit"
+	"github.com/warden-iot/warden/internal/store"
 )
 
 // flipSecret changes the first character of a token's secret.
@@ -267,5 +269,58 @@ func TestUnknownPathsAndMethods(t *testing.T) {
 func TestNewChecksOptions(t *testing.T) {
 	if _, err := New(Options{}); err == nil {
 		t.Error("New without tokens and admin succeeded")
+	}
+}
+
+// TestTokenUseIsAudited: a token's use is audited the first time from each
+// address and again after tokenUseEvery, not on every request.
+func TestTokenUseIsAudited(t *testing.T) {
+	f := newFixture(t, fixtureOptions{})
+	used := func() []audit.Event { return f.audit.find("api.token.used", "done", "") }
+	for range 3 {
+		if w := f.do(req{method: "GET", path: "/v1/whoami", token: "viewer"}); w.Code != http.StatusOK {
+			t.Fatalf("whoami: %d %s", w.Code, w.Body)
+		}
+	}
+	if n := len(used()); n != 1 {
+		t.Fatalf("%d uses audited after 3 requests from one address, want 1", n)
+	}
+	e := used()[0]
+	if e.Subject != "token:"+tokenHint(f.tok["viewer"]) || e.Remote != "192.0.2.1:40000" || e.Details["route"] != "GET /v1/whoami" {
+		t.Errorf("audited use = %+v", e)
+	}
+	if strings.Contains(fmt.Sprint(e), f.tok["viewer"]) {
+		t.Fatal("the audit entry holds the token")
+	}
+	f.do(req{method: "GET", path: "/v1/whoami", token: "viewer", remote: "198.51.100.7:1234"})
+	if n := len(used()); n != 2 {
+		t.Fatalf("%d uses audited after a request from a new address, want 2", n)
+	}
+	f.do(req{method: "GET", path: "/v1/whoami", token: "operator"})
+	if n := len(used()); n != 3 {
+		t.Fatalf("%d uses audited after another token's request, want 3", n)
+	}
+	f.clk.add(tokenUseEvery)
+	f.do(req{method: "GET", path: "/v1/whoami", token: "viewer"})
+	if n := len(used()); n != 4 {
+		t.Fatalf("%d uses audited an hour later, want 4", n)
+	}
+	// Refused tokens are audited as refusals, not as uses.
+	f.do(req{method: "GET", path: "/v1/whoami", token: "raw:Bearer wdn_0123456789abcdef_nope"})
+	if n := len(used()); n != 4 {
+		t.Fatalf("a refused token was audited as used")
+	}
+}
+
+func TestTokenUsesBounded(t *testing.T) {
+	u := newTokenUses(2)
+	f := newFixture(t, fixtureOptions{})
+	c := &call{a: f.api, r: httptest.NewRequest("GET", "/v1/whoami", nil), tok: store.APIToken{ID: "t1"}}
+	now := time.Unix(1e9, 0)
+	for _, addr := range []string{"a", "b", "c", "d"} {
+		u.note(c, addr, now)
+		if len(u.last) > 2 {
+			t.Fatalf("%d entries, bound 2", len(u.last))
+		}
 	}
 }

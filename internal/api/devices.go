@@ -3,6 +3,7 @@ package api
 import (
 	"context"
 	"crypto/x509"
+	"encoding/pem"
 	"errors"
 	"fmt"
 	"maps"
@@ -14,6 +15,7 @@ import (
 
 	"github.com/warden-iot/warden/internal/apitoken"
 	"github.com/warden-iot/warden/internal/identity"
+	"github.com/warden-iot/warden/internal/monitor"
 	"github.com/warden-iot/warden/internal/registry"
 	"github.com/warden-iot/warden/internal/store"
 )
@@ -49,12 +51,18 @@ type DeviceDetail struct {
 	// LastSeen is when the device last connected or published since the
 	// server started; null if not since then (or this server cannot tell).
 	LastSeen *time.Time `json:"last_seen"`
+	// Counters count its messages, bytes, sessions and ACL denials since
+	// the server started (or since the monitor forgot it after
+	// monitor.forget_after of silence); null when not tracked.
+	Counters *monitor.Activity `json:"counters"`
 }
 
 // SeenLookup tells when a device was last seen; *monitor.Monitor
 // implements it.
 type SeenLookup interface {
 	LastSeen(id string) (time.Time, bool)
+	// Activity counts what the device did while it was tracked.
+	Activity(id string) (monitor.Activity, bool)
 }
 
 // Firmware is a device's last firmware report.
@@ -83,6 +91,7 @@ type Credential struct {
 	// IssuerFingerprint names the issuing CA that signed it; null when
 	// unknown (an issuing CA this server no longer has).
 	IssuerFingerprint *string `json:"issuer_fingerprint"`
+	CertificatePEM    string  `json:"certificate_pem"`
 }
 
 // DeviceList is the answer of GET /v1/devices.
@@ -252,6 +261,9 @@ func (a *API) showDevice(c *call) (any, error) {
 		if t, ok := a.seen.LastSeen(info.ID); ok {
 			out.LastSeen = &t
 		}
+		if n, ok := a.seen.Activity(info.ID); ok {
+			out.Counters = &n
+		}
 	}
 	if a.firmware != nil {
 		fw, err := a.firmware.GetDeviceFirmware(c.ctx(), info.ID)
@@ -271,6 +283,9 @@ func (a *API) toCredential(cr store.Credential) Credential {
 	if cr.Revoked() {
 		t := cr.RevokedAt.UTC()
 		out.RevokedAt = &t
+	}
+	if len(cr.Certificate) > 0 {
+		out.CertificatePEM = string(pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: cr.Certificate}))
 	}
 	if a.issuers != nil && len(cr.Certificate) > 0 {
 		if cert, err := x509.ParseCertificate(cr.Certificate); err == nil {

@@ -185,7 +185,10 @@ func TestShowDevice(t *testing.T) {
 		if revoked := tc.id == "dev-b1"; (c.RevokedAt != nil) != revoked || (revoked && c.RevocationReason != "stolen") {
 			t.Errorf("%s: revoked_at %v reason %q", tc.id, c.RevokedAt, c.RevocationReason)
 		}
-		for _, secret := range []string{"csr", "private", "certificate"} {
+		if !strings.Contains(c.CertificatePEM, "BEGIN CERTIFICATE") {
+			t.Errorf("%s: certificate_pem %q", tc.id, c.CertificatePEM)
+		}
+		for _, secret := range []string{"csr", "private", "key"} {
 			if strings.Contains(strings.ToLower(w.Body.String()), `"`+secret) {
 				t.Errorf("%s: the answer has a %q field: %s", tc.id, secret, w.Body)
 			}

@@ -12,6 +12,7 @@ import (
 
 	"bytes"
 	"context"
+	"crypto"
 	"crypto/rand"
 	"crypto/sha256"
 	"crypto/x509"
@@ -122,7 +123,11 @@ type fixture struct {
 	handler  http.Handler // the API and /v1/claims, mounted as the server does
 	tok      map[string]string
 	rollout  string // a running rollout
+	image    string // its image's SHA-256
+	fwKey    crypto.Signer
 	presence presence
+	monitor  *monitor.Monitor
+	onboard  *onboard.Service
 }
 
 type fixtureOptions struct {
@@ -192,8 +197,25 @@ func newFixture(t *testing.T, o fixtureOptions) *fixture {
 	}
 	f.rollout = f.startRollout(otaSvc)
 
+	// The server's rekey also sends the new key to the device; here it
+	// is only issued.
+	rekey := func(ctx context.Context, id string) (uint32, error) {
+		s, err := reg.BeginRekey(ctx, id)
+		clear(s.Secret)
+		return s.Epoch, err
+	}
+	key, err := claimtoken.LoadOrCreate(filepath.Join(dir, "claim.key"), ks)
+	if err != nil {
+		t.Fatal(err)
+	}
+	onb, err := onboard.New(onboard.Options{Registry: reg, Store: st, CA: ca, Keystore: ks, ClaimKey: key, Logger: quiet, Now: clk.Now})
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.onboard = onb
 	opts := Options{
-		Tokens: f.tokens, Admin: admin.Local{Registry: reg, OTA: otaSvc, Rotation: rot},
+		Tokens: f.tokens, Admin: admin.Local{Registry: reg, OTA: otaSvc, Rotation: rot, RekeyFunc: rekey},
+		Onboarding: onb, Claims: reg, Enrollments: st, TokenAdmin: f.tokens,
 		Issuers: ca, Audit: rec, Logger: slog.New(slog.NewJSONHandler(f.logs, nil)), Registerer: f.metrics, Now: clk.Now,
 		// High enough that no test but the rate-limit ones meets a limit.
 		TokenRate: 1000, TokenBurst: 1000, FailureRate: 1000, FailureBurst: 1000,
@@ -224,6 +246,8 @@ func newFixture(t *testing.T, o fixtureOptions) *fixture {
 	}
 	opts.Alerts = mon
 	opts.Seen = mon
+	opts.Quarantines = mon
+	f.monitor = mon
 	opts.AuditLog = filepath.Join(dir, "audit.log")
 	alog, err := audit.Open(opts.AuditLog, quiet)
 	if err != nil {
@@ -239,14 +263,6 @@ func newFixture(t *testing.T, o fixtureOptions) *fixture {
 		o.tune(&opts)
 	}
 	f.api, err = New(opts)
-	if err != nil {
-		t.Fatal(err)
-	}
-	key, err := claimtoken.LoadOrCreate(filepath.Join(dir, "claim.key"), ks)
-	if err != nil {
-		t.Fatal(err)
-	}
-	onb, err := onboard.New(onboard.Options{Registry: reg, Store: st, CA: ca, Keystore: ks, ClaimKey: key, Logger: quiet, Now: clk.Now})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -289,31 +305,41 @@ func (f *fixture) startRollout(svc *ota.Service) string {
 	if _, err := svc.Trust(ctx, pub, "test", "operator"); err != nil {
 		f.t.Fatal(err)
 	}
-	ver, err := firmware.ParseVersion("1.2.3+4")
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	payload := make([]byte, 2000)
-	_, _ = rand.Read(payload)
-	img, err := firmware.Sign(payload, key, firmware.SignOptions{Version: ver, SecurityCounter: 1})
-	if err != nil {
-		f.t.Fatal(err)
-	}
-	now := f.clk.Now()
-	stmt, err := firmware.SignStatement(firmware.Statement{Model: "sensor", Version: ver, SecurityCounter: 1,
-		ImageSHA256: sha256.Sum256(img), ImageSize: int64(len(img)), Sequence: 1, IssuedAt: now, ExpiresAt: now.Add(24 * time.Hour)}, key)
-	if err != nil {
-		f.t.Fatal(err)
-	}
+	f.fwKey = key
+	img, stmt := f.signedImage("1.2.3+4", 1)
 	row, err := svc.Upload(ctx, stmt, bytes.NewReader(img), "operator")
 	if err != nil {
 		f.t.Fatal(err)
 	}
+	f.image = row.SHA256
 	r, _, err := svc.CreateRollout(ctx, ota.RolloutSpec{Image: row.SHA256}, "operator")
 	if err != nil {
 		f.t.Fatal(err)
 	}
 	return r.ID
+}
+
+// signedImage returns a new image for model "sensor", signed with the
+// fixture's trusted release key, and its release statement.
+func (f *fixture) signedImage(version string, sequence uint64) (img, stmt []byte) {
+	f.t.Helper()
+	ver, err := firmware.ParseVersion(version)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	payload := make([]byte, 2000)
+	_, _ = rand.Read(payload)
+	img, err = firmware.Sign(payload, f.fwKey, firmware.SignOptions{Version: ver, SecurityCounter: 1})
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	now := f.clk.Now()
+	stmt, err = firmware.SignStatement(firmware.Statement{Model: "sensor", Version: ver, SecurityCounter: 1,
+		ImageSHA256: sha256.Sum256(img), ImageSize: int64(len(img)), Sequence: sequence, IssuedAt: now, ExpiresAt: now.Add(24 * time.Hour)}, f.fwKey)
+	if err != nil {
+		f.t.Fatal(err)
+	}
+	return img, stmt
 }
 
 // req describes one request.
@@ -323,6 +349,7 @@ type req struct {
 	body         string
 	contentType  string // default application/json when there is a body
 	remote       string // default 192.0.2.1:40000
+	header       http.Header
 }
 
 func (f *fixture) do(r req) *httptest.ResponseRecorder {
@@ -358,6 +385,9 @@ func (f *fixture) do(r req) *httptest.ResponseRecorder {
 			ct = "application/json"
 		}
 		hr.Header.Set("Content-Type", ct)
+	}
+	for k, vs := range r.header {
+		hr.Header[k] = vs
 	}
 	w := httptest.NewRecorder()
 	f.handler.ServeHTTP(w, hr)

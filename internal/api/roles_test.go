@@ -1,6 +1,7 @@
 package api
 
 import (
+	"encoding/base64"
 	"net/http"
 	"slices"
 	"strings"
@@ -16,6 +17,18 @@ func TestRoleBoundaries(t *testing.T) {
 	type want map[string]int // token name -> status
 	all := func(s int) want { return want{"admin": s, "operator": s, "viewer": s, "app": s, "app2": s} }
 	const ok, forbidden, notFound = http.StatusOK, http.StatusForbidden, http.StatusNotFound
+	const created, noContent = http.StatusCreated, http.StatusNoContent
+	operate := func(s int) want {
+		return want{"admin": s, "operator": s, "viewer": forbidden, "app": forbidden, "app2": forbidden}
+	}
+	read := func(s int) want {
+		return want{"admin": s, "operator": s, "viewer": s, "app": forbidden, "app2": forbidden}
+	}
+	adminOnly := func(s int) want {
+		return want{"admin": s, "operator": forbidden, "viewer": forbidden, "app": forbidden, "app2": forbidden}
+	}
+	b64 := func(b []byte) string { return base64.StdEncoding.EncodeToString(b) }
+	trust := jsonBody(t, TrustRequest{PublicKeyPEM: string(releaseKeyPEM(t)), Name: "roles"})
 	rows := []struct {
 		method, path, body string
 		want               want
@@ -41,6 +54,34 @@ func TestRoleBoundaries(t *testing.T) {
 		{"GET", "/v1/audit?limit=2", "", want{"admin": ok, "operator": forbidden, "viewer": forbidden, "app": forbidden, "app2": forbidden}},
 		{"GET", "/v1/ca", "", want{"admin": ok, "operator": ok, "viewer": ok, "app": forbidden, "app2": forbidden}},
 		{"POST", "/v1/claims", "", want{"admin": http.StatusCreated, "operator": http.StatusCreated, "viewer": forbidden, "app": http.StatusCreated, "app2": http.StatusCreated}},
+
+		{"POST", "/v1/devices", `{"id":"rb-new","csr":"` + b64(csrFor(t, "rb-new")) + `"}`, operate(created)},
+		{"POST", "/v1/device-certificates", `{"id":"rb-issued","csr":"` + b64(csrFor(t, "rb-issued")) + `"}`, operate(created)},
+		{"POST", "/v1/devices/dev-a2/envelope", `{"suite":"ccm-8"}`, want{"admin": created, "operator": created, "viewer": forbidden, "app": forbidden, "app2": notFound}},
+		{"POST", "/v1/devices/dev-a2/rekey", "", want{"admin": ok, "operator": ok, "viewer": forbidden, "app": forbidden, "app2": notFound}},
+		{"GET", "/v1/services", "", read(ok)},
+		{"POST", "/v1/services", `{"name":"rb-svc","role":"reader","csr":"` + b64(csrFor(t, "rb-svc")) + `"}`, adminOnly(created)},
+		{"POST", "/v1/services/rb-svc/revoke", "", adminOnly(ok)},
+		{"POST", "/v1/rollouts", `{"image":"{image}"}`, operate(created)}, // after the abort above
+		{"GET", "/v1/rollouts/{rollout}/devices", "", read(ok)},
+		{"POST", "/v1/firmware/images", "", operate(created)},
+		{"GET", "/v1/firmware/keys", "", read(ok)},
+		{"POST", "/v1/firmware/keys", trust, adminOnly(created)},
+		{"POST", "/v1/firmware/keys/0000000000000000000000000000000000000000000000000000000000000000/revoke", "", adminOnly(notFound)},
+		{"POST", "/v1/ca/rotate", `{"grace_seconds":3600}`, adminOnly(created)},
+		{"POST", "/v1/ca/issuers/0000000000000000000000000000000000000000000000000000000000000000/retire", "", adminOnly(notFound)},
+		{"POST", "/v1/ca/issuers/0000000000000000000000000000000000000000000000000000000000000000/revoke", `{"reason":"leaked"}`, adminOnly(notFound)},
+		{"GET", "/v1/enrollments", "", operate(ok)},
+		{"POST", "/v1/enrollments", `{"device_id":"rb-enr"}`, operate(created)},
+		{"DELETE", "/v1/enrollments/rb-enr", "", operate(noContent)},
+		{"GET", "/v1/claim-certs", "", adminOnly(ok)},
+		{"POST", "/v1/claim-certs", `{"name":"rb-claim","csr":"` + b64(csrFor(t, "rb-claim")) + `","allow":["rb-c1"]}`, adminOnly(created)},
+		{"POST", "/v1/claim-certs/rb-claim/allow", `{"allow":["rb-c2"]}`, adminOnly(ok)},
+		{"POST", "/v1/claim-certs/rb-claim/revoke", "", adminOnly(ok)},
+		{"GET", "/v1/tokens", "", adminOnly(ok)},
+		{"POST", "/v1/tokens", `{"role":"viewer","user":"rb"}`, adminOnly(created)},
+		{"POST", "/v1/tokens/0000000000000000/revoke", "", adminOnly(notFound)},
+		{"GET", "/v1/quarantine", "", read(ok)},
 	}
 
 	// Every route of the table has a row, so a new route cannot skip this.
@@ -65,7 +106,13 @@ func TestRoleBoundaries(t *testing.T) {
 			f := newFixture(t, fixtureOptions{})
 			for _, r := range rows {
 				path := strings.ReplaceAll(r.path, "{rollout}", f.rollout)
-				w := f.do(req{method: r.method, path: path, token: name, body: r.body})
+				rq := req{method: r.method, path: path, token: name, body: strings.ReplaceAll(r.body, "{image}", f.image)}
+				if r.method == "POST" && r.path == "/v1/firmware/images" { // a new signed image as the body
+					img, stmt := f.signedImage("1.2.4+5", 2)
+					rq.body, rq.contentType = string(img), "application/octet-stream"
+					rq.header = http.Header{StatementHeader: {b64(stmt)}}
+				}
+				w := f.do(rq)
 				if w.Code != r.want[name] {
 					t.Errorf("%s %s as %s = %d %s, want %d", r.method, r.path, name, w.Code, w.Body, r.want[name])
 					continue

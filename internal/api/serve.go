@@ -9,6 +9,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/warden-iot/warden/internal/apitoken"
@@ -24,6 +25,7 @@ type call struct {
 	rt    *route
 	tok   store.APIToken
 	label string // the route pattern, for logs, metrics and audit
+	local bool   // on the admin socket (LocalHandler)
 }
 
 // ctx is the request's context.
@@ -33,7 +35,12 @@ func (c *call) ctx() context.Context { return c.r.Context() }
 func (c *call) id() string { return c.r.PathValue("id") }
 
 // actor is who the audit log says acted.
-func (c *call) actor() string { return "token:" + c.tok.ID }
+func (c *call) actor() string {
+	if c.local {
+		return "operator"
+	}
+	return "token:" + c.tok.ID
+}
 
 // unauthorizedBody is the one answer to every request without a valid
 // token, whatever was wrong with it, byte for byte.
@@ -66,7 +73,7 @@ func (w *statusWriter) Unwrap() http.ResponseWriter { return w.ResponseWriter }
 // the table does not have). Every request goes through the same gate, in
 // this order: the address throttle, authentication, the token's rate, the
 // app's device scope, the role.
-func (a *API) wrap(rt *route) http.Handler {
+func (a *API) wrap(rt *route, local bool) http.Handler {
 	label := "unmatched"
 	if rt != nil {
 		label = rt.Method + " " + rt.Pattern
@@ -77,7 +84,11 @@ func (a *API) wrap(rt *route) http.Handler {
 		h := sw.Header()
 		h.Set("Cache-Control", "no-store")
 		h.Set("X-Content-Type-Options", "nosniff")
-		c := &call{a: a, w: sw, r: r, rt: rt, label: label}
+		c := &call{a: a, w: sw, r: r, rt: rt, label: label, local: local}
+		if local {
+			a.serveLocal(c)
+			return
+		}
 		now := a.now()
 		addr := remoteKey(r.RemoteAddr)
 
@@ -97,6 +108,7 @@ func (a *API) wrap(rt *route) http.Handler {
 			return
 		}
 		c.tok = tok
+		a.used.note(c, addr, now)
 		if wait := a.perToken.take(tok.ID, now); wait > 0 {
 			c.refuse(http.StatusTooManyRequests, wait, "too many requests with this token", "token-throttled")
 			return
@@ -117,16 +129,36 @@ func (a *API) wrap(rt *route) http.Handler {
 			c.refuse(http.StatusForbidden, 0, "this token's role ("+tok.Role+") may not call "+label, "role")
 			return
 		}
-		v, err := rt.serve(c)
-		if err != nil {
-			c.fail(err)
-			return
-		}
-		if _, ok := v.(streamed); ok {
-			return // the route wrote its own answer
-		}
-		c.writeJSON(http.StatusOK, v)
+		c.serve()
 	})
+}
+
+// serveLocal answers a request on the admin socket: the operator, an
+// admin without a token or a rate (the socket's mode is the gate).
+func (a *API) serveLocal(c *call) {
+	c.tok = LocalToken
+	if c.rt == nil {
+		c.noRoute()
+		return
+	}
+	c.serve()
+}
+
+// serve runs the route and answers its result.
+func (c *call) serve() {
+	v, err := c.rt.serve(c)
+	if err != nil {
+		c.fail(err)
+		return
+	}
+	switch v := v.(type) {
+	case streamed:
+		// the route wrote its own answer
+	case created:
+		c.writeJSON(http.StatusCreated, v.v)
+	default:
+		c.writeJSON(http.StatusOK, v)
+	}
 }
 
 // ownsDevice reports whether the app token's user owns the route's device,
@@ -332,4 +364,44 @@ func (a *API) Guard(route string, h http.Handler) http.Handler {
 			a.failures.take(addr, a.now())
 		}
 	})
+}
+
+// tokenUseEvery is how often a token's use from one address is audited:
+// every use would drown the log in a dashboard's polling, none would
+// leave a stolen token's first use from a new place unrecorded.
+const tokenUseEvery = time.Hour
+
+// tokenUses remembers when each token was last audited as used from each
+// address (IPv6 per /64).
+type tokenUses struct {
+	mu   sync.Mutex
+	last map[string]time.Time
+	max  int
+}
+
+func newTokenUses(max int) *tokenUses {
+	return &tokenUses{last: map[string]time.Time{}, max: max}
+}
+
+// note audits the call's token use if it was not audited from this
+// address within tokenUseEvery.
+func (u *tokenUses) note(c *call, addr string, now time.Time) {
+	key := c.tok.ID + "|" + addr
+	u.mu.Lock()
+	last, ok := u.last[key]
+	fresh := !ok || now.Sub(last) >= tokenUseEvery || now.Before(last)
+	if fresh {
+		if !ok && len(u.last) >= u.max {
+			// Full: start over. At worst some uses are audited again
+			// early, never is one missed.
+			clear(u.last)
+		}
+		u.last[key] = now
+	}
+	u.mu.Unlock()
+	if !fresh {
+		return
+	}
+	c.a.audit.Record(c.ctx(), audit.Event{Action: "api.token.used", Outcome: "done", Actor: c.actor(), Subject: "token:" + c.tok.ID,
+		Remote: c.r.RemoteAddr, Details: map[string]string{"route": c.label, "role": c.tok.Role, "user": c.tok.User}})
 }

@@ -268,19 +268,22 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 	}
 
 	adm := admin.Local{Registry: env.Registry, OTA: s.OTA, RekeyFunc: rekey, Rotation: s.Rotation}
+	// One API, two doors: the HTTPS listener (API tokens) and the admin
+	// socket, through which the CLI acts on this server.
+	ops, err := api.New(api.Options{
+		Tokens: s.Tokens, Admin: adm, Presence: s.Broker, Issuers: env.CA, Commands: cmds, Streams: hub, Firmware: env.Store,
+		AuditLog: p.AuditLog, Alerts: s.Monitor, Seen: s.Monitor,
+		Onboarding: s.Onboard, Claims: env.Registry, Enrollments: env.Store, TokenAdmin: s.Tokens, Quarantines: s.Monitor,
+		Audit: s.audit, Logger: log.With("component", "api"), Registerer: reg,
+	})
+	if err != nil {
+		return nil, err
+	}
 	if s.apiLn != nil {
 		mux := http.NewServeMux()
 		mux.Handle("/ota/", s.OTA.HTTPHandler(ota.HTTPOptions{Auth: env.Registry, Opener: httpOpener{seal}, URLs: urls, Metrics: otaHTTP, Name: "api"}))
 		onb := s.Onboard.Handler(onboard.HTTPOptions{Tokens: s.Tokens, TokenHeader: apitoken.FromRequest})
 		mux.Handle("/.well-known/est/", onb)
-		ops, err := api.New(api.Options{
-			Tokens: s.Tokens, Admin: adm, Presence: s.Broker, Issuers: env.CA, Commands: cmds, Streams: hub, Firmware: env.Store,
-			AuditLog: p.AuditLog, Alerts: s.Monitor, Seen: s.Monitor,
-			Audit: s.audit, Logger: log.With("component", "api"), Registerer: reg,
-		})
-		if err != nil {
-			return nil, err
-		}
 		mux.Handle("/v1/", ops.Handler())
 		// Claim tokens are minted with an API token: the same throttle on
 		// failed tokens per address applies.
@@ -311,7 +314,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 	go func() { defer close(rotDone); s.Rotation.Run(mctx) }()
 	go func() { defer close(s.bgDone); seal.Run(mctx, 30*time.Second); <-otaDone; <-rotDone; <-monDone }()
 
-	s.adminSrv = &http.Server{Handler: admin.Handler(adm, log.With("component", "admin")), ReadHeaderTimeout: 10 * time.Second}
+	s.adminSrv = &http.Server{Handler: ops.LocalHandler(), ReadHeaderTimeout: 10 * time.Second}
 	go func() { _ = s.adminSrv.Serve(s.adminLn) }()
 	return s, nil
 }

@@ -3,9 +3,17 @@ package e2e
 import (
 	"bufio"
 	"context"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/x509"
+	"crypto/x509/pkix"
 	"encoding/json"
+	"encoding/pem"
 	"io"
 	"net/http"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -237,5 +245,99 @@ func TestAppStreamAndCommandsWithSDK(t *testing.T) {
 	}
 	if code, _ := apiCall(t, cl, s, "POST", "/v1/devices/sdk-cmd-2/commands", app, `{"name":"read-temp"}`); code != http.StatusNotFound {
 		t.Fatalf("alice commanded a device that is not hers: %d", code)
+	}
+}
+
+// With the server running, the CLI acts through the server's API (on the
+// admin socket, audited as the operator), `device show` adds what only the
+// server knows, and what the CLI does is also an HTTPS call: a device
+// registered with a CSR over HTTPS connects with the certificate it got.
+func TestCLIUsesTheAPI(t *testing.T) {
+	s := startServer(t, t.TempDir())
+	dev := s.addDevice("cli-api-1")
+	if !s.auditContains(`"action":"api.request"`, `"actor":"operator"`, `"route":"POST /v1/devices"`, `cli-api-1`) {
+		t.Fatal("device add with the server running did not go through the API")
+	}
+	rc := mustConnectRaw(t, s.mqtts, dev, rawOpts{clean: true})
+	for range 3 {
+		if _, err := rc.publish(t, "private/cli-api-1/up/t", []byte("12345"), 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	eventually(t, 5*time.Second, "device show counts the messages", func() bool {
+		var show struct {
+			Connected *bool `json:"connected"`
+			Counters  *struct {
+				Messages, Bytes uint64
+			} `json:"counters"`
+		}
+		if err := json.Unmarshal([]byte(s.mustWarden("device", "show", "cli-api-1", "--json")), &show); err != nil {
+			t.Fatal(err)
+		}
+		return show.Connected != nil && *show.Connected && show.Counters != nil && show.Counters.Messages == 3 && show.Counters.Bytes == 15
+	})
+	out := s.mustWarden("device", "show", "cli-api-1")
+	for _, want := range []string{"Online   yes", "Seen     20", "Counters 3 messages (15 bytes) up, 1 sessions"} {
+		if !strings.Contains(out, want) {
+			t.Errorf("device show lacks %q:\n%s", want, out)
+		}
+	}
+	s.mustWarden("device", "disable", "cli-api-1", "--reason", "maintenance")
+	select {
+	case <-rc.down:
+	case <-time.After(5 * time.Second):
+		t.Fatal("a device disabled with the CLI stayed connected")
+	}
+	if !s.auditContains(`"route":"POST /v1/devices/{id}/disable"`, `"actor":"operator"`, `maintenance`) {
+		t.Error("device disable did not go through the API")
+	}
+
+	// The same action over HTTPS, with a token.
+	admin := strings.TrimSpace(s.mustWarden("token", "create", "--role", "admin", "--user", "root"))
+	cl := estClient(t, dev.ca, nil)
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	csr, err := x509.CreateCertificateRequest(rand.Reader, &x509.CertificateRequest{Subject: pkix.Name{CommonName: "https-dev-1"}}, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := json.Marshal(map[string]any{"id": "https-dev-1", "model": "m1", "csr": csr})
+	code, answer := apiCall(t, cl, s, "POST", "/v1/devices", admin, string(body))
+	if code != http.StatusCreated {
+		t.Fatalf("POST /v1/devices: %d %s", code, answer)
+	}
+	var created struct {
+		Device struct {
+			ID, State string
+		} `json:"device"`
+		CertificatePEM string `json:"certificate_pem"`
+	}
+	if err := json.Unmarshal([]byte(answer), &created); err != nil || created.Device.ID != "https-dev-1" || created.Device.State != "active" {
+		t.Fatalf("POST /v1/devices answered %s (%v)", answer, err)
+	}
+	dir := t.TempDir()
+	keyDER, _ := x509.MarshalECPrivateKey(key)
+	c2 := creds{id: "https-dev-1", cert: filepath.Join(dir, "d.crt"), key: filepath.Join(dir, "d.key"), ca: dev.ca}
+	if err := os.WriteFile(c2.cert, []byte(created.CertificatePEM), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(c2.key, pem.EncodeToMemory(&pem.Block{Type: "EC PRIVATE KEY", Bytes: keyDER}), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	rc2 := mustConnectRaw(t, s.mqtts, c2, rawOpts{clean: true})
+	if _, err := rc2.publish(t, "private/https-dev-1/up/t", []byte("x"), 1); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(s.mustWarden("device", "list"), "https-dev-1") {
+		t.Error("a device registered over HTTPS is not listed by the CLI")
+	}
+	// A viewer may not register devices; the answer says so without
+	// registering anything.
+	viewer := strings.TrimSpace(s.mustWarden("token", "create", "--role", "viewer", "--user", "vera"))
+	body, _ = json.Marshal(map[string]any{"id": "https-dev-2", "csr": csr})
+	if code, answer := apiCall(t, cl, s, "POST", "/v1/devices", viewer, string(body)); code != http.StatusForbidden {
+		t.Fatalf("viewer POST /v1/devices: %d %s", code, answer)
 	}
 }

@@ -469,3 +469,26 @@ func TestLastSeen(t *testing.T) {
 		t.Fatalf("LastSeen = %v %v, want the last publish", got, ok)
 	}
 }
+
+func TestActivity(t *testing.T) {
+	h := newHarness(t, harnessOptions{})
+	if _, ok := h.m.Activity("dev-1"); ok {
+		t.Fatal("activity before any event")
+	}
+	h.m.Observe(events.Event{Kind: events.Connected, At: t0, Device: "dev-1", Remote: "192.0.2.1:1"})
+	for i := range 3 {
+		h.m.Observe(events.Event{Kind: events.Published, At: t0.Add(time.Duration(i) * time.Second), Device: "dev-1", Size: 10 * (i + 1)})
+	}
+	h.m.Observe(events.Event{Kind: events.ACLDenied, At: t0.Add(5 * time.Second), Device: "dev-1", Topic: "private/dev-2/up/x"})
+	h.m.Observe(events.Event{Kind: events.Disconnected, At: t0.Add(6 * time.Second), Device: "dev-1"})
+	h.m.Observe(events.Event{Kind: events.Connected, At: t0.Add(7 * time.Second), Device: "dev-1", Remote: "192.0.2.1:2"})
+	h.m.Observe(events.Event{Kind: events.Published, At: t0.Add(8 * time.Second), Device: "dev-2", Size: 99})
+	got, ok := h.m.Activity("dev-1")
+	want := Activity{Messages: 3, Bytes: 60, Connects: 2, ACLDenials: 1}
+	if !ok || got != want {
+		t.Fatalf("Activity(dev-1) = %+v %v, want %+v", got, ok, want)
+	}
+	if got, _ := h.m.Activity("dev-2"); got != (Activity{Messages: 1, Bytes: 99}) {
+		t.Fatalf("Activity(dev-2) = %+v", got)
+	}
+}

@@ -355,6 +355,8 @@ func (m *Monitor) published(e *events.Event, at time.Time) {
 		return
 	}
 	d.lastSeen, d.lastAny, d.silenceReported = now, now, false
+	d.counts.Messages++
+	d.counts.Bytes += uint64(max(e.Size, 0))
 
 	var found task
 	bucket := now / m.p.rateIV
@@ -411,6 +413,7 @@ func (m *Monitor) connected(e *events.Event, at time.Time) {
 		return
 	}
 	d.lastSeen, d.lastAny, d.silenceReported = now, now, false
+	d.counts.Connects++
 	var flap, clone task
 	if f := m.cfg.ConnectFlapping; f.Enabled {
 		if est := d.connects.add(now, m.p.flapW); est >= float64(f.Threshold) {
@@ -453,9 +456,6 @@ func (m *Monitor) touch(e *events.Event, at time.Time) {
 
 func (m *Monitor) aclDenied(e *events.Event, at time.Time) {
 	a := m.cfg.ACLDenials
-	if !a.Enabled {
-		return
-	}
 	now := at.UnixNano()
 	var est float64
 	switch {
@@ -469,11 +469,16 @@ func (m *Monitor) aclDenied(e *events.Event, at time.Time) {
 			return
 		}
 		d.lastAny = now
+		d.counts.ACLDenials++ // counted for the operator whether or not the detector runs
+		if !a.Enabled {
+			sh.mu.Unlock()
+			return
+		}
 		if est = d.acl.add(now, m.p.aclW); est >= float64(a.Threshold) {
 			d.acl.reset()
 		}
 		sh.mu.Unlock()
-	case e.Service != "":
+	case e.Service != "" && a.Enabled:
 		s, ok := m.subject(m.services, tblServices, e.Service, now)
 		if !ok {
 			return
@@ -612,6 +617,16 @@ func (m *Monitor) subject(tbl *table[subjectState], idx int, id string, now int6
 	return lockedSubject{st: st, sh: sh}, true
 }
 
+// Activity counts what a device did while the monitor tracked it: since
+// this process started, or since the monitor last forgot the device after
+// monitor.forget_after without a word from it.
+type Activity struct {
+	Messages   uint64 `json:"messages"`    // uplink publishes
+	Bytes      uint64 `json:"bytes"`       // their payload bytes
+	Connects   uint64 `json:"connects"`    // sessions established
+	ACLDenials uint64 `json:"acl_denials"` // publishes and subscriptions refused by its ACL
+}
+
 // LastSeen is when device id last connected or published, as far as this
 // process has seen (it does not survive a restart); false if never.
 func (m *Monitor) LastSeen(id string) (time.Time, bool) {
@@ -623,4 +638,17 @@ func (m *Monitor) LastSeen(id string) (time.Time, bool) {
 		return time.Time{}, false
 	}
 	return time.Unix(0, d.lastSeen).UTC(), true
+}
+
+// Activity returns device id's counters; false if the monitor does not
+// track it (never seen since the start, forgotten, or the monitor is off).
+func (m *Monitor) Activity(id string) (Activity, bool) {
+	sh := m.devices.shard(id)
+	sh.mu.Lock()
+	defer sh.mu.Unlock()
+	d := sh.m[id]
+	if d == nil {
+		return Activity{}, false
+	}
+	return d.counts, true
 }

@@ -85,6 +85,8 @@ type deviceState struct {
 	rate           ewma  // publishes per interval, over intervals with publishes
 	size           ewma  // payload bytes
 	sizeReported   int64 // the interval of the last payload-size finding
+
+	counts Activity // what the operator sees (Monitor.Activity)
 }
 
 // subjectState is what the monitor counts of a subject it cannot trust to
