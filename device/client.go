@@ -465,7 +465,7 @@ func (c *Client) reconnectDelay(attempt int) time.Duration {
 
 // attempt is autopaho's AttemptConnection.
 func (c *Client) attempt(ctx context.Context, _ autopaho.ClientConfig, u *url.URL) (net.Conn, error) {
-	conn, err := dial(ctx, u, c.s.tls, c.s.connectTimeout)
+	conn, err := dialFrom(ctx, u, c.s.tls, c.s.connectTimeout, c.s.localAddr)
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	c.dialedURL = u.Redacted()

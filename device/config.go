@@ -9,6 +9,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"net/netip"
 	"net/url"
 	"strings"
 	"sync/atomic"
@@ -88,6 +89,15 @@ type Config struct {
 	// (default 10s).
 	ConnectTimeout time.Duration
 
+	// LocalAddr, if set, is the local IP address ("127.0.0.2", "fd00::7")
+	// that every MQTT connection of the client (mqtts, wss and plain mqtt)
+	// is made from; the port is always chosen by the system. Empty lets
+	// the system choose the address too. A gateway with several uplinks
+	// uses it to pick one, and a simulator to spread many clients over
+	// several source addresses, each with its own range of ephemeral
+	// ports. The SDK's HTTPS clients (OTA, EST) do not use it.
+	LocalAddr string
+
 	// ReceiveMaximum is sent to the broker as the MQTT 5 Receive Maximum
 	// (default 32).
 	ReceiveMaximum uint16
@@ -152,6 +162,7 @@ type settings struct {
 	minBackoff     time.Duration
 	maxBackoff     time.Duration
 	connectTimeout time.Duration
+	localAddr      *net.TCPAddr // nil: the system chooses
 	receiveMaximum uint16
 	log            *slog.Logger
 	onUp           func()
@@ -260,6 +271,14 @@ func (cfg Config) validate() (*settings, error) {
 		return nil, fmt.Errorf("Config.ConnectTimeout %v must not be negative", cfg.ConnectTimeout)
 	}
 
+	if cfg.LocalAddr != "" {
+		la, err := parseLocalAddr(cfg.LocalAddr)
+		if err != nil {
+			return nil, err
+		}
+		s.localAddr = la
+	}
+
 	if err := validateRenewal(cfg, s); err != nil {
 		return nil, err
 	}
@@ -295,6 +314,20 @@ func tlsConfig(cfg Config, cert *atomic.Pointer[tls.Certificate]) *tls.Config {
 			return &tls.Certificate{}, nil // validate stores one whenever a TLS server is listed
 		},
 	}
+}
+
+// parseLocalAddr reads Config.LocalAddr: an IP address only, since a
+// fixed local port would let the client make one connection at a time.
+func parseLocalAddr(raw string) (*net.TCPAddr, error) {
+	ip, err := netip.ParseAddr(raw)
+	if err != nil {
+		return nil, fmt.Errorf("Config.LocalAddr %q is not an IP address (such as 127.0.0.2 or fd00::7; no port, no host name): %w", raw, err)
+	}
+	if ip.IsUnspecified() || ip.IsMulticast() {
+		return nil, fmt.Errorf("Config.LocalAddr %q cannot be a source address; give one of this host's addresses, or leave it empty to let the system choose", raw)
+	}
+	ip = ip.Unmap()
+	return &net.TCPAddr{IP: ip.AsSlice(), Zone: ip.Zone()}, nil
 }
 
 func orDefault(d, def time.Duration) time.Duration {

@@ -23,22 +23,33 @@ import (
 // rather than letting autopaho do it so that it sees every connection it
 // hands to paho: that is how OnConnectionDown learns why a connection died.
 func dial(ctx context.Context, u *url.URL, tlsCfg *tls.Config, timeout time.Duration) (*trackedConn, error) {
+	return dialFrom(ctx, u, tlsCfg, timeout, nil)
+}
+
+// dialFrom is dial from the local address local (Config.LocalAddr); nil
+// lets the system choose.
+func dialFrom(ctx context.Context, u *url.URL, tlsCfg *tls.Config, timeout time.Duration, local *net.TCPAddr) (*trackedConn, error) {
 	ctx, cancel := context.WithTimeout(ctx, timeout)
 	defer cancel()
 
+	// A nil *net.TCPAddr stored in the net.Addr interface would not be nil.
+	nd := &net.Dialer{}
+	if local != nil {
+		nd.LocalAddr = local
+	}
 	var (
 		conn net.Conn
 		err  error
 	)
 	switch u.Scheme {
 	case "mqtt":
-		var d net.Dialer
-		conn, err = d.DialContext(ctx, "tcp", u.Host)
+		conn, err = nd.DialContext(ctx, "tcp", u.Host)
 	case "mqtts":
-		d := tls.Dialer{Config: tlsCfg}
+		d := tls.Dialer{NetDialer: nd, Config: tlsCfg}
 		conn, err = d.DialContext(ctx, "tcp", u.Host)
 	case "wss":
 		d := websocket.Dialer{
+			NetDialContext:   nd.DialContext,
 			TLSClientConfig:  tlsCfg,
 			Subprotocols:     []string{"mqtt"}, // MQTT 5 §6
 			HandshakeTimeout: timeout,

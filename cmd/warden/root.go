@@ -64,6 +64,8 @@ variables and its flags, in that order of precedence; see docs/configuration.md.
 		c.tokenCmd(),
 		c.auditCmd(),
 		c.alertsCmd(),
+		c.simCmd(),
+		c.benchCmd(),
 	)
 	return root
 }

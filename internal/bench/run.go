@@ -1,0 +1,314 @@
+package bench
+
+import (
+	"context"
+	"crypto/tls"
+	"fmt"
+	"io"
+	"path/filepath"
+	"slices"
+	"time"
+)
+
+// Scenario names, as `warden bench --scenarios` takes them.
+const (
+	ScenarioIdle       = "idle"
+	ScenarioStorm      = "storm"
+	ScenarioThroughput = "throughput"
+	ScenarioPaced      = "paced"
+	ScenarioBaseline   = "baseline"
+	ScenarioCompare    = "compare"
+)
+
+// AllScenarios is the default run, in the order it runs.
+var AllScenarios = []string{ScenarioIdle, ScenarioStorm, ScenarioBaseline, ScenarioThroughput, ScenarioPaced, ScenarioCompare}
+
+// RunOptions configures a benchmark run.
+type RunOptions struct {
+	// Binary is the warden executable; default os.Executable().
+	Binary string
+	// WorkDir holds the data directory (data/), the fleet (fleet/) and the
+	// other servers' files; reused by later runs so that the fleet is
+	// provisioned once.
+	WorkDir string
+	// Devices for idle and storm; ThroughputDevices publish in the
+	// throughput scenario (default 100); the paced load runs PacedDevices
+	// (default 1000) at PacedRate messages per second (default 5000) in
+	// total.
+	Devices, ThroughputDevices, PacedDevices int
+	PacedRate                                float64
+	// Scenarios to run (default AllScenarios). Compare repeats idle,
+	// storm, throughput and paced against Mosquitto.
+	Scenarios []string
+	// Duration of each throughput and paced measurement (default 10s),
+	// and Window the closed loop's messages in flight per device (default
+	// 4).
+	Duration time.Duration
+	Window   int
+	// Concurrency is how many connections are set up at once (default 64
+	// for the initial connection, 512 in the storm).
+	Concurrency, StormConcurrency int
+	// ClassicKeyExchange runs Warden and the bare TLS server with X25519
+	// only, the key exchange Mosquitto with OpenSSL 3.0 negotiates.
+	ClassicKeyExchange bool
+	// Settle is how long the idle scenario lets the server's memory settle
+	// before each reading (default 5s).
+	Settle time.Duration
+	// Mosquitto is its executable (default: found on PATH or /usr/sbin).
+	Mosquitto string
+	// Log receives progress lines; Progress, if set, draws bars.
+	Log      io.Writer
+	Progress func(what string, done, total int)
+}
+
+func (o *RunOptions) defaults() {
+	if o.Devices <= 0 {
+		o.Devices = 1000
+	}
+	if o.ThroughputDevices <= 0 {
+		o.ThroughputDevices = 100
+	}
+	if o.PacedDevices <= 0 {
+		o.PacedDevices = 1000
+	}
+	if o.PacedRate <= 0 {
+		o.PacedRate = 5000
+	}
+	if len(o.Scenarios) == 0 {
+		o.Scenarios = AllScenarios
+	}
+	if o.Duration <= 0 {
+		o.Duration = 10 * time.Second
+	}
+	if o.Window <= 0 {
+		o.Window = 4
+	}
+	if o.Concurrency <= 0 {
+		o.Concurrency = 64
+	}
+	if o.StormConcurrency <= 0 {
+		o.StormConcurrency = 512
+	}
+	if o.Log == nil {
+		o.Log = io.Discard
+	}
+}
+
+func (o *RunOptions) progress(what string) func(done, total int) {
+	if o.Progress == nil {
+		return nil
+	}
+	return func(done, total int) { o.Progress(what, done, total) }
+}
+
+// Run provisions (or reuses) the fleet, starts the servers it needs one
+// after the other, runs the scenarios and returns their results, with the
+// ratios the targets are stated in.
+func Run(ctx context.Context, o RunOptions) ([]Result, error) {
+	o.defaults()
+	for _, s := range o.Scenarios {
+		if !slices.Contains(AllScenarios, s) {
+			return nil, fmt.Errorf("unknown scenario %q (have %v)", s, AllScenarios)
+		}
+	}
+	want := func(s string) bool { return slices.Contains(o.Scenarios, s) }
+	need := max(o.Devices, o.ThroughputDevices)
+	if want(ScenarioPaced) {
+		need = max(need, o.PacedDevices)
+	}
+	fmt.Fprintf(o.Log, "Provisioning (or reusing) %d devices in %s\n", need, o.WorkDir)
+	fleet, err := ProvisionFleet(ctx, FleetOptions{Binary: o.Binary, DataDir: filepath.Join(o.WorkDir, "data"), Dir: filepath.Join(o.WorkDir, "fleet"),
+		Devices: need, Progress: o.progress("provisioning")})
+	if err != nil {
+		return nil, err
+	}
+	ids, consumer, err := LoadIdentities(fleet, need)
+	if err != nil {
+		return nil, err
+	}
+
+	var results []Result
+	fmt.Fprintln(o.Log, "Starting warden serve")
+	wp, err := StartWarden(ctx, WardenOptions{Binary: o.Binary, DataDir: fleet.DataDir, ClassicKeyExchange: o.ClassicKeyExchange})
+	if err != nil {
+		return nil, err
+	}
+	wt, err := WardenTarget(wp, o.ClassicKeyExchange)
+	if err == nil {
+		results, err = o.runBroker(ctx, wt, ids, consumer, results)
+	}
+	if serr := wp.Stop(context.WithoutCancel(ctx)); err == nil && serr != nil {
+		err = fmt.Errorf("stop warden: %w", serr)
+	}
+	if err != nil {
+		return results, fmt.Errorf("warden: %w (its log: %s)", err, wp.LogPath)
+	}
+
+	if want(ScenarioBaseline) {
+		r, err := o.runBaseline(ctx, fleet, ids)
+		if err != nil {
+			return results, fmt.Errorf("bare TLS baseline: %w", err)
+		}
+		results = append(results, r)
+	}
+
+	if want(ScenarioCompare) {
+		fmt.Fprintln(o.Log, "Starting mosquitto")
+		mp, err := StartMosquitto(ctx, MosquittoOptions{Binary: o.Mosquitto, Fleet: fleet, Dir: filepath.Join(o.WorkDir, "mosquitto")})
+		if err != nil {
+			return results, err
+		}
+		mt, err := MosquittoTarget(mp)
+		if err == nil {
+			results, err = o.runBroker(ctx, mt, ids, consumer, results)
+		}
+		if serr := mp.Stop(context.WithoutCancel(ctx)); err == nil && serr != nil {
+			err = fmt.Errorf("stop mosquitto: %w", serr)
+		}
+		if err != nil {
+			return results, fmt.Errorf("mosquitto: %w (its log: %s)", err, mp.LogPath)
+		}
+	}
+	addRatios(results)
+	return results, nil
+}
+
+// runBroker runs idle, storm, throughput and paced against one broker.
+func (o *RunOptions) runBroker(ctx context.Context, t Target, ids []Identity, consumer Identity, results []Result) ([]Result, error) {
+	want := func(s string) bool {
+		return slices.Contains(o.Scenarios, s) || (t.Name == "mosquitto" && slices.Contains(o.Scenarios, ScenarioCompare) &&
+			s != ScenarioBaseline)
+	}
+	var clients []*Client
+	defer func() { CloseAll(clients) }()
+	if want(ScenarioIdle) || want(ScenarioStorm) {
+		fmt.Fprintf(o.Log, "%s: idle, %d devices\n", t.Name, o.Devices)
+		r, cs, err := Idle(ctx, t, ids[:o.Devices], IdleOptions{Settle: o.Settle, Connect: ConnectOptions{Concurrency: o.Concurrency, Progress: o.progress(t.Name + ": connecting")}})
+		if err != nil {
+			return results, fmt.Errorf("idle: %w", err)
+		}
+		clients = cs
+		results = append(results, r)
+		if want(ScenarioStorm) {
+			fmt.Fprintf(o.Log, "%s: storm, %d devices reconnect at once\n", t.Name, o.Devices)
+			r, cs, err := Storm(ctx, t, ids[:o.Devices], clients, StormOptions{Concurrency: o.StormConcurrency, Progress: o.progress(t.Name + ": reconnecting")})
+			if err != nil {
+				return results, fmt.Errorf("storm: %w", err)
+			}
+			clients = cs
+			results = append(results, r)
+		}
+		CloseAll(clients)
+		clients = nil
+	}
+	if want(ScenarioThroughput) {
+		cs, _, err := ConnectAll(ctx, t, ids[:o.ThroughputDevices], ConnectOptions{Concurrency: o.Concurrency})
+		if err != nil {
+			return results, fmt.Errorf("throughput: connect: %w", err)
+		}
+		clients = cs
+		for _, qos := range []byte{0, 1} {
+			for _, size := range []int{64, 256} {
+				fmt.Fprintf(o.Log, "%s: throughput, %d devices, QoS %d, %d B\n", t.Name, o.ThroughputDevices, qos, size)
+				r, err := Throughput(ctx, t, ids, clients, consumer, ThroughputOptions{QoS: qos, Size: size, Window: o.Window, Duration: o.Duration})
+				if err != nil {
+					return results, fmt.Errorf("throughput: %w", err)
+				}
+				results = append(results, r)
+			}
+		}
+		CloseAll(clients)
+		clients = nil
+	}
+	if want(ScenarioPaced) {
+		cs, _, err := ConnectAll(ctx, t, ids[:o.PacedDevices], ConnectOptions{Concurrency: o.Concurrency, Progress: o.progress(t.Name + ": connecting")})
+		if err != nil {
+			return results, fmt.Errorf("paced: connect: %w", err)
+		}
+		clients = cs
+		fmt.Fprintf(o.Log, "%s: paced, %d devices, %.0f msg/s QoS 1\n", t.Name, o.PacedDevices, o.PacedRate)
+		r, err := Throughput(ctx, t, ids, clients, consumer, ThroughputOptions{QoS: 1, Size: 64, Rate: o.PacedRate, Duration: o.Duration})
+		if err != nil {
+			return results, fmt.Errorf("paced: %w", err)
+		}
+		r.Scenario = ScenarioPaced
+		results = append(results, r)
+	}
+	return results, nil
+}
+
+// runBaseline measures a bare crypto/tls server doing the same mutual-TLS
+// handshakes the storm makes.
+func (o *RunOptions) runBaseline(ctx context.Context, fleet *FleetDir, ids []Identity) (Result, error) {
+	fmt.Fprintln(o.Log, "Bare crypto/tls server: mutual-TLS handshakes")
+	p, err := StartBaseline(ctx, StartBaselineOptions{Binary: o.Binary, Fleet: fleet, Dir: filepath.Join(o.WorkDir, "baseline"), ClassicKeyExchange: o.ClassicKeyExchange})
+	if err != nil {
+		return Result{}, err
+	}
+	defer p.Stop(context.WithoutCancel(ctx))
+	roots, err := p.ServerRoots()
+	if err != nil {
+		return Result{}, err
+	}
+	certs := make([]tls.Certificate, 0, o.Devices)
+	for _, id := range ids[:o.Devices] {
+		certs = append(certs, id.Cert)
+	}
+	br, err := HandshakeBaseline(ctx, BaselineOptions{Addr: p.Addr, ServerName: p.ServerName, RootCAs: roots, Certificates: certs,
+		Concurrency: o.StormConcurrency, Duration: o.Duration, ServerPID: p.PID, LocalAddrs: sourceAddrs})
+	if err != nil {
+		return Result{}, err
+	}
+	r := Result{Scenario: ScenarioStorm, Subject: "tls-baseline", Parameters: map[string]any{"concurrency": o.StormConcurrency, "tls": br.TLS}}
+	r.Metrics = br.Metrics()
+	if br.Failures > 0 {
+		r.Notes = append(r.Notes, fmt.Sprintf("%d handshakes failed: %s", br.Failures, br.FirstError))
+	}
+	return r, nil
+}
+
+// addRatios states each target as a ratio against its yardstick measured
+// in the same run.
+func addRatios(results []Result) {
+	find := func(scenario, subject string, params func(map[string]any) bool) *Result {
+		for i := range results {
+			r := &results[i]
+			if r.Scenario == scenario && r.Subject == subject && (params == nil || params(r.Parameters)) {
+				return r
+			}
+		}
+		return nil
+	}
+	for i := range results {
+		r := &results[i]
+		if r.Subject != "warden" {
+			continue
+		}
+		same := func(p map[string]any) bool {
+			return fmt.Sprint(p["qos"]) == fmt.Sprint(r.Parameters["qos"]) && fmt.Sprint(p["payload_bytes"]) == fmt.Sprint(r.Parameters["payload_bytes"])
+		}
+		switch r.Scenario {
+		case ScenarioIdle:
+			if m := find(ScenarioIdle, "mosquitto", nil); m != nil {
+				_ = r.AddRatio(m, MetricRSSPerConnection, 0)
+			}
+		case ScenarioStorm:
+			if b := find(ScenarioStorm, "tls-baseline", nil); b != nil {
+				_ = r.AddRatio(b, MetricHandshakesPerSecond, 0.9)
+			}
+			if m := find(ScenarioStorm, "mosquitto", nil); m != nil {
+				_ = r.AddRatio(m, MetricHandshakesPerSecond, 1.5)
+				_ = r.AddRatio(m, MetricServerCPUPerHandshake, 0)
+			}
+		case ScenarioThroughput:
+			if m := find(ScenarioThroughput, "mosquitto", same); m != nil {
+				_ = r.AddRatio(m, MetricMessagesPerSecond, 1.5)
+				_ = r.AddRatio(m, MetricServerCPUPerMessage, 0)
+			}
+		case ScenarioPaced:
+			if m := find(ScenarioPaced, "mosquitto", nil); m != nil {
+				_ = r.AddRatio(m, MetricLatencyP99, 1)
+			}
+		}
+	}
+}

@@ -1,0 +1,82 @@
+package bench
+
+import (
+	"bytes"
+	"context"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// TestRunEveryScenario runs the whole benchmark at a toy size against the
+// real warden binary, the bare TLS server and Mosquitto: every scenario
+// must produce its figures, the ratios must be computed against the
+// yardsticks, and nothing may be lost at QoS 1 on Mosquitto (Warden's
+// figures are what the benchmark is for; their targets are not asserted
+// here, but the run must not fail).
+func TestRunEveryScenario(t *testing.T) {
+	requireMosquitto(t)
+	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
+	defer cancel()
+	var log bytes.Buffer
+	results, err := Run(ctx, RunOptions{
+		Binary: wardenBinary(t), WorkDir: t.TempDir(),
+		Devices: 40, ThroughputDevices: 8, PacedDevices: 20, PacedRate: 200,
+		Duration: time.Second, StormConcurrency: 16, Settle: 300 * time.Millisecond, Log: &log,
+	})
+	if err != nil {
+		t.Fatalf("Run: %v\n%s", err, log.String())
+	}
+	want := map[string]int{"idle": 2, "storm": 3, "throughput": 8, "paced": 2}
+	got := map[string]int{}
+	for _, r := range results {
+		got[r.Scenario]++
+		if len(r.Metrics) == 0 {
+			t.Errorf("%s %s has no metrics", r.Scenario, r.Subject)
+		}
+	}
+	for s, n := range want {
+		if got[s] != n {
+			t.Errorf("%d %s results, want %d (got %v)", got[s], s, n, got)
+		}
+	}
+	ratios := 0
+	for _, r := range results {
+		ratios += len(r.Ratios)
+		if r.Subject == "mosquitto" && (r.Scenario == "throughput" || r.Scenario == "paced") {
+			m, ok := r.Metric(MetricMessagesPerSecond)
+			if !ok || m.Value <= 0 {
+				t.Errorf("mosquitto %s %v: no messages per second", r.Scenario, r.Parameters)
+			}
+			if r.Parameters["qos"] == byte(1) {
+				if lost, _ := r.Metric("lost"); lost.Value != 0 {
+					t.Errorf("mosquitto lost %v QoS 1 messages: %v", lost.Value, r.Parameters)
+				}
+			}
+		}
+		if r.Scenario == "storm" && r.Subject != "tls-baseline" {
+			if m, _ := r.Metric(MetricHandshakesPerSecond); m.Value <= 0 {
+				t.Errorf("%s storm: %v handshakes/s", r.Subject, m.Value)
+			}
+			if m, _ := r.Metric("control_sessions_dropped"); m.Value != 0 {
+				t.Errorf("%s dropped %v established sessions in the storm", r.Subject, m.Value)
+			}
+		}
+	}
+	if ratios < 8 {
+		t.Errorf("%d ratios, want the idle, storm (2), throughput (4) and paced ones", ratios)
+	}
+	var table bytes.Buffer
+	if err := PrintTable(&table, results); err != nil || !strings.Contains(table.String(), "warden / mosquitto") {
+		t.Errorf("table: %v\n%s", err, table.String())
+	}
+	out := filepath.Join(t.TempDir(), "r.json")
+	if err := WriteJSON(out, results); err != nil {
+		t.Fatal(err)
+	}
+	rep, err := ReadJSON(out)
+	if err != nil || len(rep.Results) != len(results) {
+		t.Fatalf("ReadJSON: %v, %d results", err, len(rep.Results))
+	}
+}
