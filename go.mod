@@ -65,3 +65,6 @@ require (
 	modernc.org/mathutil v1.7.1 // indirect
 	modernc.org/memory v1.12.1 // indirect
 )
+
+// mochi v2.7.9 with Warden's fixes; third_party/mochi/PATCHES.md lists them.
+replace github.com/mochi-mqtt/server/v2 => ./third_party/mochi

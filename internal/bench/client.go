@@ -57,6 +57,9 @@ type DialOptions struct {
 	Certificate tls.Certificate
 	LocalAddr   string        // source IP; "" lets the system choose
 	Timeout     time.Duration // TLS handshake and CONNACK; default 30s
+	// ReceiveMaximum is the MQTT 5 Receive Maximum sent in CONNECT
+	// (default 64, a device's; a back end sends more).
+	ReceiveMaximum uint16
 	// OnPublish sees every PUBLISH the broker sends (QoS 1 ones are
 	// acknowledged after it returns). It runs on the reader goroutine.
 	OnPublish func(*packets.Publish)
@@ -104,7 +107,10 @@ func Dial(ctx context.Context, ep Endpoint, o DialOptions) (*Client, error) {
 	}
 	c := &Client{ID: o.ID, conn: tc, bw: bufio.NewWriterSize(tc, 512), pending: map[uint16]func(error){},
 		onPublish: o.OnPublish, done: make(chan struct{})}
-	recvMax := uint16(64)
+	recvMax := o.ReceiveMaximum
+	if recvMax == 0 {
+		recvMax = 64
+	}
 	connect := &packets.Connect{ProtocolName: "MQTT", ProtocolVersion: 5, ClientID: o.ID, CleanStart: true, KeepAlive: 600,
 		Properties: &packets.Properties{ReceiveMaximum: &recvMax}}
 	if err := c.write(connect); err != nil {

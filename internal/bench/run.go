@@ -201,6 +201,15 @@ func (o *RunOptions) runBroker(ctx context.Context, t Target, ids []Identity, co
 		CloseAll(clients)
 		clients = nil
 	}
+	var cons *Consumer
+	if want(ScenarioThroughput) || want(ScenarioPaced) {
+		c, err := StartConsumer(ctx, t, consumer)
+		if err != nil {
+			return results, err
+		}
+		cons = c
+		defer cons.Close()
+	}
 	if want(ScenarioThroughput) {
 		cs, _, err := ConnectAll(ctx, t, ids[:o.ThroughputDevices], ConnectOptions{Concurrency: o.Concurrency})
 		if err != nil {
@@ -210,7 +219,7 @@ func (o *RunOptions) runBroker(ctx context.Context, t Target, ids []Identity, co
 		for _, qos := range []byte{0, 1} {
 			for _, size := range []int{64, 256} {
 				fmt.Fprintf(o.Log, "%s: throughput, %d devices, QoS %d, %d B\n", t.Name, o.ThroughputDevices, qos, size)
-				r, err := Throughput(ctx, t, ids, clients, consumer, ThroughputOptions{QoS: qos, Size: size, Window: o.Window, Duration: o.Duration})
+				r, err := Throughput(ctx, t, ids, clients, cons, ThroughputOptions{QoS: qos, Size: size, Window: o.Window, Duration: o.Duration})
 				if err != nil {
 					return results, fmt.Errorf("throughput: %w", err)
 				}
@@ -227,7 +236,7 @@ func (o *RunOptions) runBroker(ctx context.Context, t Target, ids []Identity, co
 		}
 		clients = cs
 		fmt.Fprintf(o.Log, "%s: paced, %d devices, %.0f msg/s QoS 1\n", t.Name, o.PacedDevices, o.PacedRate)
-		r, err := Throughput(ctx, t, ids, clients, consumer, ThroughputOptions{QoS: 1, Size: 64, Rate: o.PacedRate, Duration: o.Duration})
+		r, err := Throughput(ctx, t, ids, clients, cons, ThroughputOptions{QoS: 1, Size: 64, Rate: o.PacedRate, Duration: o.Duration})
 		if err != nil {
 			return results, fmt.Errorf("paced: %w", err)
 		}

@@ -20,8 +20,8 @@ type Target struct {
 	Name     string // "warden" or "mosquitto": the Result's Subject
 	Proc     *Proc
 	Endpoint Endpoint
-	// Topic is where device id publishes its telemetry.
-	Topic func(id string) string
+	// Topic is where device id publishes on channel.
+	Topic func(id, channel string) string
 	// OwnFilter is the subtree device id subscribes to when idle.
 	OwnFilter func(id string) string
 	// ConsumerFilter is what the consumer subscribes to, and
@@ -41,7 +41,7 @@ func WardenTarget(p *Proc, classic bool) (Target, error) {
 	return Target{
 		Name: "warden", Proc: p,
 		Endpoint:       Endpoint{Addr: p.Addr, ServerName: p.ServerName, Roots: roots, ClassicKeyExchange: classic},
-		Topic:          func(id string) string { return "private/" + id + "/up/bench" },
+		Topic:          func(id, ch string) string { return "private/" + id + "/up/" + ch },
 		OwnFilter:      func(id string) string { return "private/" + id + "/#" },
 		ConsumerFilter: "fleet/#", ConsumerLevel: 1,
 	}, nil
@@ -57,7 +57,7 @@ func MosquittoTarget(p *Proc) (Target, error) {
 	return Target{
 		Name: "mosquitto", Proc: p,
 		Endpoint:       Endpoint{Addr: p.Addr, ServerName: p.ServerName, Roots: roots},
-		Topic:          func(id string) string { return "private/" + id + "/up/bench" },
+		Topic:          func(id, ch string) string { return "private/" + id + "/up/" + ch },
 		OwnFilter:      func(id string) string { return "private/" + id + "/#" },
 		ConsumerFilter: "private/+/up/#", ConsumerLevel: 1,
 	}, nil
@@ -328,7 +328,7 @@ func Storm(ctx context.Context, t Target, ids []Identity, clients []*Client, o S
 				}
 				t0 := time.Now()
 				pctx, cancel := context.WithTimeout(cctx, 10*time.Second)
-				err := c.Publish(pctx, t.Topic(ids[i].ID), payload, 1)
+				err := c.Publish(pctx, t.Topic(ids[i].ID, "control"), payload, 1)
 				cancel()
 				if err != nil {
 					if cctx.Err() == nil {
@@ -390,6 +390,47 @@ func Storm(ctx context.Context, t Target, ids []Identity, clients []*Client, o S
 	return r, append(append([]*Client(nil), control...), back...), nil
 }
 
+// Consumer is the back end of the throughput runs against one broker: one
+// connection, subscribed once, for all of them. (A reader that reconnects
+// at once with the same client ID can lose its subscription in mochi
+// v2.7.9; and a back end does not reconnect between bursts anyway.)
+type Consumer struct {
+	c       *Client
+	handler atomic.Pointer[func(*packets.Publish)]
+	runs    atomic.Int64
+}
+
+// StartConsumer connects the reader service and subscribes it to the
+// target's consumer filter at QoS 1 (a QoS 0 publish arrives at QoS 0).
+func StartConsumer(ctx context.Context, t Target, id Identity) (*Consumer, error) {
+	cons := &Consumer{}
+	// A back end's Receive Maximum (paho's default): the broker may have
+	// that many QoS 1 messages unacknowledged toward it.
+	c, err := Dial(ctx, t.Endpoint, DialOptions{ID: id.ID, Certificate: id.Cert, ReceiveMaximum: 65535, OnPublish: func(p *packets.Publish) {
+		if h := cons.handler.Load(); h != nil {
+			(*h)(p)
+		}
+	}})
+	if err != nil {
+		return nil, fmt.Errorf("bench: consumer: %w", err)
+	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := c.Subscribe(sctx, t.ConsumerFilter, 1); err != nil {
+		c.Close()
+		return nil, fmt.Errorf("bench: consumer subscribe %s: %w", t.ConsumerFilter, err)
+	}
+	cons.c = c
+	return cons, nil
+}
+
+// Close disconnects the consumer.
+func (c *Consumer) Close() { c.c.Disconnect() }
+
+// creditTimeout is how long a device of the closed loop waits for one of
+// its messages to arrive before it sends the next anyway.
+const creditTimeout = 2 * time.Second
+
 // ThroughputOptions configures a throughput run.
 type ThroughputOptions struct {
 	QoS  byte
@@ -407,7 +448,7 @@ type ThroughputOptions struct {
 // Throughput runs devices publishing to their own subtree while a consumer
 // reads them all, and measures end-to-end messages per second, latency,
 // the server's CPU per message, and loss. clients are connected devices.
-func Throughput(ctx context.Context, t Target, ids []Identity, clients []*Client, consumer Identity, o ThroughputOptions) (Result, error) {
+func Throughput(ctx context.Context, t Target, ids []Identity, clients []*Client, cons *Consumer, o ThroughputOptions) (Result, error) {
 	if o.Size < sim.HeaderSize {
 		o.Size = max(64, sim.HeaderSize)
 	}
@@ -449,7 +490,8 @@ func Throughput(ctx context.Context, t Target, ids []Identity, clients []*Client
 		measuring  atomic.Bool
 		counted    atomic.Uint64
 	)
-	onMsg := func(p *packets.Publish) {
+	var onMsg func(p *packets.Publish)
+	onMsg = func(p *packets.Publish) {
 		now := time.Now()
 		parts := strings.SplitN(p.Topic, "/", t.ConsumerLevel+2)
 		if len(parts) <= t.ConsumerLevel {
@@ -485,27 +527,27 @@ func Throughput(ctx context.Context, t Target, ids []Identity, clients []*Client
 		default:
 		}
 	}
-	cons, err := Dial(ctx, t.Endpoint, DialOptions{ID: consumer.ID, Certificate: consumer.Cert, OnPublish: onMsg})
-	if err != nil {
-		return r, fmt.Errorf("bench: consumer: %w", err)
+	// Each run publishes on its own channel, so that a late message of an
+	// earlier run is not taken for one of this run.
+	channel := fmt.Sprintf("bench%d", cons.runs.Add(1))
+	wanted := onMsg
+	onMsg = func(p *packets.Publish) {
+		if strings.HasSuffix(p.Topic, "/"+channel) {
+			wanted(p)
+		}
 	}
-	defer cons.Disconnect()
-	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-	err = cons.Subscribe(sctx, t.ConsumerFilter, o.QoS)
-	cancel()
-	if err != nil {
-		return r, fmt.Errorf("bench: consumer subscribe %s: %w", t.ConsumerFilter, err)
-	}
+	cons.handler.Store(&onMsg)
+	defer cons.handler.Store(nil)
 
 	// Publishers: the closed loop takes a credit per message; the paced
 	// mode hands out messages at the rate, round robin.
 	pctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	var pubErrs atomic.Uint64
+	var pubErrs, stalls atomic.Uint64
 	send := func(i int, seq uint64, buf []byte) {
 		buf = sim.AppendPayload(buf[:0], o.Size, seq, time.Now())
 		states[i].sent.Add(1)
-		clients[i].PublishAsync(t.Topic(ids[i].ID), buf, o.QoS, func(err error) {
+		clients[i].PublishAsync(t.Topic(ids[i].ID, channel), buf, o.QoS, func(err error) {
 			if err != nil {
 				pubErrs.Add(1)
 			}
@@ -533,11 +575,20 @@ func Throughput(ctx context.Context, t Target, ids []Identity, clients []*Client
 			wg.Add(1)
 			go func() {
 				defer wg.Done()
+				// A message that never arrives would hold its credit for
+				// good and stall the device: after creditTimeout the
+				// device goes on without it (the message counts as lost
+				// unless it arrives after all).
+				timer := time.NewTimer(creditTimeout)
+				defer timer.Stop()
 				for seq := uint64(0); ; seq++ {
+					timer.Reset(creditTimeout)
 					select {
 					case <-pctx.Done():
 						return
 					case <-states[i].credit:
+					case <-timer.C:
+						stalls.Add(1)
 					}
 					// Each message gets its own buffer: the client writes
 					// it before PublishAsync returns, but a buffer per
@@ -595,6 +646,9 @@ func Throughput(ctx context.Context, t Target, ids []Identity, clients []*Client
 	r.Add("lost", float64(sent-min(sent, recv)), UnitCount, LowerIsBetter)
 	r.Add("duplicates", float64(dups), UnitCount, LowerIsBetter)
 	r.Add("publish_errors", float64(pubErrs.Load()), UnitCount, LowerIsBetter)
+	if o.Rate <= 0 {
+		r.Add("window_stalls", float64(stalls.Load()), UnitCount, LowerIsBetter)
+	}
 	if u := unexpected.Load(); u > 0 {
 		r.Notes = append(r.Notes, fmt.Sprintf("%d messages the consumer could not attribute", u))
 	}
