@@ -56,19 +56,23 @@ type ListenerConfig struct {
 // Limits bound what one client or one burst of clients can cost. Their
 // defaults live in internal/config (docs/configuration.md).
 type Limits struct {
-	ConnectTimeout   time.Duration // TLS handshake + CONNECT must finish within this
-	MaxPacketSize    uint32        // larger packets disconnect their sender
-	ClientSendQueue  int           // outbound packets queued per client before drops
-	MaxInflight      int           // QoS>0 messages kept per session
-	MaxKeepAlive     time.Duration // clients asking for 0 (none) or more get this
-	PublishRate      float64       // per device, messages/s (token bucket)
-	PublishBurst     int
-	ConnectionRate   float64 // per listener, new connections/s
-	ConnectionBurst  int
-	FlapMaxConnects  int           // more connects than this within FlapWindow ...
-	FlapWindow       time.Duration //
-	FlapBan          time.Duration // ... refuses the client ID for this long
-	MaxSessionExpiry time.Duration // longest a disconnected session is kept
+	ConnectTimeout  time.Duration // TLS handshake + CONNECT must finish within this
+	MaxPacketSize   uint32        // larger packets disconnect their sender
+	ClientSendQueue int           // outbound packets queued per client before drops
+	MaxInflight     int           // QoS>0 messages kept per session
+	// ServiceSendQueue and ServiceMaxInflight replace the two above for
+	// back-end services (0: the same as devices).
+	ServiceSendQueue   int
+	ServiceMaxInflight int
+	MaxKeepAlive       time.Duration // clients asking for 0 (none) or more get this
+	PublishRate        float64       // per device, messages/s (token bucket)
+	PublishBurst       int
+	ConnectionRate     float64 // per listener, new connections/s
+	ConnectionBurst    int
+	FlapMaxConnects    int           // more connects than this within FlapWindow ...
+	FlapWindow         time.Duration //
+	FlapBan            time.Duration // ... refuses the client ID for this long
+	MaxSessionExpiry   time.Duration // longest a disconnected session is kept
 }
 
 // Authenticator decides whether a TLS-verified leaf certificate names a
@@ -224,6 +228,7 @@ func New(opts Options) (*Broker, error) {
 		ClientNetWriteBufferSize: 2048,
 		ClientNetReadBufferSize:  2048,
 		SysTopicResendInterval:   60,
+		ClientLimits:             b.clientLimits,
 	})
 	b.relayCl = b.srv.NewClient(nil, "warden", "warden-relay", true)
 	b.relayCl.Properties.ProtocolVersion = 5
@@ -569,4 +574,20 @@ func orDefault(s, d string) string {
 		return d
 	}
 	return s
+}
+
+// clientLimits gives back-end services their own, deeper, outbound queue
+// and in-flight limit (third_party/mochi, patch 2): a reader of fleet/#
+// takes a whole fleet's messages, a device only its own. Called once per
+// connection, after authentication.
+func (b *Broker) clientLimits(cl *mqtt.Client) (int32, uint16) {
+	if cl.Net.Inline || b.hook == nil {
+		return 0, 0
+	}
+	st := b.hook.stateFor(cl)
+	if st == nil || st.principal.Kind != identity.KindService {
+		return 0, 0
+	}
+	l := b.opts.Limits
+	return int32(max(l.ServiceSendQueue, 0)), uint16(min(max(l.ServiceMaxInflight, 0), math.MaxUint16))
 }

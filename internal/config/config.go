@@ -116,6 +116,11 @@ type Limits struct {
 	ClientSendQueue int `koanf:"client_send_queue"`
 	// MaxInflight is the number of QoS 1/2 messages stored per session.
 	MaxInflight int `koanf:"max_inflight"`
+	// ServiceSendQueue and ServiceMaxInflight are the same for back-end
+	// services, which read whole fleets (fleet/#) and need deeper queues
+	// than a device; there are few of them, so the memory is small.
+	ServiceSendQueue   int `koanf:"service_send_queue"`
+	ServiceMaxInflight int `koanf:"service_max_inflight"`
 	// MaxKeepAlive is the server keep alive imposed on clients that ask for
 	// none (0) or for more than this.
 	MaxKeepAlive time.Duration `koanf:"max_keep_alive"`
@@ -196,19 +201,21 @@ func Default() Config {
 		OTA:  OTA{MaxImageSize: 64 * MiB},
 		TLS:  TLS{HybridPQ: true},
 		Limits: Limits{
-			ConnectTimeout:   10 * time.Second,
-			MaxPacketSize:    64 * KiB,
-			ClientSendQueue:  64,
-			MaxInflight:      64,
-			MaxKeepAlive:     5 * time.Minute,
-			PublishRate:      100,
-			PublishBurst:     200,
-			ConnectionRate:   500,
-			ConnectionBurst:  1000,
-			FlapMaxConnects:  15,
-			FlapWindow:       time.Minute,
-			FlapBan:          5 * time.Minute,
-			MaxSessionExpiry: 7 * 24 * time.Hour,
+			ConnectTimeout:     10 * time.Second,
+			MaxPacketSize:      64 * KiB,
+			ClientSendQueue:    64,
+			MaxInflight:        64,
+			ServiceSendQueue:   8192,
+			ServiceMaxInflight: 8192,
+			MaxKeepAlive:       5 * time.Minute,
+			PublishRate:        100,
+			PublishBurst:       200,
+			ConnectionRate:     500,
+			ConnectionBurst:    1000,
+			FlapMaxConnects:    15,
+			FlapWindow:         time.Minute,
+			FlapBan:            5 * time.Minute,
+			MaxSessionExpiry:   7 * 24 * time.Hour,
 		},
 		Monitor: DefaultMonitor(),
 	}

@@ -80,6 +80,10 @@ limits:
   max_packet_size: 64KiB     # largest MQTT packet (1KiB..256MiB)
   client_send_queue: 64      # outbound packets queued per client (8..65536)
   max_inflight: 64           # QoS 1/2 messages stored per session (1..65535)
+  # Back-end services read whole fleets (fleet/#): deeper queues, so that a
+  # burst is queued rather than dropped. There are few services.
+  service_send_queue: 8192   # outbound packets queued per service (8..65536)
+  service_max_inflight: 8192 # QoS 1/2 messages stored per service session (1..65535)
   max_keep_alive: 5m         # keep alive for clients asking for none or more (1s..18h12m15s)
   publish_rate: 100          # messages per second per device (> 0)
   publish_burst: 200         # per-device burst (1..1000000)

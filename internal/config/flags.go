@@ -52,6 +52,8 @@ func flagSpecs() []flagSpec {
 		{"max-packet-size", "limits.max_packet_size", "largest MQTT packet, bytes or with a unit such as 64KiB (1KiB..256MiB)", true},
 		{"client-send-queue", "limits.client_send_queue", "outbound packets queued per client (8..65536)", true},
 		{"max-inflight", "limits.max_inflight", "QoS 1/2 messages stored per client session (1..65535)", true},
+		{"service-send-queue", "limits.service_send_queue", "outbound packets queued per back-end service (8..65536)", true},
+		{"service-max-inflight", "limits.service_max_inflight", "QoS 1/2 messages stored per back-end service session (1..65535)", true},
 		{"max-keep-alive", "limits.max_keep_alive", "server keep alive for clients asking for none or more (1s..18h12m15s)", true},
 		{"publish-rate", "limits.publish_rate", "messages per second per device (token bucket rate, > 0)", true},
 		{"publish-burst", "limits.publish_burst", "per-device publish burst (1..1000000)", true},

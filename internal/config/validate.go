@@ -108,6 +108,8 @@ func (c *Config) Validate() error {
 	}
 	v.intRange("limits.client_send_queue", l.ClientSendQueue, minSendQueue, maxSendQueue)
 	v.intRange("limits.max_inflight", l.MaxInflight, minInflight, maxInflight)
+	v.intRange("limits.service_send_queue", l.ServiceSendQueue, minSendQueue, maxSendQueue)
+	v.intRange("limits.service_max_inflight", l.ServiceMaxInflight, minInflight, maxInflight)
 	v.seconds("limits.max_keep_alive", l.MaxKeepAlive, minKeepAlive, maxKeepAlive)
 	v.rate("limits.publish_rate", l.PublishRate, "messages per second per device")
 	v.intRange("limits.publish_burst", l.PublishBurst, 1, maxBurst)

@@ -22,7 +22,7 @@ func TestValidateAcceptsEdges(t *testing.T) {
 	}{
 		{"minimums", func(c *Config) {
 			c.Limits = Limits{
-				ConnectTimeout: time.Second, MaxPacketSize: KiB, ClientSendQueue: 8, MaxInflight: 1,
+				ConnectTimeout: time.Second, MaxPacketSize: KiB, ClientSendQueue: 8, MaxInflight: 1, ServiceSendQueue: 8, ServiceMaxInflight: 1,
 				MaxKeepAlive: time.Second, PublishRate: 0.001, PublishBurst: 1, ConnectionRate: 0.5, ConnectionBurst: 1,
 				FlapMaxConnects: 1, FlapWindow: time.Second, FlapBan: time.Second, MaxSessionExpiry: time.Second,
 			}
@@ -30,7 +30,7 @@ func TestValidateAcceptsEdges(t *testing.T) {
 		}},
 		{"maximums", func(c *Config) {
 			c.Limits = Limits{
-				ConnectTimeout: 5 * time.Minute, MaxPacketSize: 256 * MiB, ClientSendQueue: 65536, MaxInflight: 65535,
+				ConnectTimeout: 5 * time.Minute, MaxPacketSize: 256 * MiB, ClientSendQueue: 65536, MaxInflight: 65535, ServiceSendQueue: 65536, ServiceMaxInflight: 65535,
 				MaxKeepAlive: 65535 * time.Second, PublishRate: 1e9, PublishBurst: 1_000_000, ConnectionRate: 1e9,
 				ConnectionBurst: 1_000_000, FlapMaxConnects: 1_000_000, FlapWindow: 24 * time.Hour, FlapBan: 168 * time.Hour,
 				MaxSessionExpiry: 87600 * time.Hour,

@@ -20,6 +20,7 @@ type Inflight struct {
 	sendQuota           int32                     // remaining outbound qos quota for flow control
 	maximumReceiveQuota int32                     // maximum allowed receive quota
 	maximumSendQuota    int32                     // maximum allowed send quota
+	immediate           int                       // WARDEN PATCH (PATCHES.md, 3): packets with Expiry < 0
 }
 
 // NewInflights returns a new instance of an Inflight packets map.
@@ -34,7 +35,13 @@ func (i *Inflight) Set(m packets.Packet) bool {
 	i.Lock()
 	defer i.Unlock()
 
-	_, ok := i.internal[m.PacketID]
+	old, ok := i.internal[m.PacketID]
+	if ok && old.Expiry < 0 {
+		i.immediate--
+	}
+	if m.Expiry < 0 {
+		i.immediate++
+	}
 	i.internal[m.PacketID] = m
 	return !ok
 }
@@ -67,6 +74,7 @@ func (i *Inflight) Clone() *Inflight {
 	for k, v := range i.internal {
 		c.internal[k] = v
 	}
+	c.immediate = i.immediate // WARDEN PATCH (PATCHES.md, 3)
 	return c
 }
 
@@ -101,6 +109,12 @@ func (i *Inflight) NextImmediate() (packets.Packet, bool) {
 	i.RLock()
 	defer i.RUnlock()
 
+	// WARDEN PATCH (PATCHES.md, 3): this runs after every packet a client
+	// sends while it has messages in flight; without a packet waiting to
+	// be sent immediately there is nothing to scan and sort.
+	if i.immediate == 0 {
+		return packets.Packet{}, false
+	}
 	m := i.getAll(true) // WARDEN PATCH (PATCHES.md, 1): the lock is held
 	if len(m) > 0 {
 		return m[0], true
@@ -114,7 +128,10 @@ func (i *Inflight) Delete(id uint16) bool {
 	i.Lock()
 	defer i.Unlock()
 
-	_, ok := i.internal[id]
+	old, ok := i.internal[id]
+	if ok && old.Expiry < 0 {
+		i.immediate--
+	}
 	delete(i.internal, id)
 
 	return ok

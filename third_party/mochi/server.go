@@ -112,6 +112,13 @@ type Options struct {
 	// ClientNetReadBufferSize specifies the size of the client *bufio.Reader read buffer.
 	ClientNetReadBufferSize int `yaml:"client_net_read_buffer_size" json:"client_net_read_buffer_size"`
 
+	// ClientLimits, if set, is called once a client has authenticated and
+	// may give it its own outbound queue length and in-flight limit (0
+	// keeps Capabilities.MaximumClientWritesPending and MaximumInflight):
+	// a back end reading a whole fleet needs deeper queues than a device.
+	// WARDEN PATCH (PATCHES.md, 2).
+	ClientLimits func(cl *Client) (writesPending int32, inflight uint16) `yaml:"-" json:"-"`
+
 	// Logger specifies a custom configured implementation of log/slog to override
 	// the servers default logger configuration. If you wish to change the log level,
 	// of the default logger, you can do so by setting:
@@ -407,7 +414,9 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	defer s.Listeners.ClientsWg.Done()
 	s.Listeners.ClientsWg.Add(1)
 
-	go cl.WriteLoop()
+	// WARDEN PATCH (PATCHES.md, 2): the write loop starts once the client
+	// is authenticated, with the queue ClientLimits gives it. Until then
+	// everything is written directly (CONNACK refusals).
 	defer cl.Stop(nil)
 
 	pk, err := s.readConnectionPacket(cl)
@@ -448,6 +457,24 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 
 		return packets.ErrBadUsernameOrPassword
 	}
+
+	// WARDEN PATCH (PATCHES.md, 2): per-client queue and inflight limits.
+	if s.Options.ClientLimits != nil {
+		writes, inflight := s.Options.ClientLimits(cl)
+		if writes > 0 && int(writes) != cap(cl.State.outbound) {
+			cl.State.outbound = make(chan *packets.Packet, writes)
+		}
+		if inflight > 0 {
+			cl.State.maxInflight = inflight
+			// ParseConnect clamped the client's Receive Maximum to the
+			// server-wide limit: clamp it to this client's instead.
+			if rm := pk.Properties.ReceiveMaximum; rm > 0 {
+				cl.Properties.Props.ReceiveMaximum = min(rm, inflight)
+				cl.State.Inflight.ResetSendQuota(int32(cl.Properties.Props.ReceiveMaximum))
+			}
+		}
+	}
+	go cl.WriteLoop()
 
 	atomic.AddInt64(&s.Info.ClientsConnected, 1)
 	defer atomic.AddInt64(&s.Info.ClientsConnected, -1)
@@ -1062,7 +1089,11 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 	}
 
 	if out.FixedHeader.Qos > 0 {
-		if cl.State.Inflight.Len() >= int(s.Options.Capabilities.MaximumInflight) {
+		maxInflight := int(s.Options.Capabilities.MaximumInflight)
+		if cl.State.maxInflight > 0 { // WARDEN PATCH (PATCHES.md, 2)
+			maxInflight = int(cl.State.maxInflight)
+		}
+		if cl.State.Inflight.Len() >= maxInflight {
 			// add hook?
 			atomic.AddInt64(&s.Info.InflightDropped, 1)
 			s.Log.Warn("client store quota reached", "client", cl.ID, "listener", cl.Net.Listener)
