@@ -51,10 +51,11 @@ With --reader-cert, a reader service subscribes to fleet/+/up/<channel> as a
 back end would, and measures each message's end-to-end latency and whether
 any was lost or duplicated (every payload carries its device's sequence
 number and send time). Without it only the broker's acknowledgements are
-measured. One reader takes the whole fleet's messages, and the broker
-keeps at most limits.max_inflight of them unacknowledged per session (64
-by default) and drops the rest: for high rates serve with a larger
---max-inflight and --client-send-queue, or the loss measured is that limit.
+measured. One reader takes the whole fleet's messages: the broker keeps at
+most limits.service_max_inflight of them unacknowledged and
+limits.service_send_queue queued for it (8192 each by default) and drops
+the rest (warden_mqtt_messages_dropped_total), so for very high rates serve
+with larger --service-max-inflight and --service-send-queue.
 
 Devices come from a directory as ` + "`warden device provision --out DIR`" + ` writes it
 (DIR/ID.crt, DIR/ID.key, DIR/ca.crt). A device with DIR/ID.envelope.json

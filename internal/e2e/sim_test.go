@@ -55,7 +55,7 @@ func simProvision(t *testing.T, s *server, n int, extra ...string) (string, []st
 // and the simulator reports it as lost. That is the broker's limit, not
 // what this test checks, so the reader's session gets room.
 func TestSimFleetAgainstWarden(t *testing.T) {
-	s := startServer(t, t.TempDir(), "--mqtt", "127.0.0.1:0", "--max-inflight", "4096", "--client-send-queue", "4096")
+	s := startServer(t, t.TempDir(), "--mqtt", "127.0.0.1:0", "--service-max-inflight", "4096", "--service-send-queue", "4096")
 	dir, ids := simProvision(t, s, 50)
 	for _, id := range []string{"simenv-1", "simenv-2"} {
 		s.mustWarden("device", "add", id, "--out", dir, "--envelope")
