@@ -4,8 +4,10 @@ import (
 	"strconv"
 	"strings"
 
+	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
 	"github.com/mochi-mqtt/server/v2/hooks/storage/bolt"
+	"github.com/mochi-mqtt/server/v2/packets"
 )
 
 // sessionStore persists sessions, subscriptions, retained and inflight
@@ -17,6 +19,8 @@ import (
 //     (inflight_<client>:<packet id>); restore it from there.
 //   - $SYS counters are not worth restoring, and the hook logs an error on
 //     every first start when there are none.
+//   - sessions that end with their connection are not stored at all
+//     (ephemeral).
 type sessionStore struct {
 	*bolt.Hook
 }
@@ -40,4 +44,65 @@ func (s *sessionStore) StoredInflightMessages() ([]storage.Message, error) {
 
 func (s *sessionStore) StoredSysInfo() (storage.SystemInfo, error) {
 	return storage.SystemInfo{}, nil
+}
+
+// ephemeral reports whether cl's session ends with its connection: MQTT 5
+// with a session expiry of 0, or MQTT 3 with a clean session. Nothing of
+// such a session is ever resumed (not after a disconnection, and not after
+// a restart either: a restored session that expires at once is discarded),
+// so writing it to the store is work for nothing; at QoS 1 it was four
+// write transactions per relayed message (the device's and the reader's
+// in-flight records, each stored and deleted).
+func ephemeral(cl *mqtt.Client) bool {
+	if cl.Properties.ProtocolVersion == 5 {
+		return cl.Properties.Props.SessionExpiryInterval == 0
+	}
+	return cl.Properties.Clean
+}
+
+// OnSessionEstablished stores the client record of a session that may be
+// resumed.
+func (s *sessionStore) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
+	if !ephemeral(cl) {
+		s.Hook.OnSessionEstablished(cl, pk)
+	}
+}
+
+// OnSubscribed stores the subscriptions of a session that may be resumed.
+func (s *sessionStore) OnSubscribed(cl *mqtt.Client, pk packets.Packet, reasonCodes []byte) {
+	if !ephemeral(cl) {
+		s.Hook.OnSubscribed(cl, pk, reasonCodes)
+	}
+}
+
+// OnUnsubscribed removes stored subscriptions of a session that may be
+// resumed.
+func (s *sessionStore) OnUnsubscribed(cl *mqtt.Client, pk packets.Packet) {
+	if !ephemeral(cl) {
+		s.Hook.OnUnsubscribed(cl, pk)
+	}
+}
+
+// OnQosPublish stores an in-flight message of a session that may be
+// resumed.
+func (s *sessionStore) OnQosPublish(cl *mqtt.Client, pk packets.Packet, sent int64, resends int) {
+	if !ephemeral(cl) {
+		s.Hook.OnQosPublish(cl, pk, sent, resends)
+	}
+}
+
+// OnQosComplete removes a stored in-flight message of a session that may
+// be resumed.
+func (s *sessionStore) OnQosComplete(cl *mqtt.Client, pk packets.Packet) {
+	if !ephemeral(cl) {
+		s.Hook.OnQosComplete(cl, pk)
+	}
+}
+
+// OnQosDropped removes a stored in-flight message of a session that may
+// be resumed.
+func (s *sessionStore) OnQosDropped(cl *mqtt.Client, pk packets.Packet) {
+	if !ephemeral(cl) {
+		s.Hook.OnQosDropped(cl, pk)
+	}
 }
