@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"path/filepath"
 	"time"
 
@@ -259,7 +260,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 		}
 		// Devices without TLS (envelope devices) check and report here with
 		// sealed requests and download with the capability in their offer.
-		ops := s.opsHandler(reg)
+		ops := s.opsHandler(reg, cfg.HTTP.Pprof)
 		sealedOTA := s.OTA.HTTPHandler(ota.HTTPOptions{Opener: httpOpener{seal}, URLs: urls, Metrics: otaHTTP, Name: "http"})
 		mux := http.NewServeMux()
 		mux.Handle("/ota/", sealedOTA)
@@ -352,8 +353,16 @@ func (s *Server) HTTPAddr() net.Addr {
 	return s.httpLn.Addr()
 }
 
-func (s *Server) opsHandler(reg *prometheus.Registry) http.Handler {
+func (s *Server) opsHandler(reg *prometheus.Registry, profiles bool) http.Handler {
 	mux := http.NewServeMux()
+	if profiles {
+		// Validation allows this only on a loopback listener.
+		mux.HandleFunc("GET /debug/pprof/", pprof.Index)
+		mux.HandleFunc("GET /debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("GET /debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("GET /debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("GET /debug/pprof/trace", pprof.Trace)
+	}
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) {
 		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
 		_, _ = w.Write([]byte("ok\n"))

@@ -93,6 +93,10 @@ type PlainListener struct {
 type HTTP struct {
 	// Addr is host:port; empty turns the listener off.
 	Addr string `koanf:"addr"`
+	// Pprof serves Go's profiles (net/http/pprof) at /debug/pprof/ on this
+	// listener, for finding where CPU and memory go. They reveal the
+	// process's internals, so only on a loopback address.
+	Pprof bool `koanf:"pprof"`
 }
 
 // TLS holds settings shared by every TLS listener.

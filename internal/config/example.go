@@ -66,6 +66,10 @@ api:
 # HTTP listener: API, health and metrics. Empty addr turns it off.
 http:
   addr: 127.0.0.1:8080
+  # Go profiles (CPU, heap, goroutines) at /debug/pprof/, for finding where
+  # time and memory go: go tool pprof http://127.0.0.1:8080/debug/pprof/heap
+  # Loopback addresses only.
+  pprof: false
 
 tls:
   # Offer the hybrid post-quantum key exchange X25519MLKEM768 first. It costs

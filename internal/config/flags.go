@@ -47,6 +47,7 @@ func flagSpecs() []flagSpec {
 		{"ota-public-url", "ota.public_url", "base URL devices download firmware from (default https://<first hostname>:<api port>)", true},
 		{"max-image-size", "ota.max_image_size", "largest firmware image accepted, bytes or with a unit such as 64MiB (1KiB..1GiB)", true},
 		{"http", "http.addr", "HTTP listener address (API, health, metrics), host:port; empty turns it off", true},
+		{"pprof", "http.pprof", "serve Go profiles at /debug/pprof/ on the http listener (loopback addresses only)", true},
 		{"hybrid-pq", "tls.hybrid_pq", "offer the hybrid post-quantum key exchange X25519MLKEM768 first (false: X25519 and P-256 only)", true},
 		{"connect-timeout", "limits.connect_timeout", "deadline for the TLS handshake plus MQTT CONNECT (1s..5m)", true},
 		{"max-packet-size", "limits.max_packet_size", "largest MQTT packet, bytes or with a unit such as 64KiB (1KiB..256MiB)", true},

@@ -96,7 +96,12 @@ func (c *Config) Validate() error {
 	if c.HTTP.Addr != "" {
 		if l, ok := v.addr("http.addr", c.HTTP.Addr); ok {
 			listeners = append(listeners, l)
+			if c.HTTP.Pprof && !isLoopbackHost(l.host) {
+				v.add("http.pprof", "true", "profiles expose the process's internals: serve them only with http.addr on a loopback address (127.0.0.1:PORT or [::1]:PORT), and reach them through an SSH tunnel")
+			}
 		}
+	} else if c.HTTP.Pprof {
+		v.add("http.pprof", "true", "profiles are served on the http listener, which is off (http.addr is empty)")
 	}
 	v.conflicts(listeners)
 
@@ -309,4 +314,14 @@ func isDNSName(s string) bool {
 	}
 	last := labels[len(labels)-1]
 	return strings.Trim(last, "0123456789") != ""
+}
+
+// isLoopbackHost reports whether a listen host is a loopback address or
+// localhost (an empty host listens on every interface).
+func isLoopbackHost(host string) bool {
+	if host == "localhost" {
+		return true
+	}
+	ip, err := netip.ParseAddr(host)
+	return err == nil && ip.IsLoopback()
 }

@@ -56,6 +56,9 @@ func TestValidateAcceptsEdges(t *testing.T) {
 			c.Hostnames = []string{"localhost", "mqtt.example.com", "a-b.c0.example", "192.0.2.1", "2001:db8::1", "xn--bcher-kva.example"}
 		}},
 		{"log", func(c *Config) { c.Log = Log{Level: "debug", Format: "json"} }},
+		{"pprof on loopback", func(c *Config) { c.HTTP = HTTP{Addr: "127.0.0.1:6060", Pprof: true} }},
+		{"pprof on IPv6 loopback", func(c *Config) { c.HTTP = HTTP{Addr: "[::1]:6060", Pprof: true} }},
+		{"pprof on localhost", func(c *Config) { c.HTTP = HTTP{Addr: "localhost:6060", Pprof: true} }},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -182,6 +185,12 @@ func TestValidateRejects(t *testing.T) {
 			`config: devices.cert_lifetime = -1h: must be 0 (the default, 3650d) or between 1h and 36500d`},
 		{"service lifetime", func(c *Config) { c.Devices.ServiceCertLifetime = 900000 * time.Hour },
 			`config: devices.service_cert_lifetime = 37500d: must be 0 (the default, 3650d) or between 1h and 36500d`},
+		{"pprof on every interface", func(c *Config) { c.HTTP = HTTP{Addr: ":8080", Pprof: true} },
+			`config: http.pprof = true: profiles expose the process's internals`},
+		{"pprof on a public address", func(c *Config) { c.HTTP = HTTP{Addr: "192.0.2.1:8080", Pprof: true} },
+			`config: http.pprof = true: profiles expose`},
+		{"pprof without the listener", func(c *Config) { c.HTTP = HTTP{Pprof: true} },
+			`config: http.pprof = true: profiles are served on the http listener, which is off`},
 		{"service lifetime odd hours", func(c *Config) { c.Devices.ServiceCertLifetime = 876001 * time.Hour },
 			`config: devices.service_cert_lifetime = 876001h: must be 0 (the default, 3650d) or between 1h and 36500d`},
 	}

@@ -3,6 +3,9 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -69,5 +72,28 @@ func TestServiceGetsDeepQueues(t *testing.T) {
 	}
 	if got != n {
 		t.Fatalf("the reader received %d of %d without acknowledging", got, n)
+	}
+}
+
+// Go profiles are served on the loopback http listener only when asked
+// for (--pprof), so that where time and memory go can be measured on a
+// running server.
+func TestProfilesOnlyWhenAsked(t *testing.T) {
+	for _, on := range []bool{false, true} {
+		var extra []string
+		if on {
+			extra = []string{"--pprof"}
+		}
+		s := startServer(t, t.TempDir(), extra...)
+		resp, err := http.Get("http://" + s.http + "/debug/pprof/heap?debug=1")
+		if err != nil {
+			t.Fatal(err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if got := resp.StatusCode == http.StatusOK && strings.Contains(string(body), "heap profile"); got != on {
+			t.Errorf("--pprof %v: GET /debug/pprof/heap = %d", on, resp.StatusCode)
+		}
+		s.stop()
 	}
 }
