@@ -241,8 +241,14 @@ func New(o Options) (*API, error) {
 // /v1/claims.
 func (a *API) Handler() http.Handler { return a.handler }
 
-// LocalToken is the principal of every request on LocalHandler.
-var LocalToken = store.APIToken{ID: "local", Role: apitoken.RoleAdmin, User: "operator"}
+// LocalTokenID is the token ID of every request on LocalHandler: the
+// operator, as an admin.
+const LocalTokenID = "local"
+
+// localToken is the principal of every request on LocalHandler.
+func localToken() store.APIToken {
+	return store.APIToken{ID: LocalTokenID, Role: apitoken.RoleAdmin, User: "operator"}
+}
 
 // LocalHandler serves the same routes, with the same checks and answers,
 // to the admin socket (mode 0600 in the data directory): whoever can open

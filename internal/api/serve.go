@@ -136,7 +136,7 @@ func (a *API) wrap(rt *route, local bool) http.Handler {
 // serveLocal answers a request on the admin socket: the operator, an
 // admin without a token or a rate (the socket's mode is the gate).
 func (a *API) serveLocal(c *call) {
-	c.tok = LocalToken
+	c.tok = localToken()
 	if c.rt == nil {
 		c.noRoute()
 		return

@@ -243,7 +243,7 @@ func TestDialSocket(t *testing.T) {
 
 	s := startServer(t)
 	who, err := s.client.WhoAmI(ctx)
-	if err != nil || who != (api.WhoAmI{TokenID: api.LocalToken.ID, Role: apitoken.RoleAdmin, User: "operator"}) {
+	if err != nil || who != (api.WhoAmI{TokenID: api.LocalTokenID, Role: apitoken.RoleAdmin, User: "operator"}) {
 		t.Errorf("WhoAmI on the socket: %+v, %v", who, err)
 	}
 	if s.client.String() != "admin socket" {

@@ -11,6 +11,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -213,34 +214,11 @@ func StartBaseline(ctx context.Context, o StartBaselineOptions) (*Proc, error) {
 	if err != nil {
 		return nil, err
 	}
-	probe, err := tls.LoadX509KeyPair(o.Fleet.ConsumerCertFile(), o.Fleet.ConsumerKeyFile())
-	if err != nil {
-		return nil, fmt.Errorf("bench: tls baseline: load the consumer's credentials: %w", err)
-	}
-	dir := o.Dir
-	if dir == "" {
-		if dir, err = os.MkdirTemp("", "warden-bench-tls-"); err != nil {
-			return nil, fmt.Errorf("bench: tls baseline: %w", err)
-		}
-	}
-	if dir, err = filepath.Abs(dir); err != nil {
-		return nil, fmt.Errorf("bench: tls baseline: %w", err)
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("bench: tls baseline: %w", err)
-	}
-	caBundle, err := WardenCABundle(o.Fleet.DataDir)
+	sf, err := prepareServer("tls baseline", o.Fleet, o.Dir)
 	if err != nil {
 		return nil, err
 	}
-	caFile := filepath.Join(dir, "client-ca.pem")
-	if err := fileutil.WriteFileAtomic(caFile, caBundle, 0o644); err != nil {
-		return nil, fmt.Errorf("bench: tls baseline: %w", err)
-	}
-	sc, err := WriteServerCert(dir)
-	if err != nil {
-		return nil, err
-	}
+	probe, dir, caFile, sc := sf.probe, sf.dir, sf.caFile, sf.cert
 	addrFile := filepath.Join(dir, "tls-baseline.addr")
 	if err := os.Remove(addrFile); err != nil && !errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("bench: tls baseline: %w", err)
@@ -500,4 +478,49 @@ func HandshakeBaseline(ctx context.Context, o BaselineOptions) (BaselineResult, 
 		res.ClientCPU = clientAfter.CPUSince(clientBefore)
 	}
 	return res, nil
+}
+
+// serverFiles is what a yardstick server started by the benchmark needs on
+// disk: its directory, the Warden CAs its clients' certificates chain to,
+// a throwaway server certificate, and the consumer's credentials for the
+// readiness probe.
+type serverFiles struct {
+	probe  tls.Certificate
+	dir    string
+	caFile string
+	cert   ServerCert
+}
+
+// prepareServer writes serverFiles into dir (a new temporary directory if
+// empty); name prefixes errors.
+func prepareServer(name string, fleet *FleetDir, dir string) (serverFiles, error) {
+	var sf serverFiles
+	probe, err := tls.LoadX509KeyPair(fleet.ConsumerCertFile(), fleet.ConsumerKeyFile())
+	if err != nil {
+		return sf, fmt.Errorf("bench: %s: load the consumer's credentials: %w", name, err)
+	}
+	if dir == "" {
+		if dir, err = os.MkdirTemp("", "warden-bench-"+strings.ReplaceAll(name, " ", "-")+"-"); err != nil {
+			return sf, fmt.Errorf("bench: %s: %w", name, err)
+		}
+	}
+	if dir, err = filepath.Abs(dir); err != nil {
+		return sf, fmt.Errorf("bench: %s: %w", name, err)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return sf, fmt.Errorf("bench: %s: %w", name, err)
+	}
+	caBundle, err := WardenCABundle(fleet.DataDir)
+	if err != nil {
+		return sf, err
+	}
+	caFile := filepath.Join(dir, "client-ca.pem")
+	if err := fileutil.WriteFileAtomic(caFile, caBundle, 0o644); err != nil {
+		return sf, fmt.Errorf("bench: %s: %w", name, err)
+	}
+	sc, err := WriteServerCert(dir)
+	if err != nil {
+		return sf, err
+	}
+	return serverFiles{probe: probe, dir: dir, caFile: caFile, cert: sc}, nil
 }

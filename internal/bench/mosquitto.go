@@ -119,34 +119,11 @@ func StartMosquitto(ctx context.Context, o MosquittoOptions) (*Proc, error) {
 	if err != nil {
 		return nil, err
 	}
-	probe, err := tls.LoadX509KeyPair(o.Fleet.ConsumerCertFile(), o.Fleet.ConsumerKeyFile())
-	if err != nil {
-		return nil, fmt.Errorf("bench: mosquitto: load the consumer's credentials: %w", err)
-	}
-	dir := o.Dir
-	if dir == "" {
-		if dir, err = os.MkdirTemp("", "warden-bench-mosquitto-"); err != nil {
-			return nil, fmt.Errorf("bench: mosquitto: %w", err)
-		}
-	}
-	if dir, err = filepath.Abs(dir); err != nil {
-		return nil, fmt.Errorf("bench: mosquitto: %w", err)
-	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("bench: mosquitto: %w", err)
-	}
-	caBundle, err := WardenCABundle(o.Fleet.DataDir)
+	sf, err := prepareServer("mosquitto", o.Fleet, o.Dir)
 	if err != nil {
 		return nil, err
 	}
-	caFile := filepath.Join(dir, "client-ca.pem")
-	if err := fileutil.WriteFileAtomic(caFile, caBundle, 0o644); err != nil {
-		return nil, fmt.Errorf("bench: mosquitto: %w", err)
-	}
-	sc, err := WriteServerCert(dir)
-	if err != nil {
-		return nil, err
-	}
+	probe, dir, caFile, sc := sf.probe, sf.dir, sf.caFile, sf.cert
 	aclFile := filepath.Join(dir, "acl")
 	if err := fileutil.WriteFileAtomic(aclFile, mosquittoACL(o.Fleet.Consumer), 0o644); err != nil {
 		return nil, fmt.Errorf("bench: mosquitto: %w", err)

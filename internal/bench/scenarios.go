@@ -490,8 +490,7 @@ func Throughput(ctx context.Context, t Target, ids []Identity, clients []*Client
 		measuring  atomic.Bool
 		counted    atomic.Uint64
 	)
-	var onMsg func(p *packets.Publish)
-	onMsg = func(p *packets.Publish) {
+	onMsg := func(p *packets.Publish) {
 		now := time.Now()
 		parts := strings.SplitN(p.Topic, "/", t.ConsumerLevel+2)
 		if len(parts) <= t.ConsumerLevel {
@@ -530,13 +529,12 @@ func Throughput(ctx context.Context, t Target, ids []Identity, clients []*Client
 	// Each run publishes on its own channel, so that a late message of an
 	// earlier run is not taken for one of this run.
 	channel := fmt.Sprintf("bench%d", cons.runs.Add(1))
-	wanted := onMsg
-	onMsg = func(p *packets.Publish) {
+	handler := func(p *packets.Publish) {
 		if strings.HasSuffix(p.Topic, "/"+channel) {
-			wanted(p)
+			onMsg(p)
 		}
 	}
-	cons.handler.Store(&onMsg)
+	cons.handler.Store(&handler)
 	defer cons.handler.Store(nil)
 
 	// Publishers: the closed loop takes a credit per message; the paced
