@@ -37,7 +37,7 @@ const stageTimeoutReason = "stage timeout"
 // read runs fn in a read transaction on the reader pool, so that several
 // queries see one snapshot.
 func (s *Store) read(ctx context.Context, fn func(tx *sql.Tx) error) error {
-	tx, err := s.ro.BeginTx(ctx, nil)
+	tx, err := s.ro.db.BeginTx(ctx, nil)
 	if err != nil {
 		return fmt.Errorf("begin read transaction on %s: %w", s.path, err)
 	}

@@ -141,7 +141,7 @@ func TestMigrateFromVersion2(t *testing.T) {
 		t.Fatalf("Open(version 2 store): %v", err)
 	}
 	defer st.Close()
-	if v, want := schemaVersion(t, st.ro), latestVersion(t); v != want {
+	if v, want := schemaVersion(t, st.ro.db), latestVersion(t); v != want {
 		t.Errorf("schema version after Open = %d, want %d", v, want)
 	}
 	if d, err := st.GetDevice(ctx, "old"); err != nil || d.Tags["site"] != "lyon" {
@@ -219,7 +219,7 @@ func TestFirmwareMigrationDown(t *testing.T) {
 		t.Fatalf("Open after down: %v", err)
 	}
 	defer st.Close()
-	if n := tablesPresent(t, st.ro, firmwareTables); n != len(firmwareTables) {
+	if n := tablesPresent(t, st.ro.db, firmwareTables); n != len(firmwareTables) {
 		t.Errorf("%d of %d firmware tables after the next Open", n, len(firmwareTables))
 	}
 	if _, err := st.GetDevice(ctx, "d1"); err != nil {

@@ -122,10 +122,10 @@ func TestMigrateFromVersion3(t *testing.T) {
 		t.Fatalf("Open(version 3 store): %v", err)
 	}
 	defer st.Close()
-	if v, want := schemaVersion(t, st.ro), latestVersion(t); v != want {
+	if v, want := schemaVersion(t, st.ro.db), latestVersion(t); v != want {
 		t.Errorf("schema version after Open = %d, want %d", v, want)
 	}
-	if n := tablesPresent(t, st.ro, onboardingTables); n != len(onboardingTables) {
+	if n := tablesPresent(t, st.ro.db, onboardingTables); n != len(onboardingTables) {
 		t.Errorf("%d of %d onboarding tables after migration", n, len(onboardingTables))
 	}
 	if d, err := st.GetDevice(ctx, "old"); err != nil || d.Tags["site"] != "lyon" || d.Owner != "alice" {
@@ -219,7 +219,7 @@ func TestOnboardingMigrationDown(t *testing.T) {
 		t.Fatalf("Open after down: %v", err)
 	}
 	defer st.Close()
-	if n := tablesPresent(t, st.ro, onboardingTables); n != len(onboardingTables) {
+	if n := tablesPresent(t, st.ro.db, onboardingTables); n != len(onboardingTables) {
 		t.Errorf("%d of %d onboarding tables after the next Open", n, len(onboardingTables))
 	}
 	if err := st.CreateClaimCert(ctx, testClaimCert("fleet", "0c")); err != nil {

@@ -60,7 +60,7 @@ func TestMigrateFromVersion4(t *testing.T) {
 		t.Fatalf("Open(version 4 store): %v", err)
 	}
 	defer st.Close()
-	if v, want := schemaVersion(t, st.ro), latestVersion(t); v != want {
+	if v, want := schemaVersion(t, st.ro.db), latestVersion(t); v != want {
 		t.Errorf("schema version after Open = %d, want %d", v, want)
 	}
 	for _, id := range []string{"old", "new"} {
@@ -128,7 +128,7 @@ func TestRecoveryMigrationDown(t *testing.T) {
 		t.Fatalf("Open after down: %v", err)
 	}
 	defer st.Close()
-	if !columnPresent(t, st.ro, "enrollments", "recovery") {
+	if !columnPresent(t, st.ro.db, "enrollments", "recovery") {
 		t.Error("recovery column missing after the next Open")
 	}
 	e, err := st.GetEnrollment(ctx, "d1")

@@ -46,7 +46,7 @@ const pragmas = "_pragma=busy_timeout(5000)" +
 type Store struct {
 	path string
 	rw   *sql.DB // one connection; every write transaction
-	ro   *sql.DB // query-only connections for reads
+	ro   *readPool // query-only connections for reads, statements prepared once
 }
 
 var _ store.Store = (*Store)(nil)
@@ -97,7 +97,7 @@ func Open(ctx context.Context, path string) (*Store, error) {
 		ro.Close()
 		return nil, openError(path, err)
 	}
-	return &Store{path: path, rw: rw, ro: ro}, nil
+	return &Store{path: path, rw: rw, ro: newReadPool(ro)}, nil
 }
 
 // Close closes both connection pools.

@@ -91,7 +91,7 @@ func TestPragmasInEffect(t *testing.T) {
 		name      string
 		db        *sql.DB
 		queryOnly int
-	}{{"writer", st.rw, 0}, {"reader", st.ro, 1}} {
+	}{{"writer", st.rw, 0}, {"reader", st.ro.db, 1}} {
 		for _, tc := range []struct {
 			pragma string
 			want   string
