@@ -45,7 +45,7 @@ const pragmas = "_pragma=busy_timeout(5000)" +
 // Store is the SQLite implementation of store.Store.
 type Store struct {
 	path string
-	rw   *sql.DB // one connection; every write transaction
+	rw   *sql.DB   // one connection; every write transaction
 	ro   *readPool // query-only connections for reads, statements prepared once
 }
 
