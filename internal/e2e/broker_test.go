@@ -25,21 +25,22 @@ import (
 
 	"github.com/warden-iot/warden/device"
 	"github.com/warden-iot/warden/internal/identity"
+	"github.com/warden-iot/warden/internal/wardentest"
 )
 
 const codeNotAuthorized = 0x87
 
 func TestDeviceUsesItsOwnSubtreeAndServicesSeeTheRelay(t *testing.T) {
-	s := startServer(t, t.TempDir())
-	a := s.addDevice("dev-a")
-	reader := s.addService("dashboard", "reader")
+	s := wardentest.Start(t, t.TempDir())
+	a := s.AddDevice("dev-a")
+	reader := s.AddService("dashboard", "reader")
 
-	svc := mustConnectRaw(t, s.mqtts, reader, rawOpts{clean: true})
-	if rc := svc.subscribe(t, "fleet/#", 1); rc > 2 {
+	svc := wardentest.MustConnectRaw(t, s.MQTTS, reader, wardentest.RawOpts{Clean: true})
+	if rc := svc.Subscribe(t, "fleet/#", 1); rc > 2 {
 		t.Fatalf("reader subscribe fleet/#: reason 0x%02x", rc)
 	}
 
-	dev := connectSDK(t, s, a)
+	dev := wardentest.ConnectSDK(t, s, a)
 	got := make(chan device.Message, 10)
 	ctx := context.Background()
 	if err := dev.SubscribeDown(ctx, "#", 1, func(m device.Message) { got <- m }); err != nil {
@@ -60,36 +61,36 @@ func TestDeviceUsesItsOwnSubtreeAndServicesSeeTheRelay(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("device did not receive its own uplink on its own subtree")
 	}
-	m := expectMessage(t, svc.msgs, "fleet/dev-a/up/telemetry", `{"t":21.5}`, 5*time.Second)
+	m := wardentest.ExpectMessage(t, svc.Msgs, "fleet/dev-a/up/telemetry", `{"t":21.5}`, 5*time.Second)
 	if m.Properties == nil || m.Properties.User.Get("warden-device") != "dev-a" {
 		t.Errorf("relayed message lacks the warden-device property: %+v", m.Properties)
 	}
-	if n := s.metric(t, "warden_relay_messages_total", `direction="up"`, `outcome="forwarded"`); n < 1 {
+	if n := s.Metric(t, "warden_relay_messages_total", `direction="up"`, `outcome="forwarded"`); n < 1 {
 		t.Errorf("relay metric = %v, want >= 1", n)
 	}
 }
 
 func TestDeviceCannotReachAnotherDevicesSubtree(t *testing.T) {
-	s := startServer(t, t.TempDir())
-	victim := s.addDevice("victim")
-	attacker := s.addDevice("attacker")
+	s := wardentest.Start(t, t.TempDir())
+	victim := s.AddDevice("victim")
+	attacker := s.AddDevice("attacker")
 
-	v := mustConnectRaw(t, s.mqtts, victim, rawOpts{clean: true})
-	if rc := v.subscribe(t, "private/victim/#", 1); rc > 2 {
+	v := wardentest.MustConnectRaw(t, s.MQTTS, victim, wardentest.RawOpts{Clean: true})
+	if rc := v.Subscribe(t, "private/victim/#", 1); rc > 2 {
 		t.Fatalf("victim subscribe own subtree: 0x%02x", rc)
 	}
-	a := mustConnectRaw(t, s.mqtts, attacker, rawOpts{clean: true})
+	a := wardentest.MustConnectRaw(t, s.MQTTS, attacker, wardentest.RawOpts{Clean: true})
 
 	for _, f := range []string{"#", "+/#", "+/+/#", "private/#", "private/+/up/#", "private/victim/#", "private/victim/down/+", "$SYS/#", "$share/g/private/victim/#", "$share/g/#", "fleet/#"} {
-		if rc := a.subscribe(t, f, 1); rc != codeNotAuthorized {
+		if rc := a.Subscribe(t, f, 1); rc != codeNotAuthorized {
 			t.Errorf("attacker subscribe %q: reason 0x%02x, want 0x87 not authorized", f, rc)
 		}
 	}
-	if rc := a.subscribe(t, "private/attacker/#", 1); rc > 2 {
+	if rc := a.Subscribe(t, "private/attacker/#", 1); rc > 2 {
 		t.Errorf("attacker subscribe own subtree: 0x%02x", rc)
 	}
 	for _, topic := range []string{"private/victim/down/cmd", "private/victim/up/t", "fleet/victim/up/t", "fleet/victim/down/cmd", "$warden/x"} {
-		rc, _ := a.publish(t, topic, []byte("forged"), 1)
+		rc, _ := a.Publish(t, topic, []byte("forged"), 1)
 		if rc != codeNotAuthorized {
 			t.Errorf("attacker publish %q: PUBACK 0x%02x, want 0x87", topic, rc)
 		}
@@ -97,56 +98,56 @@ func TestDeviceCannotReachAnotherDevicesSubtree(t *testing.T) {
 	// $SYS publishes are dropped without an acknowledgement (MQTT 5 §4.7.2),
 	// and still counted.
 	for _, topic := range []string{"$SYS/broker/uptime", "$share/g/private/victim/up/x"} {
-		before := s.metric(t, "warden_mqtt_acl_denials_total", `action="publish"`)
+		before := s.Metric(t, "warden_mqtt_acl_denials_total", `action="publish"`)
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-		pr, err := a.Publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Payload: []byte("forged")})
+		pr, err := a.Client.Publish(ctx, &paho.Publish{Topic: topic, QoS: 1, Payload: []byte("forged")})
 		cancel()
 		if err == nil && pr != nil && pr.ReasonCode < 0x80 {
 			t.Errorf("attacker publish to %s acknowledged with 0x%02x", topic, pr.ReasonCode)
 		}
-		if after := s.metric(t, "warden_mqtt_acl_denials_total", `action="publish"`); after != before+1 {
+		if after := s.Metric(t, "warden_mqtt_acl_denials_total", `action="publish"`); after != before+1 {
 			t.Errorf("publish to %s not counted: %v -> %v", topic, before, after)
 		}
 	}
 	// Retained poisoning of the victim's subtree must not stick either.
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 	defer cancel()
-	_, _ = a.Publish(ctx, &paho.Publish{Topic: "private/victim/down/config", QoS: 1, Retain: true, Payload: []byte("evil")})
+	_, _ = a.Client.Publish(ctx, &paho.Publish{Topic: "private/victim/down/config", QoS: 1, Retain: true, Payload: []byte("evil")})
 
 	// The victim's own traffic is not visible to the attacker.
-	if rc, err := v.publish(t, "private/victim/up/secret", []byte("s3cret"), 1); rc != 0 || err != nil {
+	if rc, err := v.Publish(t, "private/victim/up/secret", []byte("s3cret"), 1); rc != 0 || err != nil {
 		t.Fatalf("victim publish: 0x%02x %v", rc, err)
 	}
-	expectMessage(t, v.msgs, "private/victim/up/secret", "s3cret", 5*time.Second)
-	expectNoMessage(t, a.msgs, 500*time.Millisecond)
-	expectNoMessage(t, v.msgs, 300*time.Millisecond) // nothing forged arrived
+	wardentest.ExpectMessage(t, v.Msgs, "private/victim/up/secret", "s3cret", 5*time.Second)
+	wardentest.ExpectNoMessage(t, a.Msgs, 500*time.Millisecond)
+	wardentest.ExpectNoMessage(t, v.Msgs, 300*time.Millisecond) // nothing forged arrived
 
-	vr := mustConnectRaw(t, s.mqtts, victim, rawOpts{clean: true})
-	vr.subscribe(t, "private/victim/#", 1)
-	expectNoMessage(t, vr.msgs, 300*time.Millisecond) // no retained poison
+	vr := wardentest.MustConnectRaw(t, s.MQTTS, victim, wardentest.RawOpts{Clean: true})
+	vr.Subscribe(t, "private/victim/#", 1)
+	wardentest.ExpectNoMessage(t, vr.Msgs, 300*time.Millisecond) // no retained poison
 
-	if n := s.metric(t, "warden_mqtt_acl_denials_total"); n < 10 {
+	if n := s.Metric(t, "warden_mqtt_acl_denials_total"); n < 10 {
 		t.Errorf("ACL denial metric = %v, want >= 10", n)
 	}
-	if !s.auditContains(`"action":"mqtt.read"`, `"outcome":"denied"`, `"actor":"device:attacker"`) {
+	if !s.AuditContains(`"action":"mqtt.read"`, `"outcome":"denied"`, `"actor":"device:attacker"`) {
 		t.Error("no audit line for the attacker's denied subscription")
 	}
 }
 
 func TestMosquittoClientsAreIsolated(t *testing.T) {
-	pub := requireTool(t, "mosquitto_pub", "mosquitto-clients")
-	sub := requireTool(t, "mosquitto_sub", "mosquitto-clients")
-	s := startServer(t, t.TempDir())
-	a := s.addDevice("mq-a")
-	b := s.addDevice("mq-b")
-	reader := s.addService("ingest", "reader")
-	host, port, _ := net.SplitHostPort(s.mqtts)
+	pub := wardentest.RequireTool(t, "mosquitto_pub", "mosquitto-clients")
+	sub := wardentest.RequireTool(t, "mosquitto_sub", "mosquitto-clients")
+	s := wardentest.Start(t, t.TempDir())
+	a := s.AddDevice("mq-a")
+	b := s.AddDevice("mq-b")
+	reader := s.AddService("ingest", "reader")
+	host, port, _ := net.SplitHostPort(s.MQTTS)
 
-	tlsArgs := func(c creds) []string {
-		return []string{"-h", host, "-p", port, "--cafile", c.ca, "--cert", c.cert, "--key", c.key, "-V", "mqttv5"}
+	tlsArgs := func(c wardentest.Creds) []string {
+		return []string{"-h", host, "-p", port, "--cafile", c.CA, "--cert", c.Cert, "--key", c.Key, "-V", "mqttv5"}
 	}
 	// The reader sees the relayed message; device b, subscribed to '#', sees nothing.
-	readerOut, bOut := &syncBuffer{}, &syncBuffer{}
+	readerOut, bOut := &wardentest.SyncBuffer{}, &wardentest.SyncBuffer{}
 	r := exec.Command(sub, append(tlsArgs(reader), "-i", "ingest", "-t", "fleet/#", "-v", "-C", "1", "-W", "20")...)
 	r.Stdout, r.Stderr = readerOut, readerOut
 	spy := exec.Command(sub, append(tlsArgs(b), "-i", "mq-b", "-t", "#", "-v")...)
@@ -182,8 +183,8 @@ publish:
 	}
 	// By now device b's '#' subscription has long been refused (audited);
 	// give it a moment more to show it received nothing.
-	eventually(t, 10*time.Second, "device b's refused subscription", func() bool {
-		return s.auditContains(`"actor":"device:mq-b"`, `"topic":"#"`)
+	wardentest.Eventually(t, 10*time.Second, "device b's refused subscription", func() bool {
+		return s.AuditContains(`"actor":"device:mq-b"`, `"topic":"#"`)
 	})
 	time.Sleep(300 * time.Millisecond)
 	if strings.Contains(bOut.String(), "hi from mosquitto") {
@@ -196,31 +197,31 @@ publish:
 		t.Fatalf("mosquitto_pub with a foreign client ID: err=%v out=%q, want 'not authorised'", err, out)
 	}
 	// MQTT 3.1.1 gets the same answer.
-	out, err = exec.Command(pub, "-h", host, "-p", port, "--cafile", a.ca, "--cert", a.cert, "--key", a.key, "-V", "mqttv311", "-i", "someone-else", "-t", "private/mq-a/up/x", "-m", "x").CombinedOutput()
+	out, err = exec.Command(pub, "-h", host, "-p", port, "--cafile", a.CA, "--cert", a.Cert, "--key", a.Key, "-V", "mqttv311", "-i", "someone-else", "-t", "private/mq-a/up/x", "-m", "x").CombinedOutput()
 	if err == nil || !strings.Contains(strings.ToLower(string(out)), "not authori") {
 		t.Fatalf("mosquitto_pub 3.1.1 with a foreign client ID: err=%v out=%q", err, out)
 	}
 }
 
 func TestClientIDMustEqualCertificateIdentity(t *testing.T) {
-	s := startServer(t, t.TempDir())
-	a := s.addDevice("alpha")
-	s.addDevice("beta")
-	_, ca, err := connectRaw(t, s.mqtts, a, rawOpts{clientID: "beta", clean: true})
+	s := wardentest.Start(t, t.TempDir())
+	a := s.AddDevice("alpha")
+	s.AddDevice("beta")
+	_, ca, err := wardentest.ConnectRaw(t, s.MQTTS, a, wardentest.RawOpts{ClientID: "beta", Clean: true})
 	if err == nil || ca == nil || ca.ReasonCode != codeNotAuthorized {
 		t.Fatalf("connect with another device's client ID: connack=%+v err=%v, want 0x87", ca, err)
 	}
 	if ca.Properties != nil && ca.Properties.ReasonString != "" && ca.Properties.ReasonString != "not authorized" {
 		t.Errorf("refusal leaks detail: %q", ca.Properties.ReasonString)
 	}
-	if n := s.metric(t, "warden_mqtt_auth_failures_total", `reason="client-id-mismatch"`); n != 1 {
+	if n := s.Metric(t, "warden_mqtt_auth_failures_total", `reason="client-id-mismatch"`); n != 1 {
 		t.Errorf("auth failure metric = %v, want 1", n)
 	}
-	if !s.auditContains(`"action":"mqtt.connect"`, `"reason":"client-id-mismatch"`, `"actor":"device:alpha"`) {
+	if !s.AuditContains(`"action":"mqtt.connect"`, `"reason":"client-id-mismatch"`, `"actor":"device:alpha"`) {
 		t.Error("no audit line for the client-ID mismatch")
 	}
 	// An empty client ID is bound to the certificate's identity.
-	rc, ca, err := connectRaw(t, s.mqtts, a, rawOpts{emptyClientID: true, clean: true})
+	rc, ca, err := wardentest.ConnectRaw(t, s.MQTTS, a, wardentest.RawOpts{EmptyClientID: true, Clean: true})
 	if err != nil {
 		t.Fatalf("empty client ID: %v", err)
 	}
@@ -232,7 +233,7 @@ func TestClientIDMustEqualCertificateIdentity(t *testing.T) {
 
 // foreignCert makes a certificate that looks exactly like a Warden device
 // certificate but is signed by another CA.
-func foreignCert(t testing.TB, id string) creds {
+func foreignCert(t testing.TB, id string) wardentest.Creds {
 	t.Helper()
 	caKey, _ := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	caTmpl := &x509.Certificate{SerialNumber: big.NewInt(1), Subject: pkix.Name{CommonName: "Evil CA"}, NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
@@ -246,17 +247,17 @@ func foreignCert(t testing.TB, id string) creds {
 	der, _ := x509.CreateCertificate(rand.Reader, tmpl, caCert, &key.PublicKey, caKey)
 	dir := t.TempDir()
 	keyDER, _ := x509.MarshalPKCS8PrivateKey(key)
-	c := creds{id: id, cert: filepath.Join(dir, id+".crt"), key: filepath.Join(dir, id+".key"), ca: filepath.Join(dir, "ca.crt")}
-	os.WriteFile(c.cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
-	os.WriteFile(c.key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
+	c := wardentest.Creds{ID: id, Cert: filepath.Join(dir, id+".crt"), Key: filepath.Join(dir, id+".key"), CA: filepath.Join(dir, "ca.crt")}
+	os.WriteFile(c.Cert, pem.EncodeToMemory(&pem.Block{Type: "CERTIFICATE", Bytes: der}), 0o644)
+	os.WriteFile(c.Key, pem.EncodeToMemory(&pem.Block{Type: "PRIVATE KEY", Bytes: keyDER}), 0o600)
 	return c
 }
 
 // handshakeRefused dials with the given credentials (trusting Warden's root)
 // and reports whether the server refused before MQTT could start.
-func handshakeRefused(t testing.TB, addr string, c creds, root string) bool {
+func handshakeRefused(t testing.TB, addr string, c wardentest.Creds, root string) bool {
 	t.Helper()
-	cert, err := tls.LoadX509KeyPair(c.cert, c.key)
+	cert, err := tls.LoadX509KeyPair(c.Cert, c.Key)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -265,7 +266,7 @@ func handshakeRefused(t testing.TB, addr string, c creds, root string) bool {
 	pool.AppendCertsFromPEM(b)
 	// Send the certificate even when the server's list of acceptable CAs
 	// does not name its issuer, as an attacker's client would.
-	conn, err := dialTLS(t, addr, nil, pool, func(cfg *tls.Config) {
+	conn, err := wardentest.DialTLS(t, addr, nil, pool, func(cfg *tls.Config) {
 		cfg.GetClientCertificate = func(*tls.CertificateRequestInfo) (*tls.Certificate, error) { return &cert, nil }
 	})
 	if err != nil {
@@ -281,51 +282,51 @@ func handshakeRefused(t testing.TB, addr string, c creds, root string) bool {
 }
 
 func TestForeignExpiredAndRevokedCertificatesAreRefused(t *testing.T) {
-	s := startServer(t, t.TempDir())
-	good := s.addDevice("good")
+	s := wardentest.Start(t, t.TempDir())
+	good := s.AddDevice("good")
 
 	evil := foreignCert(t, "good")
-	if !handshakeRefused(t, s.mqtts, evil, good.ca) {
+	if !handshakeRefused(t, s.MQTTS, evil, good.CA) {
 		t.Error("a certificate from another CA was accepted")
 	}
-	eventually(t, 3*time.Second, "unknown-ca handshake metric", func() bool {
-		return s.metric(t, "warden_tls_handshake_failures_total", `reason="unknown-ca"`) >= 1
+	wardentest.Eventually(t, 3*time.Second, "unknown-ca handshake metric", func() bool {
+		return s.Metric(t, "warden_tls_handshake_failures_total", `reason="unknown-ca"`) >= 1
 	})
 
-	expired := s.addExpiredDevice("stale")
-	if !handshakeRefused(t, s.mqtts, expired, good.ca) {
+	expired := s.AddExpiredDevice("stale")
+	if !handshakeRefused(t, s.MQTTS, expired, good.CA) {
 		t.Error("an expired certificate was accepted")
 	}
-	eventually(t, 3*time.Second, "expired handshake metric", func() bool {
-		return s.metric(t, "warden_tls_handshake_failures_total", `reason="certificate-expired"`) >= 1
+	wardentest.Eventually(t, 3*time.Second, "expired handshake metric", func() bool {
+		return s.Metric(t, "warden_tls_handshake_failures_total", `reason="certificate-expired"`) >= 1
 	})
 
-	revoked := s.addDevice("gone")
-	s.mustWarden("device", "revoke", "gone", "--reason", "stolen")
-	_, ca, err := connectRaw(t, s.mqtts, revoked, rawOpts{clean: true})
+	revoked := s.AddDevice("gone")
+	s.MustWarden("device", "revoke", "gone", "--reason", "stolen")
+	_, ca, err := wardentest.ConnectRaw(t, s.MQTTS, revoked, wardentest.RawOpts{Clean: true})
 	if err == nil || ca == nil || ca.ReasonCode != codeNotAuthorized {
 		t.Fatalf("revoked device connect: connack=%+v err=%v, want 0x87", ca, err)
 	}
-	if !s.auditContains(`"action":"mqtt.connect"`, `"outcome":"denied"`, `"actor":"device:gone"`) {
+	if !s.AuditContains(`"action":"mqtt.connect"`, `"outcome":"denied"`, `"actor":"device:gone"`) {
 		t.Error("no audit line for the revoked device's attempt")
 	}
 
 	// The good device still works.
-	mustConnectRaw(t, s.mqtts, good, rawOpts{clean: true})
+	wardentest.MustConnectRaw(t, s.MQTTS, good, wardentest.RawOpts{Clean: true})
 }
 
 func TestRevokeAndDisableCutLiveConnectionsWithinOneSecond(t *testing.T) {
-	s := startServer(t, t.TempDir())
-	all := map[string]creds{}
+	s := wardentest.Start(t, t.TempDir())
+	all := map[string]wardentest.Creds{}
 	for _, tc := range []struct{ verb, id string }{{"revoke", "r1"}, {"disable", "d1"}} {
-		c := s.addDevice(tc.id)
+		c := s.AddDevice(tc.id)
 		all[tc.id] = c
-		rc := mustConnectRaw(t, s.mqtts, c, rawOpts{clean: true})
+		rc := wardentest.MustConnectRaw(t, s.MQTTS, c, wardentest.RawOpts{Clean: true})
 		// The same device reconnecting over WebSocket takes over its own
 		// session; the cut must then reach it on that listener.
 		down := make(chan error, 1)
-		connectSDK(t, s, c, func(cfg *device.Config) {
-			cfg.Servers = []string{"wss://" + s.wss + "/mqtt"}
+		wardentest.ConnectSDK(t, s, c, func(cfg *device.Config) {
+			cfg.Servers = []string{"wss://" + s.WSS + "/mqtt"}
 			cfg.OnConnectionDown = func(err error) {
 				select {
 				case down <- err:
@@ -334,12 +335,12 @@ func TestRevokeAndDisableCutLiveConnectionsWithinOneSecond(t *testing.T) {
 			}
 		})
 		select {
-		case <-rc.down:
+		case <-rc.Down:
 		case <-time.After(5 * time.Second):
 			t.Fatalf("%s: the WSS connection did not take over the session", tc.id)
 		}
 		start := time.Now()
-		s.mustWarden("device", tc.verb, tc.id, "--reason", "test")
+		s.MustWarden("device", tc.verb, tc.id, "--reason", "test")
 		returned := time.Now()
 		select {
 		case <-down:
@@ -347,74 +348,74 @@ func TestRevokeAndDisableCutLiveConnectionsWithinOneSecond(t *testing.T) {
 			t.Fatalf("%s: device still connected 1s after `warden device %s` returned", tc.id, tc.verb)
 		}
 		t.Logf("%s: cut %v after the command started (%v after it returned)", tc.verb, time.Since(start), time.Since(returned))
-		_, ca, err := connectRaw(t, s.mqtts, c, rawOpts{clean: true})
+		_, ca, err := wardentest.ConnectRaw(t, s.MQTTS, c, wardentest.RawOpts{Clean: true})
 		if err == nil || ca == nil || ca.ReasonCode != codeNotAuthorized {
 			t.Fatalf("%s: reconnect after cut: connack=%+v err=%v", tc.verb, ca, err)
 		}
 	}
-	if n := s.metric(t, "warden_mqtt_forced_disconnects_total"); n < 2 {
+	if n := s.Metric(t, "warden_mqtt_forced_disconnects_total"); n < 2 {
 		t.Errorf("forced disconnect metric = %v, want 2", n)
 	}
 	// A disabled device may come back; a revoked one may not.
-	s.mustWarden("device", "enable", "d1")
-	mustConnectRaw(t, s.mqtts, all["d1"], rawOpts{clean: true})
-	if _, _, err := s.warden("device", "enable", "r1"); err == nil {
+	s.MustWarden("device", "enable", "d1")
+	wardentest.MustConnectRaw(t, s.MQTTS, all["d1"], wardentest.RawOpts{Clean: true})
+	if _, _, err := s.Warden("device", "enable", "r1"); err == nil {
 		t.Error("enabling a revoked device succeeded")
 	}
 }
 
 func TestCommanderDownlinkReachesDeviceAndReaderCannotSendOne(t *testing.T) {
-	s := startServer(t, t.TempDir())
-	d := s.addDevice("pump7")
-	cmdr := s.addService("ops", "commander")
-	rdr := s.addService("dash", "reader")
+	s := wardentest.Start(t, t.TempDir())
+	d := s.AddDevice("pump7")
+	cmdr := s.AddService("ops", "commander")
+	rdr := s.AddService("dash", "reader")
 
-	dev := mustConnectRaw(t, s.mqtts, d, rawOpts{clean: true})
-	dev.subscribe(t, "private/pump7/down/#", 1)
-	reader := mustConnectRaw(t, s.mqtts, rdr, rawOpts{clean: true})
-	reader.subscribe(t, "fleet/#", 1)
-	ops := mustConnectRaw(t, s.mqtts, cmdr, rawOpts{clean: true})
+	dev := wardentest.MustConnectRaw(t, s.MQTTS, d, wardentest.RawOpts{Clean: true})
+	dev.Subscribe(t, "private/pump7/down/#", 1)
+	reader := wardentest.MustConnectRaw(t, s.MQTTS, rdr, wardentest.RawOpts{Clean: true})
+	reader.Subscribe(t, "fleet/#", 1)
+	ops := wardentest.MustConnectRaw(t, s.MQTTS, cmdr, wardentest.RawOpts{Clean: true})
 
-	if rc, err := ops.publish(t, "fleet/pump7/down/cmd", []byte(`{"op":"stop"}`), 1); rc != 0 || err != nil {
+	if rc, err := ops.Publish(t, "fleet/pump7/down/cmd", []byte(`{"op":"stop"}`), 1); rc != 0 || err != nil {
 		t.Fatalf("commander downlink: PUBACK 0x%02x %v", rc, err)
 	}
-	m := expectMessage(t, dev.msgs, "private/pump7/down/cmd", `{"op":"stop"}`, 5*time.Second)
+	m := wardentest.ExpectMessage(t, dev.Msgs, "private/pump7/down/cmd", `{"op":"stop"}`, 5*time.Second)
 	if m.Properties == nil || m.Properties.User.Get("warden-service") != "ops" {
 		t.Errorf("downlink lacks the warden-service property: %+v", m.Properties)
 	}
-	expectNoMessage(t, reader.msgs, 300*time.Millisecond) // readers never see commands
+	wardentest.ExpectNoMessage(t, reader.Msgs, 300*time.Millisecond) // readers never see commands
 
-	if rc, _ := reader.publish(t, "fleet/pump7/down/cmd", []byte("x"), 1); rc != codeNotAuthorized {
+	if rc, _ := reader.Publish(t, "fleet/pump7/down/cmd", []byte("x"), 1); rc != codeNotAuthorized {
 		t.Errorf("reader downlink: PUBACK 0x%02x, want 0x87", rc)
 	}
-	if rc, _ := ops.publish(t, "fleet/nosuch/down/cmd", []byte("x"), 1); rc < 0x80 {
+	if rc, _ := ops.Publish(t, "fleet/nosuch/down/cmd", []byte("x"), 1); rc < 0x80 {
 		t.Errorf("downlink to an unknown device: PUBACK 0x%02x, want an error", rc)
 	}
-	expectNoMessage(t, dev.msgs, 300*time.Millisecond)
-	if !s.auditContains(`"action":"relay.downlink"`, `"actor":"service:ops"`, `"subject":"device:pump7"`) {
+	wardentest.ExpectNoMessage(t, dev.Msgs, 300*time.Millisecond)
+	if !s.AuditContains(`"action":"relay.downlink"`, `"actor":"service:ops"`, `"subject":"device:pump7"`) {
 		t.Error("downlink not audited")
 	}
 }
 
 func TestQueuedQoS1MessagesSurviveRestart(t *testing.T) {
-	s := startServer(t, t.TempDir())
-	d := s.addDevice("sleepy")
-	cmdr := s.addService("ops", "commander")
+	s := wardentest.Start(t, t.TempDir())
+	d := s.AddDevice("sleepy")
+	cmdr := s.AddService("ops", "commander")
 
-	dev := mustConnectRaw(t, s.mqtts, d, rawOpts{clean: false, sessionExpiry: 3600})
-	dev.subscribe(t, "private/sleepy/down/#", 1)
+	dev := wardentest.MustConnectRaw(t, s.MQTTS, d, wardentest.RawOpts{Clean: false, SessionExpiry: 3600})
+	dev.Subscribe(t, "private/sleepy/down/#", 1)
 	_ = dev.Disconnect(&paho.Disconnect{})
 	time.Sleep(200 * time.Millisecond)
 
-	ops := mustConnectRaw(t, s.mqtts, cmdr, rawOpts{clean: true})
+	ops := wardentest.MustConnectRaw(t, s.MQTTS, cmdr, wardentest.RawOpts{Clean: true})
 	for _, p := range []string{"one", "two"} {
-		if rc, err := ops.publish(t, "fleet/sleepy/down/cmd", []byte(p), 1); rc != 0 || err != nil {
+		if rc, err := ops.Publish(t, "fleet/sleepy/down/cmd", []byte(p), 1); rc != 0 || err != nil {
 			t.Fatalf("queue %s: 0x%02x %v", p, rc, err)
 		}
 	}
-	s.restart()
+	s.Restart()
 
-	dev2 := mustConnectRaw(t, s.mqtts, d, rawOpts{clean: false, sessionExpiry: 3600})
+	dev2 := wardentest.MustConnectRaw(t, s.MQTTS, d, wardentest.RawOpts{Clean: false, SessionExpiry: 3600})
 	// Both arrive. (Their order is not asserted: mochi v2.7.9 resends a
 	// session's queued messages sorted by creation second only; see the
 	// known issues in README.md.)
@@ -422,7 +423,7 @@ func TestQueuedQoS1MessagesSurviveRestart(t *testing.T) {
 	deadline := time.After(5 * time.Second)
 	for len(got) < 2 {
 		select {
-		case m := <-dev2.msgs:
+		case m := <-dev2.Msgs:
 			if m.Topic != "private/sleepy/down/cmd" {
 				t.Fatalf("unexpected message on %s", m.Topic)
 			}
@@ -437,11 +438,11 @@ func TestQueuedQoS1MessagesSurviveRestart(t *testing.T) {
 }
 
 func TestIdleSocketIsClosedAfterTheConnectDeadline(t *testing.T) {
-	s := startServer(t, t.TempDir())
-	c := s.addDevice("idle")
+	s := wardentest.Start(t, t.TempDir())
+	c := s.AddDevice("idle")
 
 	// Plain TCP that never starts TLS.
-	raw, err := net.Dial("tcp", s.mqtts)
+	raw, err := net.Dial("tcp", s.MQTTS)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -457,8 +458,8 @@ func TestIdleSocketIsClosedAfterTheConnectDeadline(t *testing.T) {
 	}
 
 	// TLS completed, CONNECT never sent.
-	cert, pool := c.tls(t)
-	conn, err := dialTLS(t, s.mqtts, &cert, pool)
+	cert, pool := c.TLS(t)
+	conn, err := wardentest.DialTLS(t, s.MQTTS, &cert, pool)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -475,15 +476,15 @@ func TestIdleSocketIsClosedAfterTheConnectDeadline(t *testing.T) {
 }
 
 func TestOversizedPacketDisconnectsOnlyItsSender(t *testing.T) {
-	s := startServer(t, t.TempDir())
-	big := s.addDevice("big")
-	other := s.addDevice("other")
+	s := wardentest.Start(t, t.TempDir())
+	big := s.AddDevice("big")
+	other := s.AddDevice("other")
 
-	o := mustConnectRaw(t, s.mqtts, other, rawOpts{clean: true})
-	o.subscribe(t, "private/other/#", 1)
+	o := wardentest.MustConnectRaw(t, s.MQTTS, other, wardentest.RawOpts{Clean: true})
+	o.Subscribe(t, "private/other/#", 1)
 
-	cert, pool := big.tls(t)
-	conn, err := dialTLS(t, s.mqtts, &cert, pool)
+	cert, pool := big.TLS(t)
+	conn, err := wardentest.DialTLS(t, s.MQTTS, &cert, pool)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -518,25 +519,25 @@ func TestOversizedPacketDisconnectsOnlyItsSender(t *testing.T) {
 	case <-time.After(5 * time.Second):
 		t.Fatal("the sender of an oversized packet is still connected")
 	}
-	eventually(t, 3*time.Second, "packet-too-large metric", func() bool {
-		return s.metric(t, "warden_mqtt_forced_disconnects_total", `reason="packet-too-large"`) >= 1
+	wardentest.Eventually(t, 3*time.Second, "packet-too-large metric", func() bool {
+		return s.Metric(t, "warden_mqtt_forced_disconnects_total", `reason="packet-too-large"`) >= 1
 	})
 	// The other device is unaffected.
-	if rc, err := o.publish(t, "private/other/up/still-here", []byte("ok"), 1); rc != 0 || err != nil {
+	if rc, err := o.Publish(t, "private/other/up/still-here", []byte("ok"), 1); rc != 0 || err != nil {
 		t.Fatalf("other device publish: 0x%02x %v", rc, err)
 	}
-	expectMessage(t, o.msgs, "private/other/up/still-here", "ok", 5*time.Second)
+	wardentest.ExpectMessage(t, o.Msgs, "private/other/up/still-here", "ok", 5*time.Second)
 }
 
 func TestCRLIsServedAndListsRevokedCertificates(t *testing.T) {
-	s := startServer(t, t.TempDir())
-	s.addDevice("keep")
-	s.addDevice("lost")
-	show := s.mustWarden("device", "show", "lost", "--json")
-	serial := jsonField(t, show, "credentials.0.serial")
-	s.mustWarden("device", "revoke", "lost", "--reason", "keyCompromise")
+	s := wardentest.Start(t, t.TempDir())
+	s.AddDevice("keep")
+	s.AddDevice("lost")
+	show := s.MustWarden("device", "show", "lost", "--json")
+	serial := wardentest.JSONField(t, show, "credentials.0.serial")
+	s.MustWarden("device", "revoke", "lost", "--reason", "keyCompromise")
 
-	der := []byte(httpGet(t, "http://"+s.http+"/crl"))
+	der := []byte(wardentest.HTTPGet(t, "http://"+s.HTTP+"/crl"))
 	crl, err := x509.ParseRevocationList(der)
 	if err != nil {
 		t.Fatalf("parse /crl: %v", err)
@@ -550,38 +551,38 @@ func TestCRLIsServedAndListsRevokedCertificates(t *testing.T) {
 	if !found {
 		t.Fatalf("serial %s not on the served CRL (%d entries)", serial, len(crl.RevokedCertificateEntries))
 	}
-	onDisk, err := os.ReadFile(filepath.Join(s.data, "pki", "crl.der"))
+	onDisk, err := os.ReadFile(filepath.Join(s.Data, "pki", "crl.der"))
 	if err != nil || !bytes.Equal(onDisk, der) {
 		t.Errorf("CRL on disk differs from the served one (err %v)", err)
 	}
-	if body := httpGet(t, "http://"+s.http+"/healthz"); !strings.Contains(body, "ok") {
+	if body := wardentest.HTTPGet(t, "http://"+s.HTTP+"/healthz"); !strings.Contains(body, "ok") {
 		t.Errorf("/healthz = %q", body)
 	}
 }
 
 func TestFlappingClientIsRefused(t *testing.T) {
-	s := startServer(t, t.TempDir(), "--flap-max-connects", "3", "--flap-window", "1m", "--flap-ban", "5m")
-	c := s.addDevice("flappy")
+	s := wardentest.Start(t, t.TempDir(), "--flap-max-connects", "3", "--flap-window", "1m", "--flap-ban", "5m")
+	c := s.AddDevice("flappy")
 	for i := 0; i < 3; i++ {
-		rc := mustConnectRaw(t, s.mqtts, c, rawOpts{clean: true})
+		rc := wardentest.MustConnectRaw(t, s.MQTTS, c, wardentest.RawOpts{Clean: true})
 		_ = rc.Disconnect(&paho.Disconnect{})
 	}
-	_, ca, err := connectRaw(t, s.mqtts, c, rawOpts{clean: true})
+	_, ca, err := wardentest.ConnectRaw(t, s.MQTTS, c, wardentest.RawOpts{Clean: true})
 	if err == nil || ca == nil || ca.ReasonCode != codeNotAuthorized {
 		t.Fatalf("4th connect within the window: connack=%+v err=%v, want refused", ca, err)
 	}
-	if n := s.metric(t, "warden_mqtt_auth_failures_total", `reason="flapping"`); n != 1 {
+	if n := s.Metric(t, "warden_mqtt_auth_failures_total", `reason="flapping"`); n != 1 {
 		t.Errorf("flapping metric = %v", n)
 	}
 }
 
 func TestPublishRateLimit(t *testing.T) {
-	s := startServer(t, t.TempDir(), "--publish-rate", "5", "--publish-burst", "5")
-	c := s.addDevice("chatty")
-	rc := mustConnectRaw(t, s.mqtts, c, rawOpts{clean: true})
+	s := wardentest.Start(t, t.TempDir(), "--publish-rate", "5", "--publish-burst", "5")
+	c := s.AddDevice("chatty")
+	rc := wardentest.MustConnectRaw(t, s.MQTTS, c, wardentest.RawOpts{Clean: true})
 	refused := 0
 	for i := 0; i < 30; i++ {
-		code, _ := rc.publish(t, "private/chatty/up/t", []byte("x"), 1)
+		code, _ := rc.Publish(t, "private/chatty/up/t", []byte("x"), 1)
 		if code == 0x97 {
 			refused++
 		}
@@ -589,29 +590,29 @@ func TestPublishRateLimit(t *testing.T) {
 	if refused < 20 {
 		t.Fatalf("%d of 30 rapid publishes refused with quota exceeded, want >= 20", refused)
 	}
-	if n := s.metric(t, "warden_mqtt_messages_dropped_total", `reason="rate"`); n < 20 {
+	if n := s.Metric(t, "warden_mqtt_messages_dropped_total", `reason="rate"`); n < 20 {
 		t.Errorf("rate drop metric = %v", n)
 	}
 }
 
 func TestWillCannotTargetAnotherDevice(t *testing.T) {
-	s := startServer(t, t.TempDir())
-	victim := s.addDevice("vic")
-	att := s.addDevice("att")
-	v := mustConnectRaw(t, s.mqtts, victim, rawOpts{clean: true})
-	v.subscribe(t, "private/vic/#", 1)
-	_, ca, err := connectRaw(t, s.mqtts, att, rawOpts{clean: true, will: &paho.WillMessage{Topic: "private/vic/down/cmd", Payload: []byte("boom"), QoS: 1}})
+	s := wardentest.Start(t, t.TempDir())
+	victim := s.AddDevice("vic")
+	att := s.AddDevice("att")
+	v := wardentest.MustConnectRaw(t, s.MQTTS, victim, wardentest.RawOpts{Clean: true})
+	v.Subscribe(t, "private/vic/#", 1)
+	_, ca, err := wardentest.ConnectRaw(t, s.MQTTS, att, wardentest.RawOpts{Clean: true, Will: &paho.WillMessage{Topic: "private/vic/down/cmd", Payload: []byte("boom"), QoS: 1}})
 	if err == nil || ca == nil || ca.ReasonCode != codeNotAuthorized {
 		t.Fatalf("will into another subtree: connack=%+v err=%v, want refused", ca, err)
 	}
-	expectNoMessage(t, v.msgs, 300*time.Millisecond)
+	wardentest.ExpectNoMessage(t, v.Msgs, 300*time.Millisecond)
 }
 
 func TestConnectionRateLimitPerListener(t *testing.T) {
-	s := startServer(t, t.TempDir(), "--connection-rate", "1", "--connection-burst", "2")
+	s := wardentest.Start(t, t.TempDir(), "--connection-rate", "1", "--connection-burst", "2")
 	closed := 0
 	for i := 0; i < 6; i++ {
-		c, err := net.Dial("tcp", s.mqtts)
+		c, err := net.Dial("tcp", s.MQTTS)
 		if err != nil {
 			closed++
 			continue
@@ -626,7 +627,7 @@ func TestConnectionRateLimitPerListener(t *testing.T) {
 	if closed < 3 {
 		t.Fatalf("%d of 6 rapid connections refused, want >= 3 with rate 1/s burst 2", closed)
 	}
-	if n := s.metric(t, "warden_mqtt_connections_refused_total", `reason="rate"`); n < 3 {
+	if n := s.Metric(t, "warden_mqtt_connections_refused_total", `reason="rate"`); n < 3 {
 		t.Errorf("connection-rate metric = %v", n)
 	}
 }

@@ -18,11 +18,12 @@ import (
 
 	"github.com/warden-iot/warden/internal/keystore"
 	"github.com/warden-iot/warden/internal/pki"
+	"github.com/warden-iot/warden/internal/wardentest"
 )
 
 func mustRun(t testing.TB, data string, args ...string) string {
 	t.Helper()
-	out, errOut, err := runWarden(data, args...)
+	out, errOut, err := wardentest.RunWarden(data, args...)
 	if err != nil {
 		t.Fatalf("warden %s: %v\nstdout: %s\nstderr: %s", strings.Join(args, " "), err, out, errOut)
 	}
@@ -79,7 +80,7 @@ func TestInitCreatesTheCAAndRefusesToOverwriteIt(t *testing.T) {
 	}
 
 	before, _ := os.ReadFile(filepath.Join(data, "pki", "root.crt"))
-	_, errOut, err := runWarden(data, "init")
+	_, errOut, err := wardentest.RunWarden(data, "init")
 	if err == nil || !strings.Contains(errOut, "already") {
 		t.Fatalf("second init: err=%v stderr=%q, want a refusal", err, errOut)
 	}
@@ -129,7 +130,7 @@ func TestExportRootKeyMovesItOffline(t *testing.T) {
 		t.Fatal("wrong passphrase opened the key")
 	}
 	// A second export has nothing to export; issuing still works.
-	if _, _, err := runWarden(data, "ca", "export-root-key", "--out", out+"2", "--passphrase-file", pass); err == nil {
+	if _, _, err := wardentest.RunWarden(data, "ca", "export-root-key", "--out", out+"2", "--passphrase-file", pass); err == nil {
 		t.Error("second export succeeded")
 	}
 	mustRun(t, data, "device", "add", "after-export", "--out", t.TempDir())
@@ -201,14 +202,14 @@ func TestDeviceAddWritesKeyCertAndRoot(t *testing.T) {
 		t.Fatalf("tag filter returned %d devices, want 3", len(filtered))
 	}
 	show := mustRun(t, data, "device", "show", "dev-pem", "--json")
-	if jsonField(t, show, "credentials.0.fingerprint_sha256") == "" {
+	if wardentest.JSONField(t, show, "credentials.0.fingerprint_sha256") == "" {
 		t.Fatal("show lacks the certificate fingerprint")
 	}
 	// Duplicate IDs and invalid IDs are refused and change nothing.
-	if _, errOut, err := runWarden(data, "device", "add", "dev-pem", "--out", t.TempDir()); err == nil || !strings.Contains(errOut, "exists") {
+	if _, errOut, err := wardentest.RunWarden(data, "device", "add", "dev-pem", "--out", t.TempDir()); err == nil || !strings.Contains(errOut, "exists") {
 		t.Errorf("duplicate add: err=%v stderr=%q", err, errOut)
 	}
-	if _, _, err := runWarden(data, "device", "add", "bad/id", "--out", t.TempDir()); err == nil {
+	if _, _, err := wardentest.RunWarden(data, "device", "add", "bad/id", "--out", t.TempDir()); err == nil {
 		t.Error("invalid ID accepted")
 	}
 }
@@ -230,16 +231,16 @@ func TestSignCSRChecksTheCSR(t *testing.T) {
 		return p
 	}
 	out := filepath.Join(t.TempDir(), "dev.crt")
-	if _, errOut, err := runWarden(data, "device", "sign-csr", "--csr", writeCSR("other", nil), "--id", "onchip", "--out", out); err == nil || !strings.Contains(errOut, "does not match") {
+	if _, errOut, err := wardentest.RunWarden(data, "device", "sign-csr", "--csr", writeCSR("other", nil), "--id", "onchip", "--out", out); err == nil || !strings.Contains(errOut, "does not match") {
 		t.Errorf("CN mismatch: err=%v stderr=%q", err, errOut)
 	}
 	tampered := writeCSR("onchip", func(b []byte) []byte { b[len(b)-5] ^= 0xff; return b })
-	if _, _, err := runWarden(data, "device", "sign-csr", "--csr", tampered, "--out", out); err == nil {
+	if _, _, err := wardentest.RunWarden(data, "device", "sign-csr", "--csr", tampered, "--out", out); err == nil {
 		t.Error("tampered CSR accepted")
 	}
 	garbage := filepath.Join(t.TempDir(), "garbage.csr")
 	os.WriteFile(garbage, []byte("-----BEGIN CERTIFICATE REQUEST-----\nAAAA\n-----END CERTIFICATE REQUEST-----\n"), 0o644)
-	if _, _, err := runWarden(data, "device", "sign-csr", "--csr", garbage, "--out", out); err == nil {
+	if _, _, err := wardentest.RunWarden(data, "device", "sign-csr", "--csr", garbage, "--out", out); err == nil {
 		t.Error("garbage CSR accepted")
 	}
 	if list := mustRun(t, data, "device", "list", "--json"); strings.TrimSpace(list) != "[]" {
@@ -281,7 +282,7 @@ func TestProvisionBatchAndExecHook(t *testing.T) {
 		`[ "$n" -ge 3 ] && exit 7; ` +
 		`case "$WARDEN_DEVICE_CERT" in *"BEGIN CERTIFICATE"*) ;; *) exit 9;; esac; ` +
 		`cat >> "` + keys + `"; echo "$WARDEN_DEVICE_ID" >> "` + keys + `.ids"`
-	stdout, stderr, err := runWarden(data, "device", "provision", "--count", "4", "--exec", hook)
+	stdout, stderr, err := wardentest.RunWarden(data, "device", "provision", "--count", "4", "--exec", hook)
 	if err == nil || !strings.Contains(stderr, "nothing was registered") {
 		t.Fatalf("failing hook: err=%v stderr=%q", err, stderr)
 	}
@@ -307,8 +308,8 @@ func TestKilledProvisioningLeavesNoHalfRegisteredDevice(t *testing.T) {
 	data := t.TempDir()
 	mustRun(t, data, "init")
 	dir := t.TempDir()
-	cmd := exec.Command(wardenBin, "device", "provision", "--count", "500", "--out", dir, "--data", data)
-	cmd.Env = cleanEnv()
+	cmd := exec.Command(wardentest.Binary(t), "device", "provision", "--count", "500", "--out", dir, "--data", data)
+	cmd.Env = wardentest.Env()
 	stdout, err := cmd.StdoutPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -369,7 +370,7 @@ func TestBadConfigurationIsRefusedWithTheKeyNamed(t *testing.T) {
 	data := t.TempDir()
 	cfgFile := filepath.Join(t.TempDir(), "warden.yaml")
 	os.WriteFile(cfgFile, []byte("mqtts:\n  adr: ':8883'\nlimits:\n  max_packet_size: 12\n"), 0o644)
-	_, errOut, err := runWarden(data, "serve", "--config", cfgFile)
+	_, errOut, err := wardentest.RunWarden(data, "serve", "--config", cfgFile)
 	if err == nil || !strings.Contains(errOut, "mqtts.adr") || !strings.Contains(errOut, "limits.max_packet_size") {
 		t.Fatalf("bad config: err=%v stderr=%q, want both keys named", err, errOut)
 	}
@@ -377,7 +378,7 @@ func TestBadConfigurationIsRefusedWithTheKeyNamed(t *testing.T) {
 		t.Errorf("a refused configuration still created %v", entries)
 	}
 	os.WriteFile(cfgFile, []byte("mqtts: [oops\n"), 0o644)
-	if _, errOut, err := runWarden(data, "serve", "--config", cfgFile); err == nil || !strings.Contains(errOut, cfgFile) {
+	if _, errOut, err := wardentest.RunWarden(data, "serve", "--config", cfgFile); err == nil || !strings.Contains(errOut, cfgFile) {
 		t.Fatalf("malformed YAML: err=%v stderr=%q, want the file named", err, errOut)
 	}
 	// A busy port is a clear error too.
@@ -386,7 +387,7 @@ func TestBadConfigurationIsRefusedWithTheKeyNamed(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer l.Close()
-	_, errOut, err = runWarden(data, "serve", "--mqtts", l.Addr().String(), "--http", "127.0.0.1:0")
+	_, errOut, err = wardentest.RunWarden(data, "serve", "--mqtts", l.Addr().String(), "--http", "127.0.0.1:0")
 	if err == nil || !strings.Contains(errOut, "address already in use") {
 		t.Fatalf("busy port: err=%v stderr=%q", err, errOut)
 	}
@@ -395,8 +396,8 @@ func TestBadConfigurationIsRefusedWithTheKeyNamed(t *testing.T) {
 func TestMasterKeyFileCanLiveOutsideTheDataDirectory(t *testing.T) {
 	data := t.TempDir()
 	keyFile := filepath.Join(t.TempDir(), "secrets", "warden.key")
-	cmd := exec.Command(wardenBin, "init", "--data", data)
-	cmd.Env = append(cleanEnv(), "WARDEN_MASTER_KEY_FILE="+keyFile)
+	cmd := exec.Command(wardentest.Binary(t), "init", "--data", data)
+	cmd.Env = append(wardentest.Env(), "WARDEN_MASTER_KEY_FILE="+keyFile)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("init: %v\n%s", err, out)
 	}
@@ -407,12 +408,12 @@ func TestMasterKeyFileCanLiveOutsideTheDataDirectory(t *testing.T) {
 		t.Fatal("a master key was also written into the data directory")
 	}
 	// Without the key the CA cannot be opened, and the error says why.
-	_, errOut, err := runWarden(data, "device", "add", "x", "--out", t.TempDir())
+	_, errOut, err := wardentest.RunWarden(data, "device", "add", "x", "--out", t.TempDir())
 	if err == nil || !strings.Contains(errOut, "master") {
 		t.Fatalf("device add without the master key: err=%v stderr=%q", err, errOut)
 	}
-	cmd = exec.Command(wardenBin, "device", "add", "x", "--out", t.TempDir(), "--data", data, "--master-key-file", keyFile)
-	cmd.Env = cleanEnv()
+	cmd = exec.Command(wardentest.Binary(t), "device", "add", "x", "--out", t.TempDir(), "--data", data, "--master-key-file", keyFile)
+	cmd.Env = wardentest.Env()
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("device add with --master-key-file: %v\n%s", err, out)
 	}

@@ -16,6 +16,7 @@ import (
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/warden-iot/warden/envelope"
+	"github.com/warden-iot/warden/internal/wardentest"
 )
 
 // envDevice is a simulated MCU: its own envelope code path (the public
@@ -29,10 +30,10 @@ type envDevice struct {
 	dir     string
 }
 
-func (s *server) addEnvelopeDevice(t testing.TB, id string, extra ...string) *envDevice {
+func addEnvelopeDevice(t testing.TB, s *wardentest.Server, id string, extra ...string) *envDevice {
 	t.Helper()
 	dir := t.TempDir()
-	s.mustWarden(append([]string{"device", "add", id, "--out", dir}, extra...)...)
+	s.MustWarden(append([]string{"device", "add", id, "--out", dir}, extra...)...)
 	raw, err := os.ReadFile(filepath.Join(dir, id+".envelope.json"))
 	if err != nil {
 		t.Fatal(err)
@@ -107,17 +108,17 @@ func (d *envDevice) password(t testing.TB) []byte {
 }
 
 // connectPlain connects over the plain listener with the given password.
-func connectPlain(t testing.TB, addr, id string, password []byte) (*rawClient, *paho.Connack, error) {
+func connectPlain(t testing.TB, addr, id string, password []byte) (*wardentest.RawClient, *paho.Connack, error) {
 	t.Helper()
 	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	rc := &rawClient{msgs: make(chan *paho.Publish, 100), down: make(chan struct{})}
+	rc := &wardentest.RawClient{Msgs: make(chan *paho.Publish, 100), Down: make(chan struct{})}
 	rc.Client = paho.NewClient(paho.ClientConfig{
 		Conn: packets.NewThreadSafeConn(conn),
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
-			rc.msgs <- pr.Packet
+			rc.Msgs <- pr.Packet
 			return true, nil
 		}},
 	})
@@ -134,35 +135,35 @@ func connectPlain(t testing.TB, addr, id string, password []byte) (*rawClient, *
 }
 
 func TestEnvelopeDeviceOverThePlainListener(t *testing.T) {
-	s := startServer(t, t.TempDir(), "--mqtt", "127.0.0.1:0")
-	if s.plain == "" {
-		t.Fatalf("no plain listener in the banner:\n%s", s.out)
+	s := wardentest.Start(t, t.TempDir(), "--mqtt", "127.0.0.1:0")
+	if s.Plain == "" {
+		t.Fatalf("no plain listener in the banner:\n%s", s.Out())
 	}
-	if !strings.Contains(s.log.String(), "WITHOUT TLS") {
+	if !strings.Contains(s.Log(), "WITHOUT TLS") {
 		t.Error("the server did not warn that the plain listener is on")
 	}
-	d := s.addEnvelopeDevice(t, "env1", "--envelope")
-	other := s.addEnvelopeDevice(t, "env2", "--envelope")
-	reader := mustConnectRaw(t, s.mqtts, s.addService("ingest", "reader"), rawOpts{clean: true})
-	reader.subscribe(t, "fleet/#", 1)
-	ops := mustConnectRaw(t, s.mqtts, s.addService("ops", "commander"), rawOpts{clean: true})
+	d := addEnvelopeDevice(t, s, "env1", "--envelope")
+	other := addEnvelopeDevice(t, s, "env2", "--envelope")
+	reader := wardentest.MustConnectRaw(t, s.MQTTS, s.AddService("ingest", "reader"), wardentest.RawOpts{Clean: true})
+	reader.Subscribe(t, "fleet/#", 1)
+	ops := wardentest.MustConnectRaw(t, s.MQTTS, s.AddService("ops", "commander"), wardentest.RawOpts{Clean: true})
 
 	pw := d.password(t)
-	dev, _, err := connectPlain(t, s.plain, "env1", pw)
+	dev, _, err := connectPlain(t, s.Plain, "env1", pw)
 	if err != nil {
 		t.Fatalf("plain connect with a valid password: %v", err)
 	}
-	if code := dev.subscribe(t, "private/env1/down/#", 1); code > 2 {
+	if code := dev.Subscribe(t, "private/env1/down/#", 1); code > 2 {
 		t.Fatalf("subscribe: 0x%02x", code)
 	}
 
 	// Telemetry arrives decrypted on fleet/, with its envelope metadata.
 	topic := "private/env1/up/telemetry"
 	first := d.seal(t, topic, []byte(`{"kwh":12.5}`))
-	if rc, err := dev.publish(t, topic, first, 1); rc != 0 || err != nil {
+	if rc, err := dev.Publish(t, topic, first, 1); rc != 0 || err != nil {
 		t.Fatalf("sealed publish: 0x%02x %v", rc, err)
 	}
-	m := expectMessage(t, reader.msgs, "fleet/env1/up/telemetry", `{"kwh":12.5}`, 5*time.Second)
+	m := wardentest.ExpectMessage(t, reader.Msgs, "fleet/env1/up/telemetry", `{"kwh":12.5}`, 5*time.Second)
 	if m.Properties.User.Get("warden-suite") != "ccm-8" || m.Properties.User.Get("warden-seq") == "" {
 		t.Errorf("envelope metadata missing: %+v", m.Properties.User)
 	}
@@ -170,12 +171,12 @@ func TestEnvelopeDeviceOverThePlainListener(t *testing.T) {
 	// Each attack is refused and counted; nothing reaches fleet/.
 	refused := func(what string, topic string, payload []byte, reason string) {
 		t.Helper()
-		before := s.metric(t, "warden_envelope_failures_total", `reason="`+reason+`"`)
-		rc, _ := dev.publish(t, topic, payload, 1)
+		before := s.Metric(t, "warden_envelope_failures_total", `reason="`+reason+`"`)
+		rc, _ := dev.Publish(t, topic, payload, 1)
 		if rc < 0x80 {
 			t.Errorf("%s: PUBACK 0x%02x, want a refusal", what, rc)
 		}
-		if after := s.metric(t, "warden_envelope_failures_total", `reason="`+reason+`"`); after != before+1 {
+		if after := s.Metric(t, "warden_envelope_failures_total", `reason="`+reason+`"`); after != before+1 {
 			t.Errorf("%s: failures{reason=%q} %v -> %v", what, reason, before, after)
 		}
 	}
@@ -192,20 +193,20 @@ func TestEnvelopeDeviceOverThePlainListener(t *testing.T) {
 	down, _ := envelope.Seal(legacy, seq, topic, []byte("x"))
 	refused("downgraded suite", topic, down, "downgrade")
 	refused("plaintext", topic, []byte(`{"kwh":99}`), "malformed")
-	if rc, _ := dev.publish(t, "private/env1/state", []byte("plain"), 1); rc < 0x80 {
+	if rc, _ := dev.Publish(t, "private/env1/state", []byte("plain"), 1); rc < 0x80 {
 		t.Errorf("plaintext outside up/: PUBACK 0x%02x", rc)
 	}
-	expectNoMessage(t, reader.msgs, 300*time.Millisecond)
-	if !s.auditContains(`"action":"envelope.open"`, `"actor":"device:env1"`, `"reason":"replay"`) {
+	wardentest.ExpectNoMessage(t, reader.Msgs, 300*time.Millisecond)
+	if !s.AuditContains(`"action":"envelope.open"`, `"actor":"device:env1"`, `"reason":"replay"`) {
 		t.Error("no audit line for the replay")
 	}
 
 	// Commands reach the device sealed under its downlink key.
-	if rc, err := ops.publish(t, "fleet/env1/down/cmd", []byte("reboot"), 1); rc != 0 || err != nil {
+	if rc, err := ops.Publish(t, "fleet/env1/down/cmd", []byte("reboot"), 1); rc != 0 || err != nil {
 		t.Fatalf("command: 0x%02x %v", rc, err)
 	}
 	select {
-	case cm := <-dev.msgs:
+	case cm := <-dev.Msgs:
 		if cm.Topic != "private/env1/down/cmd" || string(cm.Payload) == "reboot" {
 			t.Fatalf("command arrived as %s %q, want sealed", cm.Topic, cm.Payload)
 		}
@@ -218,13 +219,13 @@ func TestEnvelopeDeviceOverThePlainListener(t *testing.T) {
 	}
 
 	// A replayed CONNECT password is refused, as is another device's.
-	if _, ca, err := connectPlain(t, s.plain, "env1", pw); err == nil || ca == nil || ca.ReasonCode != codeNotAuthorized {
+	if _, ca, err := connectPlain(t, s.Plain, "env1", pw); err == nil || ca == nil || ca.ReasonCode != codeNotAuthorized {
 		t.Fatalf("replayed password: %+v %v", ca, err)
 	}
-	if _, ca, err := connectPlain(t, s.plain, "env1", other.password(t)); err == nil || ca == nil || ca.ReasonCode != codeNotAuthorized {
+	if _, ca, err := connectPlain(t, s.Plain, "env1", other.password(t)); err == nil || ca == nil || ca.ReasonCode != codeNotAuthorized {
 		t.Fatalf("another device's password: %+v %v", ca, err)
 	}
-	if n := s.metric(t, "warden_mqtt_auth_failures_total", `reason="bad-password"`); n != 2 {
+	if n := s.Metric(t, "warden_mqtt_auth_failures_total", `reason="bad-password"`); n != 2 {
 		t.Errorf("bad-password refusals = %v, want 2", n)
 	}
 
@@ -237,30 +238,30 @@ func TestEnvelopeDeviceOverThePlainListener(t *testing.T) {
 	if h.Seq <= hFirst.Seq {
 		t.Fatalf("sequence number %d after a restart is not above %d", h.Seq, hFirst.Seq)
 	}
-	if rc, err := dev.publish(t, topic, again, 1); rc != 0 || err != nil {
+	if rc, err := dev.Publish(t, topic, again, 1); rc != 0 || err != nil {
 		t.Fatalf("publish after a device restart: 0x%02x %v", rc, err)
 	}
-	expectMessage(t, reader.msgs, "fleet/env1/up/telemetry", `{"after":"reboot"}`, 5*time.Second)
+	wardentest.ExpectMessage(t, reader.Msgs, "fleet/env1/up/telemetry", `{"after":"reboot"}`, 5*time.Second)
 }
 
 func TestEnvelopeRekey(t *testing.T) {
-	s := startServer(t, t.TempDir(), "--mqtt", "127.0.0.1:0")
-	d := s.addEnvelopeDevice(t, "rk1", "--envelope")
-	reader := mustConnectRaw(t, s.mqtts, s.addService("ingest", "reader"), rawOpts{clean: true})
-	reader.subscribe(t, "fleet/#", 1)
-	dev, _, err := connectPlain(t, s.plain, "rk1", d.password(t))
+	s := wardentest.Start(t, t.TempDir(), "--mqtt", "127.0.0.1:0")
+	d := addEnvelopeDevice(t, s, "rk1", "--envelope")
+	reader := wardentest.MustConnectRaw(t, s.MQTTS, s.AddService("ingest", "reader"), wardentest.RawOpts{Clean: true})
+	reader.Subscribe(t, "fleet/#", 1)
+	dev, _, err := connectPlain(t, s.Plain, "rk1", d.password(t))
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev.subscribe(t, "private/rk1/down/#", 1)
+	dev.Subscribe(t, "private/rk1/down/#", 1)
 
-	out := s.mustWarden("device", "rekey", "rk1")
+	out := s.MustWarden("device", "rekey", "rk1")
 	if !strings.Contains(out, "epoch 1") {
 		t.Errorf("rekey output: %q", out)
 	}
 	var msg *paho.Publish
 	select {
-	case msg = <-dev.msgs:
+	case msg = <-dev.Msgs:
 	case <-time.After(5 * time.Second):
 		t.Fatal("no rekey message")
 	}
@@ -274,52 +275,52 @@ func TestEnvelopeRekey(t *testing.T) {
 	oldSecret := d.secret
 	// The old epoch works until the device switches ...
 	topic := "private/rk1/up/t"
-	if rc, err := dev.publish(t, topic, d.seal(t, topic, []byte("old")), 1); rc != 0 || err != nil {
+	if rc, err := dev.Publish(t, topic, d.seal(t, topic, []byte("old")), 1); rc != 0 || err != nil {
 		t.Fatalf("old epoch before the switch: 0x%02x %v", rc, err)
 	}
-	expectMessage(t, reader.msgs, "fleet/rk1/up/t", "old", 5*time.Second)
+	wardentest.ExpectMessage(t, reader.Msgs, "fleet/rk1/up/t", "old", 5*time.Second)
 	// ... the device switches (new secret, new epoch, counter from 0) ...
 	d.secret, d.epoch = append([]byte(nil), pt[4:]...), 1
 	c, _ := envelope.NewCounter(envelope.NewFileCounterStore(filepath.Join(d.dir, "counter-epoch1")))
 	d.counter = c
-	if rc, err := dev.publish(t, topic, d.seal(t, topic, []byte("new")), 1); rc != 0 || err != nil {
+	if rc, err := dev.Publish(t, topic, d.seal(t, topic, []byte("new")), 1); rc != 0 || err != nil {
 		t.Fatalf("new epoch: 0x%02x %v", rc, err)
 	}
-	m := expectMessage(t, reader.msgs, "fleet/rk1/up/t", "new", 5*time.Second)
+	m := wardentest.ExpectMessage(t, reader.Msgs, "fleet/rk1/up/t", "new", 5*time.Second)
 	if m.Properties.User.Get("warden-epoch") != "1" {
 		t.Errorf("epoch metadata = %q", m.Properties.User.Get("warden-epoch"))
 	}
 	// ... and from then on the old epoch is refused.
 	oldKeys, _ := envelope.DeriveKeys(oldSecret, "rk1", 0, envelope.CCM8, envelope.Uplink)
 	stale, _ := envelope.Seal(oldKeys, 1<<20, topic, []byte("old again"))
-	if rc, _ := dev.publish(t, topic, stale, 1); rc < 0x80 {
+	if rc, _ := dev.Publish(t, topic, stale, 1); rc < 0x80 {
 		t.Fatalf("old epoch after the switch: PUBACK 0x%02x", rc)
 	}
-	if !s.auditContains(`"action":"envelope.rekey"`, `"subject":"device:rk1"`) {
+	if !s.AuditContains(`"action":"envelope.rekey"`, `"subject":"device:rk1"`) {
 		t.Error("rekey confirmation not audited")
 	}
 }
 
 func TestEnvelopeRequiredOverTLS(t *testing.T) {
-	s := startServer(t, t.TempDir())
-	d := s.addEnvelopeDevice(t, "req1", "--envelope", "--envelope-required")
-	reader := mustConnectRaw(t, s.mqtts, s.addService("ingest", "reader"), rawOpts{clean: true})
-	reader.subscribe(t, "fleet/#", 1)
-	c := creds{id: "req1", cert: filepath.Join(d.dir, "req1.crt"), key: filepath.Join(d.dir, "req1.key"), ca: filepath.Join(d.dir, "ca.crt")}
-	dev := mustConnectRaw(t, s.mqtts, c, rawOpts{clean: true})
+	s := wardentest.Start(t, t.TempDir())
+	d := addEnvelopeDevice(t, s, "req1", "--envelope", "--envelope-required")
+	reader := wardentest.MustConnectRaw(t, s.MQTTS, s.AddService("ingest", "reader"), wardentest.RawOpts{Clean: true})
+	reader.Subscribe(t, "fleet/#", 1)
+	c := wardentest.Creds{ID: "req1", Cert: filepath.Join(d.dir, "req1.crt"), Key: filepath.Join(d.dir, "req1.key"), CA: filepath.Join(d.dir, "ca.crt")}
+	dev := wardentest.MustConnectRaw(t, s.MQTTS, c, wardentest.RawOpts{Clean: true})
 	topic := "private/req1/up/t"
-	if rc, _ := dev.publish(t, topic, []byte("plaintext over TLS"), 1); rc < 0x80 {
+	if rc, _ := dev.Publish(t, topic, []byte("plaintext over TLS"), 1); rc < 0x80 {
 		t.Errorf("plaintext from a required-envelope device over TLS: PUBACK 0x%02x", rc)
 	}
-	if rc, err := dev.publish(t, topic, d.seal(t, topic, []byte("sealed")), 1); rc != 0 || err != nil {
+	if rc, err := dev.Publish(t, topic, d.seal(t, topic, []byte("sealed")), 1); rc != 0 || err != nil {
 		t.Fatalf("sealed over TLS: 0x%02x %v", rc, err)
 	}
-	expectMessage(t, reader.msgs, "fleet/req1/up/t", "sealed", 5*time.Second)
+	wardentest.ExpectMessage(t, reader.Msgs, "fleet/req1/up/t", "sealed", 5*time.Second)
 
 	// A device that is not an envelope device cannot use the plain listener.
-	s2 := startServer(t, t.TempDir(), "--mqtt", "127.0.0.1:0")
-	s2.addDevice("tlsonly")
-	if _, ca, err := connectPlain(t, s2.plain, "tlsonly", []byte("6100aa")); err == nil || ca == nil || ca.ReasonCode != codeNotAuthorized {
+	s2 := wardentest.Start(t, t.TempDir(), "--mqtt", "127.0.0.1:0")
+	s2.AddDevice("tlsonly")
+	if _, ca, err := connectPlain(t, s2.Plain, "tlsonly", []byte("6100aa")); err == nil || ca == nil || ca.ReasonCode != codeNotAuthorized {
 		t.Fatalf("non-envelope device on the plain listener: %+v %v", ca, err)
 	}
 }

@@ -20,6 +20,7 @@ import (
 
 	"github.com/warden-iot/warden/enrollproto"
 	"github.com/warden-iot/warden/internal/pki"
+	"github.com/warden-iot/warden/internal/wardentest"
 )
 
 // estClient is an HTTPS client for the api listener pinned to Warden's
@@ -81,7 +82,7 @@ func estPost(t testing.TB, cl *http.Client, url string, csr []byte, hdr map[stri
 
 // saveCreds writes an enrolled device's key and certificate chain where
 // the test harness's raw clients read them.
-func saveCreds(t testing.TB, dir, id string, key *ecdsa.PrivateKey, certs []*x509.Certificate, rootFile string) creds {
+func saveCreds(t testing.TB, dir, id string, key *ecdsa.PrivateKey, certs []*x509.Certificate, rootFile string) wardentest.Creds {
 	t.Helper()
 	var chain []byte
 	for _, c := range certs {
@@ -91,11 +92,11 @@ func saveCreds(t testing.TB, dir, id string, key *ecdsa.PrivateKey, certs []*x50
 	if err != nil {
 		t.Fatal(err)
 	}
-	c := creds{id: id, cert: filepath.Join(dir, id+".crt"), key: filepath.Join(dir, id+".key"), ca: rootFile}
-	if err := os.WriteFile(c.cert, chain, 0o644); err != nil {
+	c := wardentest.Creds{ID: id, Cert: filepath.Join(dir, id+".crt"), Key: filepath.Join(dir, id+".key"), CA: rootFile}
+	if err := os.WriteFile(c.Cert, chain, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	if err := os.WriteFile(c.key, kb, 0o600); err != nil {
+	if err := os.WriteFile(c.Key, kb, 0o600); err != nil {
 		t.Fatal(err)
 	}
 	return c
@@ -147,16 +148,16 @@ func readSecret(t testing.TB, path string) enrollproto.SecretFile {
 // stolen proof on another CSR are refused alike; the enrolled device
 // connects, renews over EST and over MQTT.
 func TestEnrollWithSecretOverEST(t *testing.T) {
-	s := startServer(t, t.TempDir())
+	s := wardentest.Start(t, t.TempDir())
 	dir := t.TempDir()
 	secretFile := filepath.Join(dir, "e1.enroll.json")
-	s.mustWarden("device", "preregister", "enr-1", "--model", "sensor-v3", "--tag", "site=lab", "--enroll-secret-out", secretFile)
+	s.MustWarden("device", "preregister", "enr-1", "--model", "sensor-v3", "--tag", "site=lab", "--enroll-secret-out", secretFile)
 	sf := readSecret(t, secretFile)
-	if _, _, err := s.warden("device", "preregister", "enr-1", "--enroll-secret-out", filepath.Join(dir, "again.json")); err == nil {
+	if _, _, err := s.Warden("device", "preregister", "enr-1", "--enroll-secret-out", filepath.Join(dir, "again.json")); err == nil {
 		t.Fatal("preregistering the same ID twice succeeded")
 	}
-	root := filepath.Join(s.data, "pki", "root.crt")
-	base := "https://" + s.api
+	root := filepath.Join(s.Data, "pki", "root.crt")
+	base := "https://" + s.API
 	anon := estClient(t, root, nil)
 
 	// cacerts: the root and the issuing CA.
@@ -202,18 +203,18 @@ func TestEnrollWithSecretOverEST(t *testing.T) {
 	if code, _ := estPost(t, anon, base+enrollproto.PathSimpleEnroll, csr, proof(sf.Secret, csr, "enr-1")); code != http.StatusForbidden {
 		t.Fatalf("second enrollment: HTTP %d, want 403", code)
 	}
-	show := s.mustWarden("device", "show", "enr-1", "--json")
-	if jsonField(t, show, "state") != "active" || jsonField(t, show, "model") != "sensor-v3" || jsonField(t, show, "tags.site") != "lab" {
+	show := s.MustWarden("device", "show", "enr-1", "--json")
+	if wardentest.JSONField(t, show, "state") != "active" || wardentest.JSONField(t, show, "model") != "sensor-v3" || wardentest.JSONField(t, show, "tags.site") != "lab" {
 		t.Fatalf("enrolled device: %s", show)
 	}
 
 	// The device connects with what it enrolled.
 	c := saveCreds(t, dir, "enr-1", key, certs, root)
-	dev := mustConnectRaw(t, s.mqtts, c, rawOpts{clean: true})
+	dev := wardentest.MustConnectRaw(t, s.MQTTS, c, wardentest.RawOpts{Clean: true})
 
 	// Renewal over EST, authenticated by the current certificate, with a
 	// new key.
-	cert, _ := c.tls(t)
+	cert, _ := c.TLS(t)
 	key2, csr2 := newDeviceKey(t, "enr-1")
 	code, certs2 := estPost(t, estClient(t, root, &cert), base+enrollproto.PathSimpleReenroll, csr2, nil)
 	if code != http.StatusOK {
@@ -234,13 +235,13 @@ func TestEnrollWithSecretOverEST(t *testing.T) {
 	}
 
 	// Renewal over MQTT.
-	dev.subscribe(t, enrollproto.Topic("enr-1", enrollproto.ChannelNew), 1)
+	dev.Subscribe(t, enrollproto.Topic("enr-1", enrollproto.ChannelNew), 1)
 	_, csr3 := newDeviceKey(t, "enr-1")
 	msg, _ := json.Marshal(enrollproto.CSRRequest{RequestID: "r-1", CSR: csr3})
-	if rc, err := dev.publish(t, enrollproto.Topic("enr-1", enrollproto.ChannelCSR), msg, 1); rc != 0 || err != nil {
+	if rc, err := dev.Publish(t, enrollproto.Topic("enr-1", enrollproto.ChannelCSR), msg, 1); rc != 0 || err != nil {
 		t.Fatalf("publish CSR: 0x%02x %v", rc, err)
 	}
-	m := waitFor(t, dev.msgs, enrollproto.Topic("enr-1", enrollproto.ChannelNew))
+	m := waitFor(t, dev.Msgs, enrollproto.Topic("enr-1", enrollproto.ChannelNew))
 	cr, err := enrollproto.ParseCertResponse(m.Payload)
 	if err != nil || cr.Status != enrollproto.StatusIssued || cr.RequestID != "r-1" {
 		t.Fatalf("cert/new: %+v %v", cr, err)
@@ -248,9 +249,9 @@ func TestEnrollWithSecretOverEST(t *testing.T) {
 	// The renewed certificate connects.
 	c2 := saveCreds(t, t.TempDir(), "enr-1", key2, certs2, root)
 	dev.Disconnect(&paho.Disconnect{})
-	mustConnectRaw(t, s.mqtts, c2, rawOpts{clean: true})
+	wardentest.MustConnectRaw(t, s.MQTTS, c2, wardentest.RawOpts{Clean: true})
 
-	audit, _ := os.ReadFile(filepath.Join(s.data, "audit.log"))
+	audit, _ := os.ReadFile(filepath.Join(s.Data, "audit.log"))
 	for _, reason := range []string{"not-preregistered", "bad-proof", "enrollment-used", "renew-wrong-identity"} {
 		if !bytes.Contains(audit, []byte(`"reason":"`+reason+`"`)) {
 			t.Errorf("audit log lacks a refusal with reason %s", reason)
@@ -259,13 +260,13 @@ func TestEnrollWithSecretOverEST(t *testing.T) {
 	if !bytes.Contains(audit, []byte(`"action":"device.enroll","outcome":"done"`)) {
 		t.Error("audit log lacks the enrollment")
 	}
-	if v := s.metric(t, "warden_enroll_total", `outcome="enrolled"`); v != 1 {
+	if v := s.Metric(t, "warden_enroll_total", `outcome="enrolled"`); v != 1 {
 		t.Errorf("enrollments metric = %v, want 1", v)
 	}
-	if v := s.metric(t, "warden_enroll_total", `outcome="bad-proof"`); v < 2 {
+	if v := s.Metric(t, "warden_enroll_total", `outcome="bad-proof"`); v < 2 {
 		t.Errorf("bad-proof refusals = %v, want >= 2", v)
 	}
-	if v := s.metric(t, "warden_cert_renewals_total", `outcome="renewed"`); v != 2 {
+	if v := s.Metric(t, "warden_cert_renewals_total", `outcome="renewed"`); v != 2 {
 		t.Errorf("renewals metric = %v, want 2 (EST and MQTT)", v)
 	}
 	if strings.Contains(string(audit), fmt.Sprintf("%x", sf.Secret)) {
@@ -277,17 +278,17 @@ func TestEnrollWithSecretOverEST(t *testing.T) {
 // the IDs on its allow-list, each once, over EST and over MQTT, and can do
 // nothing else on the broker.
 func TestClaimCertificateEnrollment(t *testing.T) {
-	s := startServer(t, t.TempDir())
+	s := wardentest.Start(t, t.TempDir())
 	dir := t.TempDir()
 	ids := filepath.Join(dir, "line.ids")
 	if err := os.WriteFile(ids, []byte("# line 7\nclm-1\nclm-2\n"), 0o644); err != nil {
 		t.Fatal(err)
 	}
-	s.mustWarden("claim-cert", "create", "line7", "--allow", ids, "--model", "meter", "--out", dir)
-	claim := creds{id: "line7", cert: filepath.Join(dir, "line7.crt"), key: filepath.Join(dir, "line7.key"), ca: filepath.Join(dir, "ca.crt")}
-	claimCert, _ := claim.tls(t)
-	root := claim.ca
-	base := "https://" + s.api
+	s.MustWarden("claim-cert", "create", "line7", "--allow", ids, "--model", "meter", "--out", dir)
+	claim := wardentest.Creds{ID: "line7", Cert: filepath.Join(dir, "line7.crt"), Key: filepath.Join(dir, "line7.key"), CA: filepath.Join(dir, "ca.crt")}
+	claimCert, _ := claim.TLS(t)
+	root := claim.CA
+	base := "https://" + s.API
 	cl := estClient(t, root, &claimCert)
 
 	key1, csr1 := newDeviceKey(t, "clm-1")
@@ -307,35 +308,35 @@ func TestClaimCertificateEnrollment(t *testing.T) {
 	if code, _ := estPost(t, cl, base+enrollproto.PathSimpleReenroll, csr1, nil); code != http.StatusForbidden {
 		t.Fatalf("re-enrollment with a claim certificate: HTTP %d, want 403", code)
 	}
-	if _, _, err := connectRaw(t, s.mqtts, claim, rawOpts{clean: true}); err == nil {
+	if _, _, err := wardentest.ConnectRaw(t, s.MQTTS, claim, wardentest.RawOpts{Clean: true}); err == nil {
 		t.Fatal("the claim certificate connected with its own name as client ID")
 	}
-	if _, _, err := connectRaw(t, s.mqtts, claim, rawOpts{clean: true, clientID: "clm-9"}); err == nil {
+	if _, _, err := wardentest.ConnectRaw(t, s.MQTTS, claim, wardentest.RawOpts{Clean: true, ClientID: "clm-9"}); err == nil {
 		t.Fatal("the claim certificate connected as an ID outside its allow-list")
 	}
-	if _, _, err := connectRaw(t, s.mqtts, claim, rawOpts{clean: true, clientID: "clm-1"}); err == nil {
+	if _, _, err := wardentest.ConnectRaw(t, s.MQTTS, claim, wardentest.RawOpts{Clean: true, ClientID: "clm-1"}); err == nil {
 		t.Fatal("the claim certificate connected as an ID that enrolled already")
 	}
 
 	// Over MQTT: client ID clm-2, only its cert topics.
-	rc := mustConnectRaw(t, s.mqtts, claim, rawOpts{clean: true, clientID: "clm-2"})
+	rc := wardentest.MustConnectRaw(t, s.MQTTS, claim, wardentest.RawOpts{Clean: true, ClientID: "clm-2"})
 	for _, f := range []string{"#", "private/clm-1/#", "private/clm-2/down/#", "fleet/#"} {
-		if code := rc.subscribe(t, f, 1); code < 0x80 {
+		if code := rc.Subscribe(t, f, 1); code < 0x80 {
 			t.Errorf("claim connection subscribed to %q (0x%02x)", f, code)
 		}
 	}
-	if code := rc.subscribe(t, enrollproto.Topic("clm-2", enrollproto.ChannelNew), 1); code >= 0x80 {
+	if code := rc.Subscribe(t, enrollproto.Topic("clm-2", enrollproto.ChannelNew), 1); code >= 0x80 {
 		t.Fatalf("claim connection may not read its cert/new: 0x%02x", code)
 	}
-	if code, _ := rc.publish(t, "private/clm-2/up/telemetry", []byte("x"), 1); code < 0x80 {
+	if code, _ := rc.Publish(t, "private/clm-2/up/telemetry", []byte("x"), 1); code < 0x80 {
 		t.Errorf("claim connection published telemetry (0x%02x)", code)
 	}
 	key2, csr2 := newDeviceKey(t, "clm-2")
 	msg, _ := json.Marshal(enrollproto.CSRRequest{RequestID: "m-1", CSR: csr2})
-	if code, err := rc.publish(t, enrollproto.Topic("clm-2", enrollproto.ChannelCSR), msg, 1); code != 0 || err != nil {
+	if code, err := rc.Publish(t, enrollproto.Topic("clm-2", enrollproto.ChannelCSR), msg, 1); code != 0 || err != nil {
 		t.Fatalf("claim CSR publish: 0x%02x %v", code, err)
 	}
-	m := waitFor(t, rc.msgs, enrollproto.Topic("clm-2", enrollproto.ChannelNew))
+	m := waitFor(t, rc.Msgs, enrollproto.Topic("clm-2", enrollproto.ChannelNew))
 	cr, err := enrollproto.ParseCertResponse(m.Payload)
 	if err != nil || cr.Status != enrollproto.StatusIssued {
 		t.Fatalf("cert/new for the claim connection: %+v %v", cr, err)
@@ -345,20 +346,20 @@ func TestClaimCertificateEnrollment(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkDeviceCert(t, got, "clm-2", key2, root)
-	if jsonField(t, s.mustWarden("device", "show", "clm-2", "--json"), "model") != "meter" {
+	if wardentest.JSONField(t, s.MustWarden("device", "show", "clm-2", "--json"), "model") != "meter" {
 		t.Error("the device enrolled by claim did not get the allow-list's model")
 	}
 	// The new device connects with its own certificate.
-	mustConnectRaw(t, s.mqtts, saveCreds(t, t.TempDir(), "clm-2", key2, got, root), rawOpts{clean: true})
+	wardentest.MustConnectRaw(t, s.MQTTS, saveCreds(t, t.TempDir(), "clm-2", key2, got, root), wardentest.RawOpts{Clean: true})
 
 	// Revoked, the claim certificate enrolls nothing more.
-	s.mustWarden("claim-cert", "allow", "line7", "--allow-id", "clm-3")
-	s.mustWarden("claim-cert", "revoke", "line7", "--reason", "line closed")
+	s.MustWarden("claim-cert", "allow", "line7", "--allow-id", "clm-3")
+	s.MustWarden("claim-cert", "revoke", "line7", "--reason", "line closed")
 	_, csr3 := newDeviceKey(t, "clm-3")
 	if code, _ := estPost(t, cl, base+enrollproto.PathSimpleEnroll, csr3, nil); code != http.StatusForbidden {
 		t.Fatalf("enrollment with a revoked claim certificate: HTTP %d, want 403", code)
 	}
-	audit, _ := os.ReadFile(filepath.Join(s.data, "audit.log"))
+	audit, _ := os.ReadFile(filepath.Join(s.Data, "audit.log"))
 	for _, reason := range []string{"enrollment-used", "not-on-allow-list"} {
 		if !bytes.Contains(audit, []byte(`"reason":"`+reason+`"`)) && !bytes.Contains(audit, []byte(`"reason":"claim-`+reason+`"`)) {
 			t.Errorf("audit log lacks a refusal with reason %s", reason)
@@ -370,10 +371,10 @@ func TestClaimCertificateEnrollment(t *testing.T) {
 // forwards it and is bound to the user; replayed, tampered, expired and
 // another server's tokens are refused with their reasons audited.
 func TestAppClaimToken(t *testing.T) {
-	s := startServer(t, t.TempDir())
-	appToken := strings.TrimSpace(s.mustWarden("token", "create", "--role", "app", "--user", "alice@example.com"))
-	root := filepath.Join(s.data, "pki", "root.crt")
-	base := "https://" + s.api
+	s := wardentest.Start(t, t.TempDir())
+	appToken := strings.TrimSpace(s.MustWarden("token", "create", "--role", "app", "--user", "alice@example.com"))
+	root := filepath.Join(s.Data, "pki", "root.crt")
+	base := "https://" + s.API
 	api := estClient(t, root, nil)
 	mint := func(t *testing.T, srvBase, bearer string, ttl int) (int, string) {
 		t.Helper()
@@ -409,17 +410,17 @@ func TestAppClaimToken(t *testing.T) {
 		t.Fatalf("mint: HTTP %d, token %q", code, tok)
 	}
 
-	dev := s.addDevice("claimed-1")
-	rc := mustConnectRaw(t, s.mqtts, dev, rawOpts{clean: true})
-	rc.subscribe(t, enrollproto.Topic("claimed-1", enrollproto.ChannelClaimResult), 1)
+	dev := s.AddDevice("claimed-1")
+	rc := wardentest.MustConnectRaw(t, s.MQTTS, dev, wardentest.RawOpts{Clean: true})
+	rc.Subscribe(t, enrollproto.Topic("claimed-1", enrollproto.ChannelClaimResult), 1)
 	send := func(reqID, token string) string {
 		t.Helper()
 		msg, _ := json.Marshal(enrollproto.ClaimRequest{RequestID: reqID, Token: token})
-		if code, err := rc.publish(t, enrollproto.Topic("claimed-1", enrollproto.ChannelClaim), msg, 1); code != 0 || err != nil {
+		if code, err := rc.Publish(t, enrollproto.Topic("claimed-1", enrollproto.ChannelClaim), msg, 1); code != 0 || err != nil {
 			t.Fatalf("publish claim: 0x%02x %v", code, err)
 		}
 		for {
-			m := waitFor(t, rc.msgs, enrollproto.Topic("claimed-1", enrollproto.ChannelClaimResult))
+			m := waitFor(t, rc.Msgs, enrollproto.Topic("claimed-1", enrollproto.ChannelClaimResult))
 			r, err := enrollproto.ParseClaimResult(m.Payload)
 			if err != nil {
 				t.Fatalf("claim result: %v", err)
@@ -444,7 +445,7 @@ func TestAppClaimToken(t *testing.T) {
 	if st := send("t-2", tok); st != enrollproto.StatusBound {
 		t.Fatalf("claim: %s", st)
 	}
-	if owner := jsonField(t, s.mustWarden("device", "show", "claimed-1", "--json"), "owner"); owner != "alice@example.com" {
+	if owner := wardentest.JSONField(t, s.MustWarden("device", "show", "claimed-1", "--json"), "owner"); owner != "alice@example.com" {
 		t.Fatalf("owner after the claim: %q", owner)
 	}
 	if st := send("t-3", tok); st != enrollproto.StatusRefused {
@@ -457,21 +458,21 @@ func TestAppClaimToken(t *testing.T) {
 		t.Fatalf("expired token: %s", st)
 	}
 	// Another server's token.
-	other := startServer(t, t.TempDir())
-	otherApp := strings.TrimSpace(other.mustWarden("token", "create", "--role", "app", "--user", "mallory"))
-	otherAPI := estClient(t, filepath.Join(other.data, "pki", "root.crt"), nil)
+	other := wardentest.Start(t, t.TempDir())
+	otherApp := strings.TrimSpace(other.MustWarden("token", "create", "--role", "app", "--user", "mallory"))
+	otherAPI := estClient(t, filepath.Join(other.Data, "pki", "root.crt"), nil)
 	api = otherAPI
-	_, foreign := mint(t, "https://"+other.api, otherApp, 0)
+	_, foreign := mint(t, "https://"+other.API, otherApp, 0)
 	if foreign == "" {
 		t.Fatal("no token from the other server")
 	}
 	if st := send("t-5", foreign); st != enrollproto.StatusRefused {
 		t.Fatalf("another server's token: %s", st)
 	}
-	if owner := jsonField(t, s.mustWarden("device", "show", "claimed-1", "--json"), "owner"); owner != "alice@example.com" {
+	if owner := wardentest.JSONField(t, s.MustWarden("device", "show", "claimed-1", "--json"), "owner"); owner != "alice@example.com" {
 		t.Fatalf("owner changed to %q", owner)
 	}
-	audit, _ := os.ReadFile(filepath.Join(s.data, "audit.log"))
+	audit, _ := os.ReadFile(filepath.Join(s.Data, "audit.log"))
 	for _, reason := range []string{"tampered", "replayed", "expired", "foreign"} {
 		if !bytes.Contains(audit, []byte(`"action":"device.claim","outcome":"denied","actor":"device:claimed-1","subject":"device:claimed-1","reason":"`+reason+`"`)) {
 			t.Errorf("audit log lacks the %s refusal", reason)

@@ -20,13 +20,14 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 
+	"github.com/warden-iot/warden/internal/wardentest"
 	"github.com/warden-iot/warden/otaproto"
 )
 
 // otaFleet is a running server with n provisioned devices in one rollout
 // of a 1 MiB image.
 type otaFleet struct {
-	s     *server
+	s     *wardentest.Server
 	ids   []string
 	dir   string
 	image []byte
@@ -35,31 +36,31 @@ type otaFleet struct {
 
 func newOTAFleet(b *testing.B, n int) *otaFleet {
 	b.Helper()
-	s := startServer(b, b.TempDir(), "--log-level", "warn", "--publish-rate", "1000", "--publish-burst", "1000",
+	s := wardentest.Start(b, b.TempDir(), "--log-level", "warn", "--publish-rate", "1000", "--publish-burst", "1000",
 		"--connection-rate", "1000", "--connection-burst", "2000", "--connect-timeout", "30s")
 	r := newRelease(b)
 	img, st := r.sign(b, "bench", "1.0.0", 1, 1<<20-1024)
-	s.mustWarden("fw", "trust", r.pub)
-	s.mustWarden("fw", "upload", img, "--statement", st)
+	s.MustWarden("fw", "trust", r.pub)
+	s.MustWarden("fw", "upload", img, "--statement", st)
 	dir := b.TempDir()
-	out := s.mustWarden("device", "provision", "--count", strconv.Itoa(n), "--model", "bench", "--out", dir)
+	out := s.MustWarden("device", "provision", "--count", strconv.Itoa(n), "--model", "bench", "--out", dir)
 	ids := strings.Fields(out)
 	if len(ids) != n {
 		b.Fatalf("provisioned %d devices, want %d", len(ids), n)
 	}
-	s.mustWarden("rollout", "create", "--image", sha256File(b, img)[:12], "--timeout", "24h")
+	s.MustWarden("rollout", "create", "--image", sha256File(b, img)[:12], "--timeout", "24h")
 	data, _ := os.ReadFile(img)
 	return &otaFleet{s: s, ids: ids, dir: dir, image: data, sha: sha256File(b, img)}
 }
 
-func (f *otaFleet) creds(id string) creds {
-	return creds{id: id, cert: filepath.Join(f.dir, id+".crt"), key: filepath.Join(f.dir, id+".key"), ca: filepath.Join(f.dir, "ca.crt")}
+func (f *otaFleet) creds(id string) wardentest.Creds {
+	return wardentest.Creds{ID: id, Cert: filepath.Join(f.dir, id+".crt"), Key: filepath.Join(f.dir, id+".key"), CA: filepath.Join(f.dir, "ca.crt")}
 }
 
 // serverCPU is the server process's user+system CPU time.
 func (f *otaFleet) serverCPU(b *testing.B) time.Duration {
 	b.Helper()
-	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", f.s.cmd.Process.Pid))
+	raw, err := os.ReadFile(fmt.Sprintf("/proc/%d/stat", f.s.Process().Pid))
 	if err != nil {
 		b.Fatal(err)
 	}
@@ -116,12 +117,12 @@ func BenchmarkOTAServeHTTPS(b *testing.B) {
 	f := newOTAFleet(b, 1000)
 	clients := map[string]*http.Client{}
 	for _, id := range f.ids {
-		cert, pool := f.creds(id).tls(b)
+		cert, pool := f.creds(id).TLS(b)
 		clients[id] = &http.Client{Timeout: time.Minute, Transport: &http.Transport{
 			TLSClientConfig: &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, ServerName: "localhost", MinVersion: tls.VersionTLS13},
 		}}
 	}
-	base := "https://" + f.s.api
+	base := "https://" + f.s.API
 	b.ResetTimer()
 	cpu0, start := f.serverCPU(b), time.Now()
 	for range b.N {
@@ -165,25 +166,25 @@ func BenchmarkOTAServeMQTT(b *testing.B) {
 	cpu0, start := f.serverCPU(b), time.Now()
 	for range b.N {
 		f.each(b, 50, func(id string) error {
-			rc, _, err := connectRaw(b, f.s.mqtts, f.creds(id), rawOpts{clean: true})
+			rc, _, err := wardentest.ConnectRaw(b, f.s.MQTTS, f.creds(id), wardentest.RawOpts{Clean: true})
 			if err != nil {
 				return err
 			}
 			defer rc.Disconnect(&paho.Disconnect{})
 			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 			defer cancel()
-			if _, err := rc.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "private/" + id + "/ota/#"}}}); err != nil {
+			if _, err := rc.Client.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "private/" + id + "/ota/#"}}}); err != nil {
 				return err
 			}
 			pub := func(ch string, v any) error {
 				body, _ := json.Marshal(v)
-				_, err := rc.Publish(ctx, &paho.Publish{Topic: otaproto.Topic(id, ch), QoS: 0, Payload: body})
+				_, err := rc.Client.Publish(ctx, &paho.Publish{Topic: otaproto.Topic(id, ch), QoS: 0, Payload: body})
 				return err
 			}
 			next := func(topic string) (*paho.Publish, error) {
 				for {
 					select {
-					case m := <-rc.msgs:
+					case m := <-rc.Msgs:
 						if m.Topic == topic {
 							return m, nil
 						}

@@ -14,6 +14,7 @@ import (
 	"github.com/warden-iot/warden/device"
 	"github.com/warden-iot/warden/envelope"
 	"github.com/warden-iot/warden/firmware"
+	"github.com/warden-iot/warden/internal/wardentest"
 	"github.com/warden-iot/warden/otaproto"
 )
 
@@ -24,19 +25,19 @@ import (
 // check query and sealed status bodies) and downloads through the
 // capability URL of its offer. Both boot the image and Warden records it.
 func TestOTAEnvelopeDevicesAgainstWarden(t *testing.T) {
-	s := startServer(t, t.TempDir(), "--mqtt", "127.0.0.1:0")
+	s := wardentest.Start(t, t.TempDir(), "--mqtt", "127.0.0.1:0")
 	r := newRelease(t)
 	img, st := r.sign(t, "env-sensor", "3.1.0", 4, 20000)
-	s.mustWarden("fw", "trust", r.pub)
-	s.mustWarden("fw", "upload", img, "--statement", st)
+	s.MustWarden("fw", "trust", r.pub)
+	s.MustWarden("fw", "upload", img, "--statement", st)
 	pub := releasePub(t, r)
 
 	transports := map[string]string{"envota-mqtt": device.OTATransportMQTT, "envota-https": device.OTATransportHTTPS}
 	dir := t.TempDir()
 	for id := range transports {
-		s.mustWarden("device", "add", id, "--out", dir, "--envelope", "--model", "env-sensor")
+		s.MustWarden("device", "add", id, "--out", dir, "--envelope", "--model", "env-sensor")
 	}
-	out := s.mustWarden("rollout", "create", "--image", sha256File(t, img)[:12], "--stages", "100%",
+	out := s.MustWarden("rollout", "create", "--image", sha256File(t, img)[:12], "--stages", "100%",
 		"--failure-threshold", "50%", "--min-finished", "1", "--timeout", "5m")
 	rid := strings.Fields(strings.TrimPrefix(out, "Created rollout "))[0]
 
@@ -59,7 +60,7 @@ func TestOTAEnvelopeDevicesAgainstWarden(t *testing.T) {
 			t.Fatalf("%s (%s) did not install the image within 30s; rollout devices: %+v", id, transports[id], rolloutDevices(t, s, rid))
 		}
 	}
-	eventually(t, 15*time.Second, "Warden to record both devices as booted", func() bool {
+	wardentest.Eventually(t, 15*time.Second, "Warden to record both devices as booted", func() bool {
 		n := 0
 		for _, d := range rolloutDevices(t, s, rid) {
 			if d.State == otaproto.StateBooted {
@@ -74,20 +75,20 @@ func TestOTAEnvelopeDevicesAgainstWarden(t *testing.T) {
 	// The MQTT device's messages were opened and accepted, the HTTPS
 	// device's sealed check and reports too: nothing went through unsealed
 	// (an envelope device on the plain listener cannot publish unsealed).
-	if v := s.metric(t, "warden_ota_mqtt_messages_total", `channel="status"`, `outcome="accepted"`); v < 3 {
+	if v := s.Metric(t, "warden_ota_mqtt_messages_total", `channel="status"`, `outcome="accepted"`); v < 3 {
 		t.Errorf("accepted MQTT status reports = %v, want the sealed reports of envota-mqtt", v)
 	}
-	if v := s.metric(t, "warden_ota_mqtt_messages_total", `channel="get"`, `outcome="accepted"`); v < 1 {
+	if v := s.Metric(t, "warden_ota_mqtt_messages_total", `channel="get"`, `outcome="accepted"`); v < 1 {
 		t.Errorf("accepted MQTT block requests = %v", v)
 	}
-	if v := s.metric(t, "warden_ota_http_requests_total", `endpoint="status"`, `outcome="accepted"`); v < 3 {
+	if v := s.Metric(t, "warden_ota_http_requests_total", `endpoint="status"`, `outcome="accepted"`); v < 3 {
 		t.Errorf("accepted HTTPS status reports = %v, want the sealed reports of envota-https", v)
 	}
-	if v := s.metric(t, "warden_ota_http_requests_total", `endpoint="image"`, `outcome="served"`); v < 1 {
+	if v := s.Metric(t, "warden_ota_http_requests_total", `endpoint="image"`, `outcome="served"`); v < 1 {
 		t.Errorf("images served over HTTPS = %v", v)
 	}
 	for _, kind := range []string{"check", "status"} {
-		if v := s.metric(t, "warden_ota_http_requests_total", fmt.Sprintf(`endpoint=%q`, kind), `outcome="invalid"`); v != 0 {
+		if v := s.Metric(t, "warden_ota_http_requests_total", fmt.Sprintf(`endpoint=%q`, kind), `outcome="invalid"`); v != 0 {
 			t.Errorf("%v refused HTTPS %s requests from the envelope device", v, kind)
 		}
 	}
@@ -96,7 +97,7 @@ func TestOTAEnvelopeDevicesAgainstWarden(t *testing.T) {
 // startEnvelopeOTADevice connects an SDK envelope device over the plain
 // listener and starts its OTA agent; the returned channel gets the
 // statement of each installed image.
-func startEnvelopeOTADevice(t *testing.T, s *server, dir, id, transport string, pub crypto.PublicKey, roots *x509.CertPool) chan firmware.Statement {
+func startEnvelopeOTADevice(t *testing.T, s *wardentest.Server, dir, id, transport string, pub crypto.PublicKey, roots *x509.CertPool) chan firmware.Statement {
 	t.Helper()
 	did, env, err := device.LoadEnvelopeBundle(filepath.Join(dir, id+".envelope.json"))
 	if err != nil {
@@ -109,7 +110,7 @@ func startEnvelopeOTADevice(t *testing.T, s *server, dir, id, transport string, 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cl, err := device.Connect(ctx, device.Config{
-		Servers: []string{"mqtt://" + s.plain}, DeviceID: did, Envelope: env,
+		Servers: []string{"mqtt://" + s.Plain}, DeviceID: did, Envelope: env,
 		MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond,
 	})
 	if err != nil {
@@ -131,7 +132,7 @@ func startEnvelopeOTADevice(t *testing.T, s *server, dir, id, transport string, 
 	}
 	if transport == device.OTATransportHTTPS {
 		// No client certificate: the device proves itself by sealing.
-		cfg.HTTPSBase, cfg.RootCAs = "https://"+s.api, roots
+		cfg.HTTPSBase, cfg.RootCAs = "https://"+s.API, roots
 	}
 	if agent, err = cl.OTA(cfg); err != nil {
 		t.Fatalf("%s: OTA: %v", id, err)

@@ -24,6 +24,7 @@ import (
 	"github.com/warden-iot/warden/internal/config"
 	"github.com/warden-iot/warden/internal/keystore"
 	"github.com/warden-iot/warden/internal/pki"
+	"github.com/warden-iot/warden/internal/wardentest"
 	"github.com/warden-iot/warden/otaproto"
 )
 
@@ -48,10 +49,10 @@ type simDevice struct {
 	events chan device.OTAEvent
 }
 
-func startSimDevice(t *testing.T, s *server, c creds, pub crypto.PublicKey, model, transport string, fail bool) *simDevice {
+func startSimDevice(t *testing.T, s *wardentest.Server, c wardentest.Creds, pub crypto.PublicKey, model, transport string, fail bool) *simDevice {
 	t.Helper()
-	cl := connectSDK(t, s, c)
-	d := &simDevice{id: c.id, events: make(chan device.OTAEvent, 64)}
+	cl := wardentest.ConnectSDK(t, s, c)
+	d := &simDevice{id: c.ID, events: make(chan device.OTAEvent, 64)}
 	var agent *device.Agent
 	cfg := device.OTAConfig{
 		ReleaseKey: pub, Model: model, Store: device.FileOTAStore{Dir: t.TempDir()},
@@ -72,18 +73,18 @@ func startSimDevice(t *testing.T, s *server, c creds, pub crypto.PublicKey, mode
 		},
 	}
 	if transport == device.OTATransportHTTPS {
-		cfg.HTTPSBase = "https://" + s.api
+		cfg.HTTPSBase = "https://" + s.API
 	}
 	agent, err := cl.OTA(cfg)
 	if err != nil {
-		t.Fatalf("%s: OTA: %v", c.id, err)
+		t.Fatalf("%s: OTA: %v", c.ID, err)
 	}
 	_ = agent
 	d.agent = agent
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	if err := agent.Start(ctx); err != nil {
-		t.Fatalf("%s: OTA start: %v", c.id, err)
+		t.Fatalf("%s: OTA start: %v", c.ID, err)
 	}
 	t.Cleanup(func() { _ = agent.Close() })
 	return d
@@ -113,16 +114,16 @@ type rolloutDev struct {
 	State    string `json:"state"`
 }
 
-func rolloutDevices(t *testing.T, s *server, id string) []rolloutDev {
+func rolloutDevices(t *testing.T, s *wardentest.Server, id string) []rolloutDev {
 	t.Helper()
 	var ds []rolloutDev
-	if err := json.Unmarshal([]byte(s.mustWarden("rollout", "devices", id, "--json")), &ds); err != nil {
+	if err := json.Unmarshal([]byte(s.MustWarden("rollout", "devices", id, "--json")), &ds); err != nil {
 		t.Fatal(err)
 	}
 	return ds
 }
 
-func rolloutState(t *testing.T, s *server, id string) (string, int) {
+func rolloutState(t *testing.T, s *wardentest.Server, id string) (string, int) {
 	t.Helper()
 	var st struct {
 		Rollout struct {
@@ -130,13 +131,13 @@ func rolloutState(t *testing.T, s *server, id string) (string, int) {
 			Stage int    `json:"stage"`
 		} `json:"rollout"`
 	}
-	if err := json.Unmarshal([]byte(s.mustWarden("rollout", "status", id, "--json")), &st); err != nil {
+	if err := json.Unmarshal([]byte(s.MustWarden("rollout", "status", id, "--json")), &st); err != nil {
 		t.Fatal(err)
 	}
 	return st.Rollout.State, st.Rollout.Stage
 }
 
-func waitRollout(t *testing.T, s *server, id, state string, stage int) {
+func waitRollout(t *testing.T, s *wardentest.Server, id, state string, stage int) {
 	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
@@ -145,7 +146,7 @@ func waitRollout(t *testing.T, s *server, id, state string, stage int) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("rollout %s is %s at stage %d, want %s at stage %d\n%s", id, st, sg, state, stage, s.mustWarden("rollout", "status", id))
+			t.Fatalf("rollout %s is %s at stage %d, want %s at stage %d\n%s", id, st, sg, state, stage, s.MustWarden("rollout", "status", id))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -155,14 +156,14 @@ func waitRollout(t *testing.T, s *server, id, state string, stage int) {
 // has failing devices and the rollout pauses at its threshold with an
 // alert; after an abort nothing more is offered.
 func TestStagedRolloutWithSDKFleet(t *testing.T) {
-	s := startServer(t, t.TempDir())
+	s := wardentest.Start(t, t.TempDir())
 	r := newRelease(t)
 	img, st := r.sign(t, "fleet", "2.0.0", 2, 30000)
-	s.mustWarden("fw", "trust", r.pub)
-	s.mustWarden("fw", "upload", img, "--statement", st)
+	s.MustWarden("fw", "trust", r.pub)
+	s.MustWarden("fw", "upload", img, "--statement", st)
 	dir := t.TempDir()
-	ids := strings.Fields(s.mustWarden("device", "provision", "--count", "10", "--model", "fleet", "--out", dir))
-	out := s.mustWarden("rollout", "create", "--image", sha256File(t, img)[:12], "--stages", "10%,60%,100%",
+	ids := strings.Fields(s.MustWarden("device", "provision", "--count", "10", "--model", "fleet", "--out", dir))
+	out := s.MustWarden("rollout", "create", "--image", sha256File(t, img)[:12], "--stages", "10%,60%,100%",
 		"--failure-threshold", "20%", "--min-finished", "3", "--timeout", "5m")
 	rid := strings.Fields(strings.TrimPrefix(out, "Created rollout "))[0]
 	stageOf := map[string]int{}
@@ -181,7 +182,7 @@ func TestStagedRolloutWithSDKFleet(t *testing.T) {
 		if fail {
 			failing++
 		}
-		c := creds{id: id, cert: filepath.Join(dir, id+".crt"), key: filepath.Join(dir, id+".key"), ca: filepath.Join(dir, "ca.crt")}
+		c := wardentest.Creds{ID: id, Cert: filepath.Join(dir, id+".crt"), Key: filepath.Join(dir, id+".key"), CA: filepath.Join(dir, "ca.crt")}
 		devs[id] = startSimDevice(t, s, c, pub, "fleet", transport, fail)
 	}
 	// Stage 1: its one device boots and the stage closes.
@@ -201,15 +202,15 @@ func TestStagedRolloutWithSDKFleet(t *testing.T) {
 		}
 	}
 	waitRollout(t, s, rid, "paused", 1)
-	status := s.mustWarden("rollout", "status", rid)
+	status := s.MustWarden("rollout", "status", rid)
 	if !strings.Contains(status, "failure threshold crossed") || !strings.Contains(status, "failed") {
 		t.Fatalf("status of the paused rollout:\n%s", status)
 	}
-	audit, _ := os.ReadFile(filepath.Join(s.data, "audit.log"))
+	audit, _ := os.ReadFile(filepath.Join(s.Data, "audit.log"))
 	if !strings.Contains(string(audit), `"action":"alert.rollout.paused"`) {
 		t.Error("no alert in the audit log")
 	}
-	if v := s.metric(t, "warden_ota_alerts_total", `kind="rollout.paused"`); v != 1 {
+	if v := s.Metric(t, "warden_ota_alerts_total", `kind="rollout.paused"`); v != 1 {
 		t.Errorf("alerts metric = %v", v)
 	}
 	// Stage 3 devices were never offered anything.
@@ -218,7 +219,7 @@ func TestStagedRolloutWithSDKFleet(t *testing.T) {
 			t.Errorf("stage-3 device %s is %s", d.DeviceID, d.State)
 		}
 	}
-	s.mustWarden("rollout", "abort", rid, "--reason", "bad build")
+	s.MustWarden("rollout", "abort", rid, "--reason", "bad build")
 	if st, _ := rolloutState(t, s, rid); st != "aborted" {
 		t.Fatalf("rollout is %s after abort", st)
 	}
@@ -253,19 +254,19 @@ func stolenServerCert(t *testing.T, data string) tls.Certificate {
 // refuses a flipped byte, an older validly signed image and an expired
 // statement, and reports each.
 func TestOTAManInTheMiddle(t *testing.T) {
-	s := startServer(t, t.TempDir())
+	s := wardentest.Start(t, t.TempDir())
 	r := newRelease(t)
 	oldImg, oldSt := r.sign(t, "mitm", "1.5.0", 1, 8000)
 	newImg, newSt := r.sign(t, "mitm", "2.0.0", 2, 8000)
 	expImg, expSt := r.sign(t, "mitm", "2.1.0", 2, 8000, "--expires", "1s")
 	time.Sleep(1100 * time.Millisecond)
 	pub := releasePub(t, r)
-	c := s.addDevice("victim")
+	c := s.AddDevice("victim")
 
 	// 1. A proxy with its own CA: no TLS session, no offer.
 	foreign := httptest.NewTLSServer(http.NotFoundHandler())
 	defer foreign.Close()
-	cl := connectSDK(t, s, c)
+	cl := wardentest.ConnectSDK(t, s, c)
 	agent, err := cl.OTA(device.OTAConfig{ReleaseKey: pub, Model: "mitm", Store: device.FileOTAStore{Dir: t.TempDir()},
 		Transport: device.OTATransportHTTPS, HTTPSBase: foreign.URL,
 		Installer: func(context.Context, *firmware.Image, []byte, firmware.Statement) error { return nil }})
@@ -281,18 +282,18 @@ func TestOTAManInTheMiddle(t *testing.T) {
 	}
 	_ = agent.Close()
 	// mosquitto_pub pinned to Warden's root refuses the same proxy.
-	mp := requireTool(t, "mosquitto_pub", "mosquitto-clients")
+	mp := wardentest.RequireTool(t, "mosquitto_pub", "mosquitto-clients")
 	host, port, _ := net.SplitHostPort(strings.TrimPrefix(foreign.URL, "https://"))
 	mctx, mcancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer mcancel()
-	mout, err := exec.CommandContext(mctx, mp, "--cafile", c.ca, "--cert", c.cert, "--key", c.key, "-h", host, "-p", port,
+	mout, err := exec.CommandContext(mctx, mp, "--cafile", c.CA, "--cert", c.Cert, "--key", c.Key, "-h", host, "-p", port,
 		"-i", "victim", "-t", "private/victim/up/x", "-m", "x").CombinedOutput()
 	if err == nil {
 		t.Errorf("mosquitto_pub talked to a foreign-CA proxy: %s", mout)
 	}
 
 	// 2. A server with Warden's stolen key serving attacker content.
-	stolen := stolenServerCert(t, s.data)
+	stolen := stolenServerCert(t, s.Data)
 	read := func(p string) []byte { b, _ := os.ReadFile(p); return b }
 	flipped := read(newImg)
 	flipped[len(flipped)/2] ^= 0x40

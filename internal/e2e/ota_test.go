@@ -19,6 +19,7 @@ import (
 
 	"github.com/eclipse/paho.golang/paho"
 
+	"github.com/warden-iot/warden/internal/wardentest"
 	"github.com/warden-iot/warden/otaproto"
 )
 
@@ -72,9 +73,9 @@ func sha256File(t testing.TB, path string) string {
 
 // httpsClient is a device's HTTPS client: Warden's root, and the device's
 // certificate unless withCert is false.
-func httpsClient(t testing.TB, c creds, withCert bool) *http.Client {
+func httpsClient(t testing.TB, c wardentest.Creds, withCert bool) *http.Client {
 	t.Helper()
-	cert, pool := c.tls(t)
+	cert, pool := c.TLS(t)
 	cfg := &tls.Config{ServerName: "localhost", MinVersion: tls.VersionTLS13, RootCAs: pool}
 	if withCert {
 		cfg.Certificates = []tls.Certificate{cert}
@@ -83,7 +84,7 @@ func httpsClient(t testing.TB, c creds, withCert bool) *http.Client {
 }
 
 func TestFirmwareSignVerifyTrustUpload(t *testing.T) {
-	s := startServer(t, t.TempDir())
+	s := wardentest.Start(t, t.TempDir())
 	r := newRelease(t)
 	img, st := r.sign(t, "sensor", "1.1.0+7", 2, 5000)
 
@@ -95,34 +96,34 @@ func TestFirmwareSignVerifyTrustUpload(t *testing.T) {
 	b, _ := os.ReadFile(img)
 	b[600] ^= 0x01
 	_ = os.WriteFile(bad, b, 0o600)
-	out, _, err := runWarden(t.TempDir(), "fw", "verify", "--pub", r.pub, bad)
+	out, _, err := wardentest.RunWarden(t.TempDir(), "fw", "verify", "--pub", r.pub, bad)
 	if code := exitCode(err); code != 1 || !strings.HasPrefix(out, "FAILED: ") {
 		t.Fatalf("verify of a tampered image: exit %d, %q", code, out)
 	}
 
 	// Upload before trusting the key: refused, and says what to do.
-	_, errOut, err := s.warden("fw", "upload", img, "--statement", st)
+	_, errOut, err := s.Warden("fw", "upload", img, "--statement", st)
 	if err == nil || !strings.Contains(errOut, "warden fw trust") {
 		t.Fatalf("upload with an untrusted key: %v %q", err, errOut)
 	}
 	// The private key is never accepted.
-	if _, errOut, err := s.warden("fw", "trust", r.key); err == nil || !strings.Contains(errOut, "private key") {
+	if _, errOut, err := s.Warden("fw", "trust", r.key); err == nil || !strings.Contains(errOut, "private key") {
 		t.Fatalf("trusting the private key: %v %q", err, errOut)
 	}
-	s.mustWarden("fw", "trust", r.pub)
+	s.MustWarden("fw", "trust", r.pub)
 	// A tampered image with a valid statement is refused.
-	if _, errOut, err := s.warden("fw", "upload", bad, "--statement", st); err == nil || !strings.Contains(errOut, "does not match") {
+	if _, errOut, err := s.Warden("fw", "upload", bad, "--statement", st); err == nil || !strings.Contains(errOut, "does not match") {
 		t.Fatalf("upload of a tampered image: %v %q", err, errOut)
 	}
-	out = s.mustWarden("fw", "upload", img, "--statement", st)
+	out = s.MustWarden("fw", "upload", img, "--statement", st)
 	if !strings.Contains(out, sha256File(t, img)) {
 		t.Fatalf("upload output lacks the SHA-256:\n%s", out)
 	}
 	var imgs []map[string]any
-	if err := json.Unmarshal([]byte(s.mustWarden("fw", "list", "--json")), &imgs); err != nil || len(imgs) != 1 {
+	if err := json.Unmarshal([]byte(s.MustWarden("fw", "list", "--json")), &imgs); err != nil || len(imgs) != 1 {
 		t.Fatalf("fw list: %v %v", imgs, err)
 	}
-	audit, _ := os.ReadFile(filepath.Join(s.data, "audit.log"))
+	audit, _ := os.ReadFile(filepath.Join(s.Data, "audit.log"))
 	for _, want := range []string{`"action":"firmware.trust"`, `"action":"firmware.upload","outcome":"denied"`, `"action":"firmware.upload","outcome":"done"`} {
 		if !bytes.Contains(audit, []byte(want)) {
 			t.Errorf("audit log lacks %s", want)
@@ -141,27 +142,27 @@ func exitCode(err error) int {
 }
 
 func TestOTAOverHTTPSAndMQTT(t *testing.T) {
-	s := startServer(t, t.TempDir())
+	s := wardentest.Start(t, t.TempDir())
 	r := newRelease(t)
 	img, st := r.sign(t, "sensor", "2.0.0", 3, 40000)
-	s.mustWarden("fw", "trust", r.pub)
-	s.mustWarden("fw", "upload", img, "--statement", st)
+	s.MustWarden("fw", "trust", r.pub)
+	s.MustWarden("fw", "upload", img, "--statement", st)
 	sha := sha256File(t, img)
 	imgBytes, _ := os.ReadFile(img)
 	stBytes, _ := os.ReadFile(st)
-	var devs []creds
+	var devs []wardentest.Creds
 	for _, id := range []string{"h1", "m1", "other"} {
 		dir := t.TempDir()
-		s.mustWarden("device", "add", id, "--model", "sensor", "--out", dir)
-		devs = append(devs, creds{id: id, cert: filepath.Join(dir, id+".crt"), key: filepath.Join(dir, id+".key"), ca: filepath.Join(dir, "ca.crt")})
+		s.MustWarden("device", "add", id, "--model", "sensor", "--out", dir)
+		devs = append(devs, wardentest.Creds{ID: id, Cert: filepath.Join(dir, id+".crt"), Key: filepath.Join(dir, id+".key"), CA: filepath.Join(dir, "ca.crt")})
 	}
 	// "other" is a different model: not in the rollout.
-	s.mustWarden("device", "add", "cam1", "--model", "camera", "--out", t.TempDir())
-	out := s.mustWarden("rollout", "create", "--image", sha[:10], "--failure-threshold", "50%", "--min-finished", "1")
+	s.MustWarden("device", "add", "cam1", "--model", "camera", "--out", t.TempDir())
+	out := s.MustWarden("rollout", "create", "--image", sha[:10], "--failure-threshold", "50%", "--min-finished", "1")
 	if !strings.Contains(out, "to 3 devices") {
 		t.Fatalf("rollout create: %s", out)
 	}
-	base := "https://" + s.api
+	base := "https://" + s.API
 
 	// HTTPS: a device with its certificate gets the offer.
 	h1 := httpsClient(t, devs[0], true)
@@ -198,7 +199,7 @@ func TestOTAOverHTTPSAndMQTT(t *testing.T) {
 		}
 	}
 	// The other model's device is not offered it and may not fetch it.
-	cam := s.addDevice("cam2")
+	cam := s.AddDevice("cam2")
 	resp, err = httpsClient(t, cam, true).Get(base + otaproto.PathImages + sha)
 	if err != nil {
 		t.Fatal(err)
@@ -244,11 +245,11 @@ func TestOTAOverHTTPSAndMQTT(t *testing.T) {
 
 	// MQTT: the second device asks with "current", gets a notify and
 	// fetches the image in blocks.
-	rc := mustConnectRaw(t, s.mqtts, devs[1], rawOpts{clean: true})
-	rc.subscribe(t, "private/m1/ota/#", 0)
+	rc := wardentest.MustConnectRaw(t, s.MQTTS, devs[1], wardentest.RawOpts{Clean: true})
+	rc.Subscribe(t, "private/m1/ota/#", 0)
 	pub := func(ch string, v any) byte {
 		b, _ := json.Marshal(v)
-		code, err := rc.publish(t, otaproto.Topic("m1", ch), b, 1)
+		code, err := rc.Publish(t, otaproto.Topic("m1", ch), b, 1)
 		if err != nil && code == 0 {
 			t.Fatalf("publish %s: %v", ch, err)
 		}
@@ -257,7 +258,7 @@ func TestOTAOverHTTPSAndMQTT(t *testing.T) {
 	if code := pub(otaproto.TopicStatus, otaproto.Report{State: otaproto.StateCurrent, Version: "1.0.0", SecurityCounter: 1}); code != 0 {
 		t.Fatalf("status current refused: 0x%x", code)
 	}
-	n := waitFor(t, rc.msgs, otaproto.Topic("m1", otaproto.TopicNotify))
+	n := waitFor(t, rc.Msgs, otaproto.Topic("m1", otaproto.TopicNotify))
 	var moffer otaproto.Offer
 	if err := json.Unmarshal(n.Payload, &moffer); err != nil || moffer.SHA256 != sha || !bytes.Equal(moffer.Statement, stBytes) {
 		t.Fatalf("notify: %v %+v", err, moffer)
@@ -265,7 +266,7 @@ func TestOTAOverHTTPSAndMQTT(t *testing.T) {
 	var fetched []byte
 	for off := 0; off < len(imgBytes); {
 		pub(otaproto.TopicGet, otaproto.BlockRequest{SHA256: sha, Offset: int64(off), Length: otaproto.MaxBlockSize})
-		m := waitFor(t, rc.msgs, otaproto.Topic("m1", otaproto.TopicBlock))
+		m := waitFor(t, rc.Msgs, otaproto.Topic("m1", otaproto.TopicBlock))
 		o, total, data, err := otaproto.ParseBlock(m.Payload)
 		if err != nil || o != int64(off) || total != int64(len(imgBytes)) {
 			t.Fatalf("block at %d: %v (offset %d, total %d)", off, err, o, total)
@@ -284,21 +285,21 @@ func TestOTAOverHTTPSAndMQTT(t *testing.T) {
 	if code := pub(otaproto.TopicGet, otaproto.BlockRequest{SHA256: strings.Repeat("ab", 32), Length: 100}); code < 0x80 {
 		t.Errorf("block of an image not offered: 0x%x", code)
 	}
-	if code, _ := rc.publish(t, otaproto.Topic("m1", otaproto.TopicGet), []byte("{not json"), 1); code < 0x80 {
+	if code, _ := rc.Publish(t, otaproto.Topic("m1", otaproto.TopicGet), []byte("{not json"), 1); code < 0x80 {
 		t.Errorf("malformed block request: 0x%x", code)
 	}
 	pub(otaproto.TopicStatus, otaproto.Report{State: otaproto.StateFailed, Rollout: moffer.Rollout, SHA256: sha, Reason: "flash error"})
 
-	out = s.mustWarden("rollout", "status", offer.Rollout)
+	out = s.MustWarden("rollout", "status", offer.Rollout)
 	for _, want := range []string{"1 booted", "1 failed", "[", "total  3 devices"} {
 		if !strings.Contains(out, want) {
 			t.Errorf("rollout status lacks %q:\n%s", want, out)
 		}
 	}
-	if v := s.metric(t, "warden_ota_http_requests_total", `outcome="denied"`); v < 4 {
+	if v := s.Metric(t, "warden_ota_http_requests_total", `outcome="denied"`); v < 4 {
 		t.Errorf("denied OTA requests metric = %v, want >= 4", v)
 	}
-	if v := s.metric(t, "warden_ota_mqtt_blocks_total"); v < 3 {
+	if v := s.Metric(t, "warden_ota_mqtt_blocks_total"); v < 3 {
 		t.Errorf("blocks metric = %v", v)
 	}
 }
@@ -322,18 +323,18 @@ func waitFor(t testing.TB, ch <-chan *paho.Publish, topic string) *paho.Publish 
 // A server killed while an upload streams in keeps nothing of it: no row,
 // no image file, and the next upload of the same release works.
 func TestKilledUploadLeavesNoHalfStoredImage(t *testing.T) {
-	s := startServer(t, t.TempDir())
+	s := wardentest.Start(t, t.TempDir())
 	r := newRelease(t)
 	img, st := r.sign(t, "sensor", "3.0.0", 1, 400000)
-	s.mustWarden("fw", "trust", r.pub)
+	s.MustWarden("fw", "trust", r.pub)
 	data, _ := os.ReadFile(img)
 
 	fifo := filepath.Join(t.TempDir(), "upload.img")
 	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(wardenBin, "fw", "upload", fifo, "--statement", st, "--data", s.data)
-	cmd.Env = cleanEnv()
+	cmd := exec.Command(wardentest.Binary(t), "fw", "upload", fifo, "--statement", st, "--data", s.Data)
+	cmd.Env = wardentest.Env()
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
@@ -345,20 +346,19 @@ func TestKilledUploadLeavesNoHalfStoredImage(t *testing.T) {
 		t.Fatal(err)
 	}
 	time.Sleep(300 * time.Millisecond) // let half of it reach the server
-	_ = s.cmd.Process.Signal(syscall.SIGKILL)
-	<-s.done
+	s.Kill()
 	w.Close()
 	_ = cmd.Wait()
 
-	s.start()
-	if out := s.mustWarden("fw", "list"); strings.Contains(out, "3.0.0") {
+	s.Restart()
+	if out := s.MustWarden("fw", "list"); strings.Contains(out, "3.0.0") {
 		t.Fatalf("a killed upload is listed:\n%s", out)
 	}
-	entries, _ := os.ReadDir(filepath.Join(s.data, "firmware"))
+	entries, _ := os.ReadDir(filepath.Join(s.Data, "firmware"))
 	for _, e := range entries {
 		if !strings.HasPrefix(e.Name(), ".") {
 			t.Errorf("a killed upload left %s", e.Name())
 		}
 	}
-	s.mustWarden("fw", "upload", img, "--statement", st)
+	s.MustWarden("fw", "upload", img, "--statement", st)
 }

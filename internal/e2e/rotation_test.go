@@ -11,12 +11,12 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"syscall"
 	"testing"
 	"time"
 
 	"github.com/warden-iot/warden/device"
 	"github.com/warden-iot/warden/internal/pki"
+	"github.com/warden-iot/warden/internal/wardentest"
 )
 
 // caStatus is the part of `warden ca status --json` the tests read.
@@ -36,10 +36,10 @@ type caStatus struct {
 	Total   int            `json:"total"`
 }
 
-func (s *server) caStatus(t testing.TB) caStatus {
+func readCAStatus(t testing.TB, s *wardentest.Server) caStatus {
 	t.Helper()
 	var st caStatus
-	if err := json.Unmarshal([]byte(s.mustWarden("ca", "status", "--json")), &st); err != nil {
+	if err := json.Unmarshal([]byte(s.MustWarden("ca", "status", "--json")), &st); err != nil {
 		t.Fatal(err)
 	}
 	return st
@@ -58,7 +58,7 @@ func (st caStatus) issuerState(fp string) string {
 // through.
 type fleetDevice struct {
 	id  string
-	c   creds
+	c   wardentest.Creds
 	cl  *device.Client
 	mu  sync.Mutex
 	cur tls.Certificate // the certificate it stored (OnCertificate), as a device writes it to flash
@@ -69,7 +69,7 @@ type fleetDevice struct {
 	downs  int
 }
 
-func (d *fleetDevice) config(s *server) func(*device.Config) {
+func (d *fleetDevice) config(s *wardentest.Server) func(*device.Config) {
 	return func(cfg *device.Config) {
 		cfg.OnConnectionDown = func(error) {
 			d.mu.Lock()
@@ -101,31 +101,31 @@ func (d *fleetDevice) current() tls.Certificate {
 }
 
 // provisionFleet provisions n devices in one batch.
-func provisionFleet(t *testing.T, s *server, n int) []*fleetDevice {
+func provisionFleet(t *testing.T, s *wardentest.Server, n int) []*fleetDevice {
 	t.Helper()
 	dir := t.TempDir()
-	ids := strings.Fields(s.mustWarden("device", "provision", "--count", fmt.Sprint(n), "--model", "rot", "--out", dir))
+	ids := strings.Fields(s.MustWarden("device", "provision", "--count", fmt.Sprint(n), "--model", "rot", "--out", dir))
 	if len(ids) != n {
 		t.Fatalf("provisioned %d devices, want %d", len(ids), n)
 	}
 	out := make([]*fleetDevice, n)
 	for i, id := range ids {
-		c := creds{id: id, cert: filepath.Join(dir, id+".crt"), key: filepath.Join(dir, id+".key"), ca: filepath.Join(dir, "ca.crt")}
-		cert, _ := c.tls(t)
+		c := wardentest.Creds{ID: id, Cert: filepath.Join(dir, id+".crt"), Key: filepath.Join(dir, id+".key"), CA: filepath.Join(dir, "ca.crt")}
+		cert, _ := c.TLS(t)
 		out[i] = &fleetDevice{id: id, c: c, cur: cert}
 	}
 	return out
 }
 
 // connectFleet connects devices with a few goroutines.
-func connectFleet(t *testing.T, s *server, devs []*fleetDevice) {
+func connectFleet(t *testing.T, s *wardentest.Server, devs []*fleetDevice) {
 	t.Helper()
 	var wg sync.WaitGroup
 	next := make(chan *fleetDevice)
 	for range 16 {
 		wg.Go(func() {
 			for d := range next {
-				d.cl = connectSDK(t, s, d.c, d.config(s))
+				d.cl = wardentest.ConnectSDK(t, s, d.c, d.config(s))
 			}
 		})
 	}
@@ -151,7 +151,7 @@ func issuingCA(t testing.TB, data string) *x509.Certificate {
 }
 
 // waitRotation waits until the latest rotation is in state.
-func waitRotation(t *testing.T, s *server, state string, within time.Duration) caStatus {
+func waitRotation(t *testing.T, s *wardentest.Server, state string, within time.Duration) caStatus {
 	t.Helper()
 	var st caStatus
 	defer func() {
@@ -159,8 +159,8 @@ func waitRotation(t *testing.T, s *server, state string, within time.Duration) c
 			t.Logf("last status: %+v %v", st.Rotation, st.Devices)
 		}
 	}()
-	eventually(t, within, "rotation "+state, func() bool {
-		st = s.caStatus(t)
+	wardentest.Eventually(t, within, "rotation "+state, func() bool {
+		st = readCAStatus(t, s)
 		return st.Rotation != nil && st.Rotation.State == state
 	})
 	return st
@@ -175,15 +175,15 @@ func TestCARotationFleet(t *testing.T) {
 	if testing.Short() {
 		n = 100
 	}
-	s := startServer(t, t.TempDir())
+	s := wardentest.Start(t, t.TempDir())
 	devs := provisionFleet(t, s, n)
-	oldIssuing := issuingCA(t, s.data)
+	oldIssuing := issuingCA(t, s.Data)
 	start := time.Now()
 	connectFleet(t, s, devs)
 	t.Logf("%d devices connected in %s", n, time.Since(start).Round(time.Millisecond))
 
 	start = time.Now()
-	out := s.mustWarden("ca", "rotate", "--grace", "1h")
+	out := s.MustWarden("ca", "rotate", "--grace", "1h")
 	if !strings.Contains(out, "replaced by") {
 		t.Fatalf("ca rotate:\n%s", out)
 	}
@@ -195,7 +195,7 @@ func TestCARotationFleet(t *testing.T) {
 	if st.issuerState(st.Rotation.OldIssuer) != "retired" || st.issuerState(st.Rotation.NewIssuer) != "current" {
 		t.Fatalf("issuers after the rotation: %+v", st.Issuers)
 	}
-	newIssuing := issuingCA(t, s.data)
+	newIssuing := issuingCA(t, s.Data)
 	if pki.Fingerprint(newIssuing) != st.Rotation.NewIssuer {
 		t.Fatal("issuing.crt is not the rotation's new issuer")
 	}
@@ -206,7 +206,7 @@ func TestCARotationFleet(t *testing.T) {
 		if err := cur.Leaf.CheckSignatureFrom(newIssuing); err != nil {
 			t.Fatalf("device %s stored a certificate not signed by the new issuing CA: %v", d.id, err)
 		}
-		first, _ := d.c.tls(t)
+		first, _ := d.c.TLS(t)
 		if !first.Leaf.PublicKey.(interface{ Equal(x crypto.PublicKey) bool }).Equal(cur.Leaf.PublicKey) {
 			t.Fatalf("device %s: the rotation changed its key", d.id)
 		}
@@ -236,13 +236,13 @@ func TestCARotationFleet(t *testing.T) {
 		t.Fatal("test bug: the old issuer signed the new certificate")
 	}
 	// The old certificates are refused now that the old issuer is retired.
-	if !handshakeRefused(t, s.mqtts, devs[0].c, devs[0].c.ca) {
+	if !handshakeRefused(t, s.MQTTS, devs[0].c, devs[0].c.CA) {
 		t.Error("a certificate of the retired issuing CA was accepted")
 	}
-	if v := s.metric(t, "warden_rotation_switched_total"); v != float64(n) {
+	if v := s.Metric(t, "warden_rotation_switched_total"); v != float64(n) {
 		t.Errorf("warden_rotation_switched_total = %v, want %d", v, n)
 	}
-	if !s.auditContains(`"action":"ca.rotate"`) || !s.auditContains(`"action":"ca.rotation-complete"`, `"reason":"every device switched"`) {
+	if !s.AuditContains(`"action":"ca.rotate"`) || !s.AuditContains(`"action":"ca.rotation-complete"`, `"reason":"every device switched"`) {
 		t.Error("rotation start and completion are not in the audit log")
 	}
 }
@@ -252,16 +252,15 @@ func TestCARotationFleet(t *testing.T) {
 // offline throughout and connects within the grace period, and every
 // certificate a device holds is one the registry knows.
 func TestCARotationSurvivesKill(t *testing.T) {
-	s := startServer(t, t.TempDir())
+	s := wardentest.Start(t, t.TempDir())
 	devs := provisionFleet(t, s, 120)
 	online, offline := devs[:110], devs[110:]
 	connectFleet(t, s, online)
 
-	s.mustWarden("ca", "rotate", "--grace", "1h", "--no-wait")
+	s.MustWarden("ca", "rotate", "--grace", "1h", "--no-wait")
 	time.Sleep(150 * time.Millisecond) // into the re-issuing
-	_ = s.cmd.Process.Signal(syscall.SIGKILL)
-	<-s.done
-	s.start()
+	s.Kill()
+	s.Restart()
 	// The SDK devices were configured with the old address; reconnect them
 	// to the new one (the port changed), keeping the certificate they hold.
 	for _, d := range online {
@@ -273,19 +272,19 @@ func TestCARotationSurvivesKill(t *testing.T) {
 		for _, d := range ds {
 			cur := d.current()
 			c := d.c
-			d.cl = connectSDK(t, s, c, d.config(s), func(cfg *device.Config) { cfg.Certificate = cur })
+			d.cl = wardentest.ConnectSDK(t, s, c, d.config(s), func(cfg *device.Config) { cfg.Certificate = cur })
 		}
 	}
 	reconnect(online)
 	for deadline := time.Now().Add(60 * time.Second); ; time.Sleep(50 * time.Millisecond) {
-		st := s.caStatus(t)
+		st := readCAStatus(t, s)
 		if st.Devices["switched"] == len(online) {
 			break
 		}
 		if time.Now().After(deadline) {
 			for _, d := range online[:5] {
 				t.Logf("%s: %+v", d.id, d.cl.CertificateStats())
-				for _, l := range strings.Split(s.log.String(), "\n") {
+				for _, l := range strings.Split(s.Log(), "\n") {
 					if strings.Contains(l, d.id) {
 						t.Log(l)
 					}
@@ -294,7 +293,7 @@ func TestCARotationSurvivesKill(t *testing.T) {
 			t.Fatalf("the online devices did not all switch after the restart: %v", st.Devices)
 		}
 	}
-	if st := s.caStatus(t); st.Rotation.State != "running" {
+	if st := readCAStatus(t, s); st.Rotation.State != "running" {
 		t.Fatalf("rotation is %s with %d devices still offline", st.Rotation.State, len(offline))
 	}
 	// The offline devices come online with their old certificate, inside
@@ -304,7 +303,7 @@ func TestCARotationSurvivesKill(t *testing.T) {
 	if st.Devices["switched"] != len(devs) {
 		t.Fatalf("after the restart: %v", st.Devices)
 	}
-	newIssuing := issuingCA(t, s.data)
+	newIssuing := issuingCA(t, s.Data)
 	for i, d := range devs {
 		cur := d.current()
 		if err := cur.Leaf.CheckSignatureFrom(newIssuing); err != nil {
@@ -322,7 +321,7 @@ func TestCARotationSurvivesKill(t *testing.T) {
 				RevokedAt *time.Time `json:"revoked_at"`
 			} `json:"credentials"`
 		}
-		out := s.mustWarden("device", "show", d.id, "--json")
+		out := s.MustWarden("device", "show", d.id, "--json")
 		if err := json.Unmarshal([]byte(out), &show); err != nil {
 			t.Fatalf("device show: %v\n%s", err, out)
 		}
@@ -340,38 +339,38 @@ func TestCARotationSurvivesKill(t *testing.T) {
 // A device that misses the grace period is refused with its old
 // certificate and recovers through a recovery enrollment.
 func TestCARotationMissedGrace(t *testing.T) {
-	s := startServer(t, t.TempDir())
+	s := wardentest.Start(t, t.TempDir())
 	devs := provisionFleet(t, s, 2)
 	connectFleet(t, s, devs[:1])
 	late := devs[1]
 
-	s.mustWarden("ca", "rotate", "--grace", "3s", "--no-wait")
+	s.MustWarden("ca", "rotate", "--grace", "3s", "--no-wait")
 	st := waitRotation(t, s, "completed", 30*time.Second)
 	if !strings.Contains(st.Rotation.Reason, "grace period ended") || st.Devices["switched"] != 1 {
 		t.Fatalf("rotation ended: %q %v", st.Rotation.Reason, st.Devices)
 	}
-	if !handshakeRefused(t, s.mqtts, late.c, late.c.ca) {
+	if !handshakeRefused(t, s.MQTTS, late.c, late.c.CA) {
 		t.Fatal("a device that missed the grace period connected with its old certificate")
 	}
 
 	// Recovery: the operator re-arms the device with a fresh enrollment
 	// secret; the device enrolls with its own key, as on first contact.
 	secretFile := filepath.Join(t.TempDir(), "secret.json")
-	s.mustWarden("device", "preregister", late.id, "--recover", "--enroll-secret-out", secretFile)
+	s.MustWarden("device", "preregister", late.id, "--recover", "--enroll-secret-out", secretFile)
 	sf := readSecret(t, secretFile)
-	first, roots := late.c.tls(t)
+	first, roots := late.c.TLS(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
-	base := "https://localhost:" + s.api[strings.LastIndexByte(s.api, ':')+1:]
+	base := "https://localhost:" + s.API[strings.LastIndexByte(s.API, ':')+1:]
 	cert, err := device.Enroll(ctx, device.EnrollConfig{Server: base, RootCAs: roots, DeviceID: late.id,
 		Key: first.PrivateKey.(crypto.Signer), Secret: sf.Secret})
 	if err != nil {
 		t.Fatalf("recovery enrollment: %v", err)
 	}
-	if err := cert.Leaf.CheckSignatureFrom(issuingCA(t, s.data)); err != nil {
+	if err := cert.Leaf.CheckSignatureFrom(issuingCA(t, s.Data)); err != nil {
 		t.Fatalf("the recovered certificate is not from the current issuing CA: %v", err)
 	}
-	cl := connectSDK(t, s, late.c, func(cfg *device.Config) { cfg.Certificate = cert })
+	cl := wardentest.ConnectSDK(t, s, late.c, func(cfg *device.Config) { cfg.Certificate = cert })
 	if err := cl.Publish(ctx, "private/"+late.id+"/up/hello", []byte("back"), 1, false); err != nil {
 		t.Fatalf("publish after recovery: %v", err)
 	}
@@ -385,42 +384,42 @@ func TestCARotationMissedGrace(t *testing.T) {
 // Revoking an old issuing CA cuts at once every connection still made with
 // a certificate it signed; such a device cannot connect again with it.
 func TestRevokeIssuerCutsItsDevices(t *testing.T) {
-	s := startServer(t, t.TempDir())
-	stuck := s.addDevice("stuck-1")
-	rc := mustConnectRaw(t, s.mqtts, stuck, rawOpts{clean: true}) // never takes a delivery
-	s.mustWarden("ca", "rotate", "--grace", "1h", "--no-wait")
-	st := s.caStatus(t)
+	s := wardentest.Start(t, t.TempDir())
+	stuck := s.AddDevice("stuck-1")
+	rc := wardentest.MustConnectRaw(t, s.MQTTS, stuck, wardentest.RawOpts{Clean: true}) // never takes a delivery
+	s.MustWarden("ca", "rotate", "--grace", "1h", "--no-wait")
+	st := readCAStatus(t, s)
 	old := st.Rotation.OldIssuer
 
 	// The current issuing CA cannot be revoked.
-	if _, errOut, err := s.warden("ca", "revoke-issuer", st.Rotation.NewIssuer, "--reason", "test"); err == nil || !strings.Contains(errOut, "current") {
+	if _, errOut, err := s.Warden("ca", "revoke-issuer", st.Rotation.NewIssuer, "--reason", "test"); err == nil || !strings.Contains(errOut, "current") {
 		t.Fatalf("revoking the current issuing CA: %v\n%s", err, errOut)
 	}
 	select {
-	case <-rc.down:
+	case <-rc.Down:
 		t.Fatal("the device was cut before the revocation")
 	case <-time.After(200 * time.Millisecond):
 	}
-	out := s.mustWarden("ca", "revoke-issuer", old[:12], "--reason", "key leaked")
+	out := s.MustWarden("ca", "revoke-issuer", old[:12], "--reason", "key leaked")
 	if !strings.Contains(out, "1 connections cut") {
 		t.Fatalf("revoke-issuer:\n%s", out)
 	}
 	select {
-	case <-rc.down:
+	case <-rc.Down:
 	case <-time.After(5 * time.Second):
 		t.Fatal("a device using the revoked issuing CA stayed connected")
 	}
-	if !handshakeRefused(t, s.mqtts, stuck, stuck.ca) {
+	if !handshakeRefused(t, s.MQTTS, stuck, stuck.CA) {
 		t.Fatal("a certificate of the revoked issuing CA was accepted")
 	}
 	st = waitRotation(t, s, "completed", 15*time.Second)
 	if st.issuerState(old) != "revoked" {
 		t.Fatalf("old issuer is %q", st.issuerState(old))
 	}
-	if v := s.metric(t, "warden_rotation_connections_cut_total", `cause="issuer-revoked"`); v != 1 {
+	if v := s.Metric(t, "warden_rotation_connections_cut_total", `cause="issuer-revoked"`); v != 1 {
 		t.Errorf("connections cut metric = %v", v)
 	}
-	if !s.auditContains(`"action":"ca.revoke-issuer"`, `"reason":"key leaked"`) {
+	if !s.AuditContains(`"action":"ca.revoke-issuer"`, `"reason":"key leaked"`) {
 		t.Error("the revocation is not in the audit log")
 	}
 }

@@ -10,17 +10,18 @@ import (
 
 	"github.com/warden-iot/warden/device"
 	"github.com/warden-iot/warden/envelope"
+	"github.com/warden-iot/warden/internal/wardentest"
 )
 
 // TestSDKEnvelopeDeviceAgainstWarden runs the Go SDK as an envelope device
 // over the plain listener against the real server, through a rekey.
 func TestSDKEnvelopeDeviceAgainstWarden(t *testing.T) {
-	s := startServer(t, t.TempDir(), "--mqtt", "127.0.0.1:0")
+	s := wardentest.Start(t, t.TempDir(), "--mqtt", "127.0.0.1:0")
 	dir := t.TempDir()
-	s.mustWarden("device", "add", "sdk1", "--out", dir, "--envelope")
-	reader := mustConnectRaw(t, s.mqtts, s.addService("ingest", "reader"), rawOpts{clean: true})
-	reader.subscribe(t, "fleet/#", 1)
-	ops := mustConnectRaw(t, s.mqtts, s.addService("ops", "commander"), rawOpts{clean: true})
+	s.MustWarden("device", "add", "sdk1", "--out", dir, "--envelope")
+	reader := wardentest.MustConnectRaw(t, s.MQTTS, s.AddService("ingest", "reader"), wardentest.RawOpts{Clean: true})
+	reader.Subscribe(t, "fleet/#", 1)
+	ops := wardentest.MustConnectRaw(t, s.MQTTS, s.AddService("ops", "commander"), wardentest.RawOpts{Clean: true})
 
 	id, env, err := device.LoadEnvelopeBundle(filepath.Join(dir, "sdk1.envelope.json"))
 	if err != nil {
@@ -46,7 +47,7 @@ func TestSDKEnvelopeDeviceAgainstWarden(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cl, err := device.Connect(ctx, device.Config{
-		Servers:    []string{"mqtt://" + s.plain},
+		Servers:    []string{"mqtt://" + s.Plain},
 		DeviceID:   id,
 		Envelope:   env,
 		MinBackoff: 50 * time.Millisecond,
@@ -64,9 +65,9 @@ func TestSDKEnvelopeDeviceAgainstWarden(t *testing.T) {
 	if err := cl.PublishUp(ctx, "telemetry", []byte("epoch zero"), 1); err != nil {
 		t.Fatal(err)
 	}
-	expectMessage(t, reader.msgs, "fleet/sdk1/up/telemetry", "epoch zero", 5*time.Second)
+	wardentest.ExpectMessage(t, reader.Msgs, "fleet/sdk1/up/telemetry", "epoch zero", 5*time.Second)
 
-	if rc, err := ops.publish(t, "fleet/sdk1/down/cmd", []byte("open valve"), 1); rc != 0 || err != nil {
+	if rc, err := ops.Publish(t, "fleet/sdk1/down/cmd", []byte("open valve"), 1); rc != 0 || err != nil {
 		t.Fatalf("command: 0x%02x %v", rc, err)
 	}
 	select {
@@ -79,8 +80,8 @@ func TestSDKEnvelopeDeviceAgainstWarden(t *testing.T) {
 	}
 
 	// Rekey: the SDK applies it by itself; its next uplink confirms it.
-	s.mustWarden("device", "rekey", "sdk1")
-	eventually(t, 5*time.Second, "the SDK to apply the rekey", func() bool {
+	s.MustWarden("device", "rekey", "sdk1")
+	wardentest.Eventually(t, 5*time.Second, "the SDK to apply the rekey", func() bool {
 		mu.Lock()
 		defer mu.Unlock()
 		return len(rekeyed) == 1 && rekeyed[0] == 1
@@ -88,12 +89,12 @@ func TestSDKEnvelopeDeviceAgainstWarden(t *testing.T) {
 	if err := cl.PublishUp(ctx, "telemetry", []byte("epoch one"), 1); err != nil {
 		t.Fatal(err)
 	}
-	m := expectMessage(t, reader.msgs, "fleet/sdk1/up/telemetry", "epoch one", 5*time.Second)
+	m := wardentest.ExpectMessage(t, reader.Msgs, "fleet/sdk1/up/telemetry", "epoch one", 5*time.Second)
 	if m.Properties.User.Get("warden-epoch") != "1" {
 		t.Fatalf("uplink after the rekey was under epoch %q", m.Properties.User.Get("warden-epoch"))
 	}
 	// Downlinks now use the new epoch, and the SDK still opens them.
-	ops.publish(t, "fleet/sdk1/down/cmd", []byte("close valve"), 1)
+	ops.Publish(t, "fleet/sdk1/down/cmd", []byte("close valve"), 1)
 	select {
 	case m := <-cmds:
 		if string(m.Payload) != "close valve" || m.Epoch != 1 {

@@ -15,6 +15,7 @@ import (
 	"github.com/warden-iot/warden/device"
 	"github.com/warden-iot/warden/enrollproto"
 	"github.com/warden-iot/warden/internal/pki"
+	"github.com/warden-iot/warden/internal/wardentest"
 )
 
 // TestSDKEnrollRenewClaim runs the Go SDK against the real server: it
@@ -22,12 +23,12 @@ import (
 // over MQTT and over EST (switching certificates live), and forwards an
 // app's claim token.
 func TestSDKEnrollRenewClaim(t *testing.T) {
-	s := startServer(t, t.TempDir())
+	s := wardentest.Start(t, t.TempDir())
 	dir := t.TempDir()
 	secretFile := filepath.Join(dir, "sdk-e.json")
-	s.mustWarden("device", "preregister", "sdk-e", "--enroll-secret-out", secretFile)
+	s.MustWarden("device", "preregister", "sdk-e", "--enroll-secret-out", secretFile)
 	sf := readSecret(t, secretFile)
-	rootPEM, err := os.ReadFile(filepath.Join(s.data, "pki", "root.crt"))
+	rootPEM, err := os.ReadFile(filepath.Join(s.Data, "pki", "root.crt"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -39,7 +40,7 @@ func TestSDKEnrollRenewClaim(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
 	defer cancel()
-	base := "https://localhost:" + s.api[strings.LastIndexByte(s.api, ':')+1:]
+	base := "https://localhost:" + s.API[strings.LastIndexByte(s.API, ':')+1:]
 
 	// A wrong secret is refused as such.
 	if _, err := device.Enroll(ctx, device.EnrollConfig{Server: base, RootCAs: roots, DeviceID: "sdk-e", Key: key,
@@ -50,7 +51,7 @@ func TestSDKEnrollRenewClaim(t *testing.T) {
 	if err != nil {
 		t.Fatalf("SDK enrollment: %v", err)
 	}
-	cl, err := device.Connect(ctx, device.Config{Servers: []string{"mqtts://" + s.mqtts}, Certificate: cert, RootCAs: roots,
+	cl, err := device.Connect(ctx, device.Config{Servers: []string{"mqtts://" + s.MQTTS}, Certificate: cert, RootCAs: roots,
 		ServerName: "localhost", MinBackoff: 50 * time.Millisecond, MaxBackoff: 500 * time.Millisecond})
 	if err != nil {
 		t.Fatalf("connect with the enrolled certificate: %v", err)
@@ -77,15 +78,15 @@ func TestSDKEnrollRenewClaim(t *testing.T) {
 	}
 
 	// App claiming through the SDK.
-	appToken := strings.TrimSpace(s.mustWarden("token", "create", "--role", "app", "--user", "bob"))
-	out := httpsPostJSON(t, estClient(t, filepath.Join(s.data, "pki", "root.crt"), nil), "https://"+s.api+"/v1/claims", appToken)
+	appToken := strings.TrimSpace(s.MustWarden("token", "create", "--role", "app", "--user", "bob"))
+	out := httpsPostJSON(t, estClient(t, filepath.Join(s.Data, "pki", "root.crt"), nil), "https://"+s.API+"/v1/claims", appToken)
 	if err := cl.Claim(ctx, out); err != nil {
 		t.Fatalf("claim: %v", err)
 	}
 	if err := cl.Claim(ctx, out); !errors.Is(err, device.ErrClaimRefused) {
 		t.Fatalf("replayed claim: %v", err)
 	}
-	if owner := jsonField(t, s.mustWarden("device", "show", "sdk-e", "--json"), "owner"); owner != "bob" {
+	if owner := wardentest.JSONField(t, s.MustWarden("device", "show", "sdk-e", "--json"), "owner"); owner != "bob" {
 		t.Fatalf("owner %q", owner)
 	}
 }

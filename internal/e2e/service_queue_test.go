@@ -11,6 +11,7 @@ import (
 
 	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
+	"github.com/warden-iot/warden/internal/wardentest"
 )
 
 // A back-end service reading fleet/# gets its own, deeper, queue and
@@ -19,19 +20,19 @@ import (
 // before the patch), a reader that has not acknowledged anything yet still
 // receives a burst of 200 QoS 1 messages.
 func TestServiceGetsDeepQueues(t *testing.T) {
-	s := startServer(t, t.TempDir(), "--max-inflight", "2", "--client-send-queue", "8", "--service-max-inflight", "1000", "--service-send-queue", "1000")
-	dev := s.addDevice("deep-q-dev")
-	svc := s.addService("deep-q-reader", "reader")
+	s := wardentest.Start(t, t.TempDir(), "--max-inflight", "2", "--client-send-queue", "8", "--service-max-inflight", "1000", "--service-send-queue", "1000")
+	dev := s.AddDevice("deep-q-dev")
+	svc := s.AddService("deep-q-reader", "reader")
 
 	// The reader: raw MQTT 5 so that it can hold back its PUBACKs.
-	cert, pool := svc.tls(t)
-	conn, err := dialTLS(t, s.mqtts, &cert, pool)
+	cert, pool := svc.TLS(t)
+	conn, err := wardentest.DialTLS(t, s.MQTTS, &cert, pool)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
 	recvMax := uint16(65535)
-	if _, err := (&packets.Connect{ProtocolName: "MQTT", ProtocolVersion: 5, ClientID: svc.id, CleanStart: true, KeepAlive: 60,
+	if _, err := (&packets.Connect{ProtocolName: "MQTT", ProtocolVersion: 5, ClientID: svc.ID, CleanStart: true, KeepAlive: 60,
 		Properties: &packets.Properties{ReceiveMaximum: &recvMax}}).WriteTo(conn); err != nil {
 		t.Fatal(err)
 	}
@@ -55,12 +56,12 @@ func TestServiceGetsDeepQueues(t *testing.T) {
 		t.Fatalf("SUBACK %+v", sa)
 	}
 
-	rc := mustConnectRaw(t, s.mqtts, dev, rawOpts{clean: true})
+	rc := wardentest.MustConnectRaw(t, s.MQTTS, dev, wardentest.RawOpts{Clean: true})
 	const n = 200
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	for i := range n {
-		if _, err := rc.Publish(ctx, &paho.Publish{Topic: "private/deep-q-dev/up/burst", QoS: 1, Payload: []byte(fmt.Sprint(i))}); err != nil {
+		if _, err := rc.Client.Publish(ctx, &paho.Publish{Topic: "private/deep-q-dev/up/burst", QoS: 1, Payload: []byte(fmt.Sprint(i))}); err != nil {
 			t.Fatalf("publish %d: %v", i, err)
 		}
 	}
@@ -84,8 +85,8 @@ func TestProfilesOnlyWhenAsked(t *testing.T) {
 		if on {
 			extra = []string{"--pprof"}
 		}
-		s := startServer(t, t.TempDir(), extra...)
-		resp, err := http.Get("http://" + s.http + "/debug/pprof/heap?debug=1")
+		s := wardentest.Start(t, t.TempDir(), extra...)
+		resp, err := http.Get("http://" + s.HTTP + "/debug/pprof/heap?debug=1")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -94,6 +95,6 @@ func TestProfilesOnlyWhenAsked(t *testing.T) {
 		if got := resp.StatusCode == http.StatusOK && strings.Contains(string(body), "heap profile"); got != on {
 			t.Errorf("--pprof %v: GET /debug/pprof/heap = %d", on, resp.StatusCode)
 		}
-		s.stop()
+		s.Stop()
 	}
 }

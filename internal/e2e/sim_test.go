@@ -16,28 +16,29 @@ import (
 
 	"github.com/warden-iot/warden/device"
 	"github.com/warden-iot/warden/internal/sim"
+	"github.com/warden-iot/warden/internal/wardentest"
 )
 
 // simReader registers a reader service and returns the consumer options
 // for it on the server's mqtts listener.
-func simReader(t *testing.T, s *server, name string) *sim.ConsumerOptions {
+func simReader(t *testing.T, s *wardentest.Server, name string) *sim.ConsumerOptions {
 	t.Helper()
 	dir := t.TempDir()
-	s.mustWarden("service", "add", name, "--role", "reader", "--out", dir)
+	s.MustWarden("service", "add", name, "--role", "reader", "--out", dir)
 	cert, roots, err := device.LoadCredentials(filepath.Join(dir, name+".crt"), filepath.Join(dir, name+".key"), filepath.Join(dir, "ca.crt"))
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &sim.ConsumerOptions{Server: "mqtts://" + s.mqtts, Certificate: cert, RootCAs: roots}
+	return &sim.ConsumerOptions{Server: "mqtts://" + s.MQTTS, Certificate: cert, RootCAs: roots}
 }
 
 // simProvision provisions n devices into a new fleet directory and returns
 // it with their IDs.
-func simProvision(t *testing.T, s *server, n int, extra ...string) (string, []string) {
+func simProvision(t *testing.T, s *wardentest.Server, n int, extra ...string) (string, []string) {
 	t.Helper()
 	dir := t.TempDir()
 	args := append([]string{"device", "provision", "--count", fmt.Sprint(n), "--out", dir}, extra...)
-	ids := strings.Fields(s.mustWarden(args...))
+	ids := strings.Fields(s.MustWarden(args...))
 	if len(ids) != n {
 		t.Fatalf("provisioned %d devices, want %d", len(ids), n)
 	}
@@ -55,10 +56,10 @@ func simProvision(t *testing.T, s *server, n int, extra ...string) (string, []st
 // and the simulator reports it as lost. That is the broker's limit, not
 // what this test checks, so the reader's session gets room.
 func TestSimFleetAgainstWarden(t *testing.T) {
-	s := startServer(t, t.TempDir(), "--mqtt", "127.0.0.1:0", "--service-max-inflight", "4096", "--service-send-queue", "4096")
+	s := wardentest.Start(t, t.TempDir(), "--mqtt", "127.0.0.1:0", "--service-max-inflight", "4096", "--service-send-queue", "4096")
 	dir, ids := simProvision(t, s, 50)
 	for _, id := range []string{"simenv-1", "simenv-2"} {
-		s.mustWarden("device", "add", id, "--out", dir, "--envelope")
+		s.MustWarden("device", "add", id, "--out", dir, "--envelope")
 	}
 	fleet, err := sim.LoadFleet(context.Background(), dir, sim.LoadOptions{})
 	if err != nil {
@@ -73,7 +74,7 @@ func TestSimFleetAgainstWarden(t *testing.T) {
 	sum, err := sim.Run(ctx, sim.Options{
 		SwarmOptions: sim.SwarmOptions{
 			Fleet:       fleet,
-			Servers:     []string{"mqtts://" + s.mqtts, "mqtt://" + s.plain},
+			Servers:     []string{"mqtts://" + s.MQTTS, "mqtt://" + s.Plain},
 			SourceAddrs: []string{"127.0.0.2", "127.0.0.3"},
 			Rate:        200,
 			MinBackoff:  100 * time.Millisecond,
@@ -111,7 +112,7 @@ func TestSimFleetAgainstWarden(t *testing.T) {
 		t.Errorf("errors %v: %v", sum.Errors, sum.ErrorSamples)
 	}
 	// The envelope devices' uplinks were sealed and opened by Warden.
-	if v := s.metric(t, "warden_envelope_failures_total"); v != 0 {
+	if v := s.Metric(t, "warden_envelope_failures_total"); v != 0 {
 		t.Errorf("envelope failures: %v", v)
 	}
 }
@@ -119,14 +120,14 @@ func TestSimFleetAgainstWarden(t *testing.T) {
 // A command sent through the operator API reaches a simulated device,
 // which answers it, and the summary counts it.
 func TestSimAnswersCommands(t *testing.T) {
-	s := startServer(t, t.TempDir())
+	s := wardentest.Start(t, t.TempDir())
 	dir, ids := simProvision(t, s, 5)
 	fleet, err := sim.LoadFleet(context.Background(), dir, sim.LoadOptions{})
 	if err != nil {
 		t.Fatal(err)
 	}
 	cl := estClient(t, filepath.Join(dir, "ca.crt"), nil)
-	operator := strings.TrimSpace(s.mustWarden("token", "create", "--role", "operator", "--user", "otto"))
+	operator := strings.TrimSpace(s.MustWarden("token", "create", "--role", "operator", "--user", "otto"))
 
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -139,7 +140,7 @@ func TestSimAnswersCommands(t *testing.T) {
 		sum, err := sim.Run(ctx, sim.Options{
 			SwarmOptions: sim.SwarmOptions{
 				Fleet:     fleet,
-				Servers:   []string{"mqtts://" + s.mqtts},
+				Servers:   []string{"mqtts://" + s.MQTTS},
 				Telemetry: sim.Telemetry{Interval: time.Second, QoS: 1},
 				Commands:  true,
 			},
@@ -192,13 +193,13 @@ func TestSimAnswersCommands(t *testing.T) {
 // each verifies the release and the image, "installs" it and reports it
 // booted, and the rollout completes.
 func TestSimTakesRollout(t *testing.T) {
-	s := startServer(t, t.TempDir())
+	s := wardentest.Start(t, t.TempDir())
 	r := newRelease(t)
 	img, st := r.sign(t, "simfw", "2.0.0", 2, 20000)
-	s.mustWarden("fw", "trust", r.pub)
-	s.mustWarden("fw", "upload", img, "--statement", st)
+	s.MustWarden("fw", "trust", r.pub)
+	s.MustWarden("fw", "upload", img, "--statement", st)
 	dir, ids := simProvision(t, s, 10, "--model", "simfw")
-	out := s.mustWarden("rollout", "create", "--image", sha256File(t, img)[:12], "--stages", "100%", "--timeout", "5m")
+	out := s.MustWarden("rollout", "create", "--image", sha256File(t, img)[:12], "--stages", "100%", "--timeout", "5m")
 	rid := strings.Fields(strings.TrimPrefix(out, "Created rollout "))[0]
 
 	fleet, err := sim.LoadFleet(context.Background(), dir, sim.LoadOptions{})
@@ -209,7 +210,7 @@ func TestSimTakesRollout(t *testing.T) {
 	defer cancel()
 	sw, err := sim.StartSwarm(ctx, sim.SwarmOptions{
 		Fleet:   fleet,
-		Servers: []string{"mqtts://" + s.mqtts},
+		Servers: []string{"mqtts://" + s.MQTTS},
 		OTA:     &sim.OTAOptions{ReleaseKey: releasePub(t, r), Model: "simfw"},
 	})
 	if err != nil {
@@ -237,7 +238,7 @@ func TestSimTakesRollout(t *testing.T) {
 }
 
 // waitRolloutState waits until the rollout reaches state.
-func waitRolloutState(t *testing.T, s *server, id, state string) {
+func waitRolloutState(t *testing.T, s *wardentest.Server, id, state string) {
 	t.Helper()
 	deadline := time.Now().Add(15 * time.Second)
 	for {
@@ -246,7 +247,7 @@ func waitRolloutState(t *testing.T, s *server, id, state string) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("rollout %s is %s, want %s\n%s", id, st, state, s.mustWarden("rollout", "status", id))
+			t.Fatalf("rollout %s is %s, want %s\n%s", id, st, state, s.MustWarden("rollout", "status", id))
 		}
 		time.Sleep(200 * time.Millisecond)
 	}
@@ -268,10 +269,10 @@ func BenchmarkSimDeviceCost(b *testing.B) {
 			b.Fatalf("SIM_DEVICES=%q is not a positive number", v)
 		}
 	}
-	s := startServer(b, b.TempDir(), "--log-level", "warn")
+	s := wardentest.Start(b, b.TempDir(), "--log-level", "warn")
 	dir := b.TempDir()
 	t0 := time.Now()
-	s.mustWarden("device", "provision", "--count", strconv.Itoa(n), "--out", dir)
+	s.MustWarden("device", "provision", "--count", strconv.Itoa(n), "--out", dir)
 	b.Logf("provisioned %d devices in %v", n, time.Since(t0))
 	fleet, err := sim.LoadFleet(context.Background(), dir, sim.LoadOptions{})
 	if err != nil {
@@ -282,7 +283,7 @@ func BenchmarkSimDeviceCost(b *testing.B) {
 		ctx := context.Background()
 		t0 = time.Now()
 		sw, err := sim.StartSwarm(ctx, sim.SwarmOptions{
-			Fleet: fleet, Servers: []string{"mqtts://" + s.mqtts}, Rate: 500, Commands: true,
+			Fleet: fleet, Servers: []string{"mqtts://" + s.MQTTS}, Rate: 500, Commands: true,
 			Telemetry: sim.Telemetry{Interval: 10 * time.Second, QoS: 1},
 		})
 		if err != nil {
