@@ -66,21 +66,22 @@ type Server struct {
 // BrokerLimits converts configured limits to the broker's.
 func BrokerLimits(l config.Limits) broker.Limits {
 	return broker.Limits{
-		ConnectTimeout:     l.ConnectTimeout,
-		MaxPacketSize:      uint32(l.MaxPacketSize),
-		ClientSendQueue:    l.ClientSendQueue,
-		MaxInflight:        l.MaxInflight,
-		ServiceSendQueue:   l.ServiceSendQueue,
-		ServiceMaxInflight: l.ServiceMaxInflight,
-		MaxKeepAlive:       l.MaxKeepAlive,
-		PublishRate:        l.PublishRate,
-		PublishBurst:       l.PublishBurst,
-		ConnectionRate:     l.ConnectionRate,
-		ConnectionBurst:    l.ConnectionBurst,
-		FlapMaxConnects:    l.FlapMaxConnects,
-		FlapWindow:         l.FlapWindow,
-		FlapBan:            l.FlapBan,
-		MaxSessionExpiry:   l.MaxSessionExpiry,
+		ConnectTimeout:       l.ConnectTimeout,
+		MaxPacketSize:        uint32(l.MaxPacketSize),
+		ClientSendQueue:      l.ClientSendQueue,
+		MaxInflight:          l.MaxInflight,
+		ServiceSendQueue:     l.ServiceSendQueue,
+		ServiceMaxInflight:   l.ServiceMaxInflight,
+		HandshakeConcurrency: l.HandshakeConcurrency,
+		MaxKeepAlive:         l.MaxKeepAlive,
+		PublishRate:          l.PublishRate,
+		PublishBurst:         l.PublishBurst,
+		ConnectionRate:       l.ConnectionRate,
+		ConnectionBurst:      l.ConnectionBurst,
+		FlapMaxConnects:      l.FlapMaxConnects,
+		FlapWindow:           l.FlapWindow,
+		FlapBan:              l.FlapBan,
+		MaxSessionExpiry:     l.MaxSessionExpiry,
 	}
 }
 

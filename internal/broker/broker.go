@@ -17,6 +17,7 @@ import (
 	"log/slog"
 	"math"
 	"net"
+	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -73,6 +74,10 @@ type Limits struct {
 	FlapWindow         time.Duration //
 	FlapBan            time.Duration // ... refuses the client ID for this long
 	MaxSessionExpiry   time.Duration // longest a disconnected session is kept
+	// HandshakeConcurrency is how many TLS handshakes may compute at once
+	// across all listeners (0: GOMAXPROCS); the rest wait, holding no CPU,
+	// so that established sessions keep theirs in a reconnect storm.
+	HandshakeConcurrency int
 }
 
 // Authenticator decides whether a TLS-verified leaf certificate names a
@@ -169,6 +174,8 @@ type Broker struct {
 	router   atomic.Pointer[Router]
 	observer atomic.Pointer[Observer]
 	quarant  atomic.Pointer[QuarantineChecker]
+
+	admit *admission // handshake tokens, shared by every TLS listener
 }
 
 // New validates opts and builds a broker; Start binds the listeners.
@@ -212,6 +219,11 @@ func New(opts Options) (*Broker, error) {
 		addrs:   map[string]net.Addr{},
 		done:    make(chan struct{}),
 	}
+	hsTokens := l.HandshakeConcurrency
+	if hsTokens <= 0 {
+		hsTokens = runtime.GOMAXPROCS(0)
+	}
+	b.admit = newAdmission(hsTokens, b.metrics.handshakesWaiting)
 
 	caps := mqtt.NewDefaultServerCapabilities()
 	caps.MaximumPacketSize = l.MaxPacketSize
@@ -310,7 +322,7 @@ func (b *Broker) addListener(lc ListenerConfig) error {
 	if b.opts.Limits.ConnectionRate > 0 {
 		limiter = rate.NewLimiter(rate.Limit(b.opts.Limits.ConnectionRate), max(b.opts.Limits.ConnectionBurst, 1))
 	}
-	front := &guardedListener{Listener: raw, name: lc.Name, tls: tlsCfg, deadline: b.opts.Limits.ConnectTimeout, limiter: limiter, b: b}
+	front := newGuardedListener(raw, lc.Name, tlsCfg, b.opts.Limits.ConnectTimeout, limiter, b.admit, b)
 
 	var mqttListener net.Listener = front
 	switch lc.Kind {
@@ -560,6 +572,17 @@ func (b *Broker) handshakeFailed(listener, remote string, err error) {
 		Action: "tls.handshake", Outcome: "denied", Reason: reason, Remote: remote, Listener: listener,
 		Details: map[string]string{"error": err.Error()},
 	})
+}
+
+// logAcceptError reports an accept failure the listener survives (out of
+// file descriptors in a connection flood, most often), sampled like
+// refusals.
+func (b *Broker) logAcceptError(listener string, err error, retry time.Duration) {
+	if !b.hook.sampleLog() {
+		return
+	}
+	b.log.Warn("accepting connections failed; retrying", "listener", listener, "error", err, "retry_in", retry,
+		"hint", "if the error is 'too many open files', raise the open-file limit (LimitNOFILE) or lower limits.connection_rate")
 }
 
 func (b *Broker) logRefusal(listener, remote, reason string) {

@@ -5,10 +5,12 @@ import (
 	"crypto/tls"
 	"errors"
 	"net"
+	"os"
 	"strings"
 	"sync"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/time/rate"
 )
 
@@ -17,22 +19,104 @@ import (
 //   - refuses connections above the listener's connection rate,
 //   - sets a deadline that covers the TLS handshake and the CONNECT packet
 //     (mochi itself would wait forever for a silent socket),
-//   - performs the TLS handshake and records why it failed, if it did.
+//   - performs the TLS handshake on a goroutine of its own, admitted by
+//     the broker's handshake tokens, and records why it failed, if it did,
+//   - keeps accepting through transient errors (EMFILE in a connection
+//     flood), where mochi's accept loop would stop for good.
+//
+// Accept hands out only connections whose handshake succeeded. Doing the
+// handshake here rather than in mochi's per-client goroutine matters
+// twice: the handshake's deep call chains grow a goroutine's stack to
+// 32 KiB, which mochi's long-lived reader would then keep for the life of
+// the connection (docs/performance.md); and a storm of handshakes is held
+// to as many CPU-bound handshakes at once as there are tokens, so the
+// sessions already established keep getting the CPU (admission control).
 type guardedListener struct {
 	net.Listener
 	name     string
 	tls      *tls.Config
 	deadline time.Duration
 	limiter  *rate.Limiter
+	admit    *admission // nil: handshakes are not limited
 	b        *Broker
+
+	start     sync.Once
+	ready     chan net.Conn // connections ready for MQTT
+	closed    chan struct{} // closed by Close
+	closeOnce sync.Once
+	ctx       context.Context // cancelled by Close: aborts handshakes under way
+	cancel    context.CancelFunc
+	failed    chan struct{} // closed when the accept loop ends on its own
+	err       error         // why; written before failed is closed
 }
 
+// newGuardedListener wraps raw; tlsCfg nil makes a plain listener.
+func newGuardedListener(raw net.Listener, name string, tlsCfg *tls.Config, deadline time.Duration, limiter *rate.Limiter, admit *admission, b *Broker) *guardedListener {
+	ctx, cancel := context.WithCancel(context.Background())
+	return &guardedListener{Listener: raw, name: name, tls: tlsCfg, deadline: deadline, limiter: limiter, admit: admit, b: b,
+		ready: make(chan net.Conn), closed: make(chan struct{}), failed: make(chan struct{}), ctx: ctx, cancel: cancel}
+}
+
+// Accept returns the next connection whose TLS handshake (if any) has
+// succeeded; net.ErrClosed after Close.
 func (l *guardedListener) Accept() (net.Conn, error) {
+	l.start.Do(func() { go l.acceptLoop() })
+	select {
+	case c := <-l.ready:
+		return c, nil
+	case <-l.closed:
+		return nil, net.ErrClosed
+	case <-l.failed:
+		return nil, l.err
+	}
+}
+
+// Close stops accepting, aborts handshakes under way and closes the
+// socket.
+func (l *guardedListener) Close() error {
+	err := net.ErrClosed
+	l.closeOnce.Do(func() {
+		close(l.closed)
+		l.cancel()
+		err = l.Listener.Close()
+	})
+	return err
+}
+
+// Accept errors other than a closed listener are transient (out of file
+// descriptors, a connection aborted before accept): wait, then go on, as
+// net/http's server does.
+const (
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = time.Second
+)
+
+func (l *guardedListener) acceptLoop() {
+	var backoff time.Duration
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
-			return nil, err
+			select {
+			case <-l.closed:
+				return
+			default:
+			}
+			if errors.Is(err, net.ErrClosed) {
+				l.err = err
+				close(l.failed)
+				return
+			}
+			backoff = min(max(2*backoff, acceptBackoffMin), acceptBackoffMax)
+			l.b.metrics.connectionsRefused.WithLabelValues(l.name, "accept-error").Inc()
+			l.b.logAcceptError(l.name, err, backoff)
+			select {
+			case <-time.After(backoff):
+			case <-l.closed:
+				return
+			}
+			continue
 		}
+		backoff = 0
 		if l.limiter != nil && !l.limiter.Allow() {
 			l.b.metrics.connectionsRefused.WithLabelValues(l.name, "rate").Inc()
 			l.b.logRefusal(l.name, c.RemoteAddr().String(), "connection-rate")
@@ -41,46 +125,131 @@ func (l *guardedListener) Accept() (net.Conn, error) {
 		}
 		_ = c.SetDeadline(time.Now().Add(l.deadline))
 		if l.tls == nil { // the plain listener: CONNECT must still arrive in time
-			return c, nil
+			l.deliver(c)
+			continue
 		}
-		return &guardedConn{Conn: tls.Server(c, l.tls), listener: l}, nil
+		go l.handshake(c)
 	}
 }
 
-// guardedConn is a server-side TLS connection whose handshake failure is
-// logged and counted once. It exposes ConnectionState so the authentication
-// hook can read the verified client certificate.
+// deliver passes c to Accept, or closes it when the listener closes first.
+func (l *guardedListener) deliver(c net.Conn) {
+	select {
+	case l.ready <- c:
+	case <-l.closed:
+		_ = c.Close()
+	}
+}
+
+// handshake runs the TLS handshake of one accepted connection, holding a
+// handshake token only while it computes (admittedConn), and delivers the
+// connection if the handshake succeeds.
+func (l *guardedListener) handshake(raw net.Conn) {
+	ctx, cancel := context.WithTimeout(l.ctx, l.deadline)
+	ac := &admittedConn{Conn: raw, ctx: ctx, admit: l.admit}
+	gc := &guardedConn{Conn: tls.Server(ac, l.tls), listener: l}
+	err := gc.Conn.HandshakeContext(ctx)
+	cancel()
+	ac.finish()
+	if err != nil {
+		select {
+		case <-l.closed: // shutting down: not the peer's failure
+		default:
+			l.b.handshakeFailed(l.name, raw.RemoteAddr().String(), err)
+		}
+		_ = gc.Conn.Close()
+		return
+	}
+	l.deliver(gc)
+}
+
+// guardedConn is a server-side TLS connection whose handshake has
+// succeeded. It exposes ConnectionState so the authentication hook can
+// read the verified client certificate.
 type guardedConn struct {
 	*tls.Conn
 	listener *guardedListener
-	once     sync.Once
-	hsErr    error
 }
 
-func (c *guardedConn) handshake() error {
-	c.once.Do(func() {
-		ctx, cancel := context.WithTimeout(context.Background(), c.listener.deadline)
-		defer cancel()
-		c.hsErr = c.Conn.HandshakeContext(ctx)
-		if c.hsErr != nil {
-			c.listener.b.handshakeFailed(c.listener.name, c.RemoteAddr().String(), c.hsErr)
-		}
-	})
-	return c.hsErr
+// admission hands out the tokens a TLS handshake holds while it computes:
+// key exchange, signature and certificate verification. A reconnect storm
+// then runs at most cap(tokens) handshakes on the CPU at once, and the
+// goroutines of established sessions wait behind those few rather than
+// behind thousands. Waiting for the network holds no token, so a slow or
+// silent peer (slowloris) cannot starve the others; the connect deadline
+// bounds every handshake, waiting for a token included.
+type admission struct {
+	tokens  chan struct{}
+	waiting prometheus.Gauge
 }
 
-func (c *guardedConn) Read(p []byte) (int, error) {
-	if err := c.handshake(); err != nil {
+func newAdmission(n int, waiting prometheus.Gauge) *admission {
+	return &admission{tokens: make(chan struct{}, n), waiting: waiting}
+}
+
+// admittedConn is the raw connection under a handshaking tls.Conn: it
+// gives its token back before each read from the network and takes one
+// again when the bytes are there. Only the handshake goroutine uses it
+// until finish; after that it is a plain pass-through.
+type admittedConn struct {
+	net.Conn
+	ctx   context.Context // the handshake's
+	admit *admission
+	held  bool
+	done  bool
+}
+
+func (c *admittedConn) Read(p []byte) (int, error) {
+	if c.done || c.admit == nil {
+		return c.Conn.Read(p)
+	}
+	c.release()
+	n, err := c.Conn.Read(p)
+	if err != nil {
+		return n, err
+	}
+	if err := c.acquire(); err != nil {
 		return 0, err
 	}
-	return c.Conn.Read(p)
+	return n, nil
 }
 
-func (c *guardedConn) Write(p []byte) (int, error) {
-	if err := c.handshake(); err != nil {
-		return 0, err
+// acquire waits for a token until the handshake's context ends (the
+// connect deadline, or the listener closing). crypto/tls's
+// HandshakeContext closes the connection on cancellation, which a blocked
+// read notices but a token wait would not.
+func (c *admittedConn) acquire() error {
+	select {
+	case c.admit.tokens <- struct{}{}:
+		c.held = true
+		return nil
+	default:
 	}
-	return c.Conn.Write(p)
+	c.admit.waiting.Inc()
+	defer c.admit.waiting.Dec()
+	select {
+	case c.admit.tokens <- struct{}{}:
+		c.held = true
+		return nil
+	case <-c.ctx.Done():
+		return os.ErrDeadlineExceeded
+	}
+}
+
+func (c *admittedConn) release() {
+	if c.held {
+		<-c.admit.tokens
+		c.held = false
+	}
+}
+
+// finish gives the token back for good; called by the handshake goroutine
+// when HandshakeContext returns, before the connection changes hands.
+func (c *admittedConn) finish() {
+	if c.admit != nil {
+		c.release()
+	}
+	c.done = true
 }
 
 // tlsStater is satisfied by *tls.Conn, guardedConn and the WebSocket

@@ -15,6 +15,7 @@ type metrics struct {
 	messagesOut        prometheus.Counter
 	dropped            *prometheus.CounterVec
 	forcedDisconnects  *prometheus.CounterVec
+	handshakesWaiting  prometheus.Gauge
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -49,8 +50,11 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 		forcedDisconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warden_mqtt_forced_disconnects_total", Help: "Connections cut by Warden, by reason (revoked, disabled, packet-too-large, ...).",
 		}, []string{"reason"}),
+		handshakesWaiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "warden_tls_handshakes_waiting", Help: "TLS handshakes waiting for a handshake token (limits.handshake_concurrency) now; high during a reconnect storm, zero at rest.",
+		}),
 	}
-	reg.MustRegister(m.connections, m.connects, m.authFailures, m.handshakeFailures, m.connectionsRefused,
+	reg.MustRegister(m.handshakesWaiting, m.connections, m.connects, m.authFailures, m.handshakeFailures, m.connectionsRefused,
 		m.aclDenials, m.messagesIn, m.messagesOut, m.dropped, m.forcedDisconnects)
 	return m
 }

@@ -125,6 +125,10 @@ type Limits struct {
 	// than a device; there are few of them, so the memory is small.
 	ServiceSendQueue   int `koanf:"service_send_queue"`
 	ServiceMaxInflight int `koanf:"service_max_inflight"`
+	// HandshakeConcurrency is how many TLS handshakes compute at once (0:
+	// one per CPU); the others wait without holding CPU, so established
+	// sessions keep theirs during a reconnect storm.
+	HandshakeConcurrency int `koanf:"handshake_concurrency"`
 	// MaxKeepAlive is the server keep alive imposed on clients that ask for
 	// none (0) or for more than this.
 	MaxKeepAlive time.Duration `koanf:"max_keep_alive"`

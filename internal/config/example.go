@@ -88,6 +88,9 @@ limits:
   # burst is queued rather than dropped. There are few services.
   service_send_queue: 8192   # outbound packets queued per service (8..65536)
   service_max_inflight: 8192 # QoS 1/2 messages stored per service session (1..65535)
+  # TLS handshakes computing at once; the others wait without holding CPU,
+  # so that connected devices keep their latency in a reconnect storm.
+  handshake_concurrency: 0   # 0 = one per CPU (0..4096)
   max_keep_alive: 5m         # keep alive for clients asking for none or more (1s..18h12m15s)
   publish_rate: 100          # messages per second per device (> 0)
   publish_burst: 200         # per-device burst (1..1000000)

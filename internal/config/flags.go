@@ -55,6 +55,7 @@ func flagSpecs() []flagSpec {
 		{"max-inflight", "limits.max_inflight", "QoS 1/2 messages stored per client session (1..65535)", true},
 		{"service-send-queue", "limits.service_send_queue", "outbound packets queued per back-end service (8..65536)", true},
 		{"service-max-inflight", "limits.service_max_inflight", "QoS 1/2 messages stored per back-end service session (1..65535)", true},
+		{"handshake-concurrency", "limits.handshake_concurrency", "TLS handshakes computing at once; the rest wait (0 = one per CPU, up to 4096)", true},
 		{"max-keep-alive", "limits.max_keep_alive", "server keep alive for clients asking for none or more (1s..18h12m15s)", true},
 		{"publish-rate", "limits.publish_rate", "messages per second per device (token bucket rate, > 0)", true},
 		{"publish-burst", "limits.publish_burst", "per-device publish burst (1..1000000)", true},

@@ -16,31 +16,32 @@ import (
 // Ranges enforced by Validate. They are wide enough for any real fleet and
 // narrow enough to catch a unit mistake (64 meaning bytes, not KiB).
 const (
-	minConnectTimeout   = time.Second
-	maxConnectTimeout   = 5 * time.Minute
-	minPacketSize       = KiB
-	maxPacketSize       = 256 * MiB // mochi's own hard ceiling
-	minSendQueue        = 8
-	maxSendQueue        = 65536
-	minInflight         = 1
-	maxInflight         = 65535 // MQTT Receive Maximum is 16 bits
-	minKeepAlive        = time.Second
-	maxKeepAlive        = 65535 * time.Second // MQTT keep alive is 16-bit seconds
-	maxBurst            = 1_000_000
-	maxFlapConnects     = 1_000_000
-	minFlapWindow       = time.Second
-	maxFlapWindow       = 24 * time.Hour
-	minFlapBan          = time.Second
-	maxFlapBan          = 7 * 24 * time.Hour
-	minSessionExpiry    = time.Second
-	maxSessionExpiry    = 10 * 365 * 24 * time.Hour
-	minCertLifetime     = time.Hour
-	maxCertLifetime     = 100 * 365 * 24 * time.Hour
-	minImageSize        = 1 * KiB
-	maxImageSize        = 1 * GiB
-	maxDNSNameLength    = 253
-	maxDNSLabelLength   = 63
-	secondsResolutionOf = "MQTT carries it in whole seconds"
+	minConnectTimeout       = time.Second
+	maxConnectTimeout       = 5 * time.Minute
+	minPacketSize           = KiB
+	maxPacketSize           = 256 * MiB // mochi's own hard ceiling
+	minSendQueue            = 8
+	maxSendQueue            = 65536
+	minInflight             = 1
+	maxInflight             = 65535 // MQTT Receive Maximum is 16 bits
+	maxHandshakeConcurrency = 4096
+	minKeepAlive            = time.Second
+	maxKeepAlive            = 65535 * time.Second // MQTT keep alive is 16-bit seconds
+	maxBurst                = 1_000_000
+	maxFlapConnects         = 1_000_000
+	minFlapWindow           = time.Second
+	maxFlapWindow           = 24 * time.Hour
+	minFlapBan              = time.Second
+	maxFlapBan              = 7 * 24 * time.Hour
+	minSessionExpiry        = time.Second
+	maxSessionExpiry        = 10 * 365 * 24 * time.Hour
+	minCertLifetime         = time.Hour
+	maxCertLifetime         = 100 * 365 * 24 * time.Hour
+	minImageSize            = 1 * KiB
+	maxImageSize            = 1 * GiB
+	maxDNSNameLength        = 253
+	maxDNSLabelLength       = 63
+	secondsResolutionOf     = "MQTT carries it in whole seconds"
 )
 
 // Validate checks the whole configuration and returns every problem at once
@@ -115,6 +116,7 @@ func (c *Config) Validate() error {
 	v.intRange("limits.max_inflight", l.MaxInflight, minInflight, maxInflight)
 	v.intRange("limits.service_send_queue", l.ServiceSendQueue, minSendQueue, maxSendQueue)
 	v.intRange("limits.service_max_inflight", l.ServiceMaxInflight, minInflight, maxInflight)
+	v.intRange("limits.handshake_concurrency", l.HandshakeConcurrency, 0, maxHandshakeConcurrency)
 	v.seconds("limits.max_keep_alive", l.MaxKeepAlive, minKeepAlive, maxKeepAlive)
 	v.rate("limits.publish_rate", l.PublishRate, "messages per second per device")
 	v.intRange("limits.publish_burst", l.PublishBurst, 1, maxBurst)
