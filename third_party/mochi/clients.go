@@ -18,6 +18,7 @@ import (
 
 	"github.com/rs/xid"
 
+	"github.com/mochi-mqtt/server/v2/mempool"
 	"github.com/mochi-mqtt/server/v2/packets"
 )
 
@@ -557,7 +558,11 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 	pk = cl.ops.hooks.OnPacketEncode(cl, pk)
 
 	var err error
-	buf := new(bytes.Buffer)
+	// WARDEN PATCH (PATCHES.md, 5): the encoding buffer comes from a pool
+	// and goes back when the packet is written, instead of a new buffer
+	// grown afresh for every packet.
+	buf := writeBufPool.Get()
+	defer writeBufPool.Put(buf)
 	switch pk.FixedHeader.Type {
 	case packets.Connect:
 		err = pk.ConnectEncode(buf)
@@ -619,7 +624,7 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 			if buf.Len() >= cl.ops.options.ClientNetWriteBufferSize {
 				return buf.WriteTo(cl.Net.Conn)
 			}
-			cl.Net.outbuf = new(bytes.Buffer)
+			cl.Net.outbuf = writeBufPool.Get() // WARDEN PATCH (PATCHES.md, 5)
 		}
 
 		n, _ := cl.Net.outbuf.Write(buf.Bytes()) // will always be successful
@@ -645,6 +650,12 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 	return err
 }
 
+// writeBufPool holds the buffers packets are encoded into and coalesced
+// in before they are written. WARDEN PATCH (PATCHES.md, 5). Buffers grown
+// beyond 64 KiB (a large packet) are left to the garbage collector rather
+// than kept.
+var writeBufPool = mempool.NewBuffer(64 << 10)
+
 func (cl *Client) flushOutbuf() (err error) {
 	if cl.Net.outbuf == nil {
 		return
@@ -652,6 +663,9 @@ func (cl *Client) flushOutbuf() (err error) {
 
 	_, err = cl.Net.outbuf.WriteTo(cl.Net.Conn)
 	if err == nil {
+		// WARDEN PATCH (PATCHES.md, 5): back to the pool, so that an idle
+		// client holds no coalescing buffer and a busy one reuses one.
+		writeBufPool.Put(cl.Net.outbuf)
 		cl.Net.outbuf = nil
 	}
 	return

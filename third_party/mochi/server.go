@@ -1067,6 +1067,11 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 			out.Properties.SubscriptionIdentifier = append(out.Properties.SubscriptionIdentifier, id) // [MQTT-3.3.4-4] ![MQTT-3.3.4-5]
 		}
 		sort.Ints(out.Properties.SubscriptionIdentifier)
+	} else {
+		// WARDEN PATCH (PATCHES.md, 4): a subscription without identifiers
+		// (gatherSubscriptions no longer gives it a map holding a zero)
+		// must not forward identifiers the publisher put in its packet.
+		out.Properties.SubscriptionIdentifier = nil
 	}
 
 	if out.FixedHeader.Qos > sub.Qos {

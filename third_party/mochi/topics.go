@@ -336,6 +336,9 @@ func (s *Subscribers) SelectShared() {
 // and the non-shared subscribers, to ensure that no subscriber gets multiple messages
 // due to have both types of subscription matching the same filter.
 func (s *Subscribers) MergeSharedSelected() {
+	if len(s.SharedSelected) > 0 && s.Subscriptions == nil { // WARDEN PATCH (PATCHES.md, 4)
+		s.Subscriptions = map[string]packets.Subscription{}
+	}
 	for client, sub := range s.SharedSelected {
 		cls, ok := s.Subscriptions[client]
 		if !ok {
@@ -580,13 +583,12 @@ func (x *TopicsIndex) scanMessages(filter string, d int, n *particle, pks []pack
 
 // Subscribers returns a map of clients who are subscribed to matching filters,
 // their subscription ids and highest qos.
+//
+// WARDEN PATCH (PATCHES.md, 4): the maps of the result are allocated only
+// when something matches (nil maps read as empty), and the particles'
+// subscriptions are read in place rather than copied.
 func (x *TopicsIndex) Subscribers(topic string) *Subscribers {
-	return x.scanSubscribers(topic, 0, nil, &Subscribers{
-		Shared:              map[string]map[string]packets.Subscription{},
-		SharedSelected:      map[string]packets.Subscription{},
-		Subscriptions:       map[string]packets.Subscription{},
-		InlineSubscriptions: map[int]InlineSubscription{},
-	})
+	return x.scanSubscribers(topic, 0, nil, &Subscribers{})
 }
 
 // scanSubscribers returns a list of client subscriptions matching an indexed topic address.
@@ -629,16 +631,25 @@ func (x *TopicsIndex) scanSubscribers(topic string, d int, n *particle, subs *Su
 
 // gatherSubscriptions collects any matching subscriptions, and gathers any identifiers or highest qos values.
 func (x *TopicsIndex) gatherSubscriptions(topic string, particle *particle, subs *Subscribers) {
-	if subs.Subscriptions == nil {
-		subs.Subscriptions = map[string]packets.Subscription{}
-	}
-
-	for client, sub := range particle.subscriptions.GetAll() {
+	particle.subscriptions.RLock() // WARDEN PATCH (PATCHES.md, 4): in place, not GetAll's copy
+	defer particle.subscriptions.RUnlock()
+	for client, sub := range particle.subscriptions.internal {
 		if len(sub.Filter) > 0 && topic[0] == '$' && (sub.Filter[0] == '+' || sub.Filter[0] == '#') { // don't match $ topics with top level wildcards [MQTT-4.7.1-1] [MQTT-4.7.1-2]
 			continue
 		}
 
+		if subs.Subscriptions == nil {
+			subs.Subscriptions = map[string]packets.Subscription{}
+		}
 		cls, ok := subs.Subscriptions[client]
+		if !ok && sub.Identifier == 0 && sub.Identifiers == nil {
+			// WARDEN PATCH (PATCHES.md, 4): a first match without a
+			// subscription identifier needs no Identifiers map; Merge
+			// would allocate one holding only the zero identifier, which
+			// is never encoded.
+			subs.Subscriptions[client] = sub
+			continue
+		}
 		if !ok {
 			cls = sub
 		}
@@ -649,12 +660,13 @@ func (x *TopicsIndex) gatherSubscriptions(topic string, particle *particle, subs
 
 // gatherSharedSubscriptions gathers all shared subscriptions for a particle.
 func (x *TopicsIndex) gatherSharedSubscriptions(particle *particle, subs *Subscribers) {
-	if subs.Shared == nil {
-		subs.Shared = map[string]map[string]packets.Subscription{}
-	}
-
-	for _, shares := range particle.shared.GetAll() {
+	particle.shared.RLock() // WARDEN PATCH (PATCHES.md, 4): in place, not GetAll's copy
+	defer particle.shared.RUnlock()
+	for _, shares := range particle.shared.internal {
 		for client, sub := range shares {
+			if subs.Shared == nil {
+				subs.Shared = map[string]map[string]packets.Subscription{}
+			}
 			if _, ok := subs.Shared[sub.Filter]; !ok {
 				subs.Shared[sub.Filter] = map[string]packets.Subscription{}
 			}
@@ -666,11 +678,12 @@ func (x *TopicsIndex) gatherSharedSubscriptions(particle *particle, subs *Subscr
 
 // gatherSharedSubscriptions gathers all inline subscriptions for a particle.
 func (x *TopicsIndex) gatherInlineSubscriptions(particle *particle, subs *Subscribers) {
-	if subs.InlineSubscriptions == nil {
-		subs.InlineSubscriptions = map[int]InlineSubscription{}
-	}
-
-	for id, inline := range particle.inlineSubscriptions.GetAll() {
+	particle.inlineSubscriptions.RLock() // WARDEN PATCH (PATCHES.md, 4): in place, not GetAll's copy
+	defer particle.inlineSubscriptions.RUnlock()
+	for id, inline := range particle.inlineSubscriptions.internal {
+		if subs.InlineSubscriptions == nil {
+			subs.InlineSubscriptions = map[int]InlineSubscription{}
+		}
 		subs.InlineSubscriptions[id] = inline
 	}
 }
