@@ -17,6 +17,8 @@ deps:
 	command -v mosquitto_pub >/dev/null 2>&1 || missing="$$missing mosquitto-clients"; \
 	command -v openssl >/dev/null 2>&1 || missing="$$missing openssl"; \
 	{ command -v mosquitto >/dev/null 2>&1 || test -x /usr/sbin/mosquitto; } || missing="$$missing mosquitto"; \
+	command -v sslscan >/dev/null 2>&1 || missing="$$missing sslscan"; \
+	command -v testssl >/dev/null 2>&1 || command -v testssl.sh >/dev/null 2>&1 || missing="$$missing testssl.sh"; \
 	if [ -n "$$missing" ]; then \
 		echo "installing:$$missing"; \
 		SUDO=""; [ "$$(id -u)" = 0 ] || SUDO=sudo; \

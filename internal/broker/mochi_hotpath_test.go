@@ -75,7 +75,7 @@ func TestSubscribersMatching(t *testing.T) {
 // without gets none, even when the publisher (against [MQTT-3.3.4-6])
 // put one in its PUBLISH.
 func TestSubscriptionIdentifiersOnTheWire(t *testing.T) {
-	connect := startMochi(t)
+	_, connect := startMochi(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	withID, withMsgs := connect("with-id")
@@ -134,7 +134,7 @@ func TestSubscriptionIdentifiersOnTheWire(t *testing.T) {
 
 // startMochi runs a bare mochi server (Warden's fork, no Warden hooks) on
 // loopback and returns a function that connects MQTT 5 clients to it.
-func startMochi(t *testing.T) func(id string) (*paho.Client, chan *paho.Publish) {
+func startMochi(t *testing.T) (*mqtt.Server, func(id string, props ...*paho.ConnectProperties) (*paho.Client, chan *paho.Publish)) {
 	t.Helper()
 	srv := mqtt.New(&mqtt.Options{InlineClient: true, Logger: slog.New(slog.DiscardHandler)})
 	if err := srv.AddHook(new(allowAll), nil); err != nil {
@@ -152,7 +152,7 @@ func startMochi(t *testing.T) func(id string) (*paho.Client, chan *paho.Publish)
 	}
 	t.Cleanup(func() { srv.Close() })
 
-	connect := func(id string) (*paho.Client, chan *paho.Publish) {
+	connect := func(id string, props ...*paho.ConnectProperties) (*paho.Client, chan *paho.Publish) {
 		conn, err := net.Dial("tcp", ln.Addr().String())
 		if err != nil {
 			t.Fatal(err)
@@ -165,13 +165,17 @@ func startMochi(t *testing.T) func(id string) (*paho.Client, chan *paho.Publish)
 			}}})
 		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		defer cancel()
-		if _, err := c.Connect(ctx, &paho.Connect{ClientID: id, CleanStart: true, KeepAlive: 30}); err != nil {
+		cp := &paho.Connect{ClientID: id, CleanStart: true, KeepAlive: 30}
+		if len(props) > 0 {
+			cp.Properties = props[0]
+		}
+		if _, err := c.Connect(ctx, cp); err != nil {
 			t.Fatalf("%s: connect: %v", id, err)
 		}
 		t.Cleanup(func() { _ = c.Disconnect(&paho.Disconnect{}); conn.Close() })
 		return c, msgs
 	}
-	return connect
+	return srv, connect
 }
 
 // TestWritePathUnderLoad guards the fifth patch (PATCHES.md): encoding and
@@ -180,7 +184,7 @@ func startMochi(t *testing.T) func(id string) (*paho.Client, chan *paho.Publish)
 // order while the publisher and the subscriber's queue run flat out (go
 // test -race checks the buffers are not shared).
 func TestWritePathUnderLoad(t *testing.T) {
-	connect := startMochi(t)
+	_, connect := startMochi(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	sub, msgs := connect("sub")
@@ -214,6 +218,49 @@ func TestWritePathUnderLoad(t *testing.T) {
 		case <-ctx.Done():
 			t.Fatalf("received %d of %d messages", i, n)
 		}
+	}
+}
+
+// TestSendQuotaDoesNotLeak guards the sixth patch (PATCHES.md): a QoS 1
+// message parked for want of send quota (the client's Receive Maximum)
+// stays in flight once it is sent, so its PUBACK gives the quota back.
+// Upstream deleted it on sending: every parked message then leaked one
+// unit of quota, and with a Receive Maximum of 2 delivery stopped for good
+// after two of them.
+func TestSendQuotaDoesNotLeak(t *testing.T) {
+	srv, connect := startMochi(t)
+	recvMax := uint16(2)
+	_, msgs := connect("slow", &paho.ConnectProperties{ReceiveMaximum: &recvMax})
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	cl, ok := srv.Clients.Get("slow")
+	if !ok {
+		t.Fatal("client not registered")
+	}
+	if !srv.Topics.Subscribe("slow", packets.Subscription{Filter: "q/#", Qos: 1}) {
+		t.Fatal("subscribe")
+	}
+	cl.State.Subscriptions.Add("q/#", packets.Subscription{Filter: "q/#", Qos: 1})
+	const n = 200
+	for i := range n {
+		if err := srv.Publish("q/x", []byte{byte(i)}, false, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range n {
+		select {
+		case <-msgs:
+		case <-ctx.Done():
+			t.Fatalf("delivered %d of %d QoS 1 messages with Receive Maximum 2, then stalled (send quota leaked)", i, n)
+		}
+	}
+	// Every PUBACK has been processed once nothing is left in flight.
+	deadline := time.Now().Add(5 * time.Second)
+	for cl.State.Inflight.Len() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := cl.State.Inflight.Len(); got != 0 {
+		t.Errorf("%d messages still in flight after every PUBACK", got)
 	}
 }
 

@@ -747,9 +747,18 @@ func (s *Server) processPacket(cl *Client, pk packets.Packet) error {
 		next, ok := cl.State.Inflight.NextImmediate()
 		if ok {
 			_ = cl.WritePacket(next)
-			if ok := cl.State.Inflight.Delete(next.PacketID); ok {
-				atomic.AddInt64(&s.Info.Inflight, -1)
+			// WARDEN PATCH (PATCHES.md, 6): the packet is now sent and
+			// unacknowledged: it stays in flight (for its PUBACK, which
+			// returns the quota taken here, and for redelivery if the
+			// connection drops) with the expiry an unparked packet has.
+			// Upstream deleted it, leaking a unit of send quota per parked
+			// packet until delivery stopped, and losing it on reconnect.
+			next.Expiry = 0
+			if expiry := minimum(s.Options.Capabilities.MaximumMessageExpiryInterval,
+				int64(next.Properties.MessageExpiryInterval)); expiry > 0 {
+				next.Expiry = next.Created + expiry
 			}
+			cl.State.Inflight.Set(next)
 			cl.State.Inflight.DecreaseSendQuota()
 		}
 	}
