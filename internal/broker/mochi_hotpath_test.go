@@ -2,9 +2,11 @@ package broker
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"net"
 	"slices"
+	"sync"
 	"testing"
 	"time"
 
@@ -261,6 +263,96 @@ func TestSendQuotaDoesNotLeak(t *testing.T) {
 	}
 	if got := cl.State.Inflight.Len(); got != 0 {
 		t.Errorf("%d messages still in flight after every PUBACK", got)
+	}
+}
+
+// TestQuickReconnectKeepsSession guards the seventh patch (PATCHES.md): a
+// client that drops its connection and reconnects at once with the same
+// client ID (a reconnect storm) must end up registered and subscribed.
+// Upstream, the old connection's clean-up could run after the new one
+// registered: it deleted the new client from the registry by ID and
+// removed its subscriptions, so the device was connected but received
+// nothing.
+func TestQuickReconnectKeepsSession(t *testing.T) {
+	srv, _ := startMochi(t)
+	l, ok := srv.Listeners.Get("t")
+	if !ok {
+		t.Fatal("no listener")
+	}
+	addr := l.Address()
+	dial := func(id string) (net.Conn, *paho.Client, chan *paho.Publish, error) {
+		conn, err := net.Dial("tcp", addr)
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		msgs := make(chan *paho.Publish, 16)
+		c := paho.NewClient(paho.ClientConfig{Conn: pahopackets.NewThreadSafeConn(conn),
+			OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
+				select {
+				case msgs <- pr.Packet:
+				default:
+				}
+				return true, nil
+			}}})
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if _, err := c.Connect(ctx, &paho.Connect{ClientID: id, CleanStart: true, KeepAlive: 30}); err != nil {
+			conn.Close()
+			return nil, nil, nil, err
+		}
+		if _, err := c.Subscribe(ctx, &paho.Subscribe{Subscriptions: []paho.SubscribeOptions{{Topic: "r/" + id, QoS: 0}}}); err != nil {
+			conn.Close()
+			return nil, nil, nil, err
+		}
+		return conn, c, msgs, nil
+	}
+	const workers, rounds = 8, 25
+	var wg sync.WaitGroup
+	errs := make(chan error, workers*rounds)
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			id := "dev-" + string(rune('a'+w))
+			old, _, _, err := dial(id)
+			if err != nil {
+				errs <- err
+				return
+			}
+			for r := range rounds {
+				old.Close() // dropped, no DISCONNECT: the server cleans up while the device is back
+				conn, _, msgs, err := dial(id)
+				if err != nil {
+					errs <- err
+					return
+				}
+				old = conn
+				payload := []byte{byte(w), byte(r)}
+				deadline := time.After(2 * time.Second)
+				got := false
+				for !got {
+					if err := srv.Publish("r/"+id, payload, false, 0); err != nil {
+						errs <- err
+						return
+					}
+					select {
+					case m := <-msgs:
+						got = string(m.Payload) == string(payload)
+					case <-time.After(50 * time.Millisecond):
+					case <-deadline:
+						_, registered := srv.Clients.Get(id)
+						errs <- fmt.Errorf("%s round %d: reconnected and subscribed, but no message arrives (registered: %v)", id, r, registered)
+						return
+					}
+				}
+			}
+			old.Close()
+		}()
+	}
+	wg.Wait()
+	close(errs)
+	for err := range errs {
+		t.Error(err)
 	}
 }
 

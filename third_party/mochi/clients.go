@@ -82,6 +82,20 @@ func (cl *Clients) Len() int {
 	return val
 }
 
+// DeleteIf removes c from the map if it is still the client registered
+// under its ID, and reports whether it was. WARDEN PATCH (PATCHES.md, 7):
+// a connection cleaning up after itself must not remove the client that
+// reconnected with the same ID in the meantime.
+func (cl *Clients) DeleteIf(c *Client) bool {
+	cl.Lock()
+	defer cl.Unlock()
+	if cl.internal[c.ID] != c {
+		return false
+	}
+	delete(cl.internal, c.ID)
+	return true
+}
+
 // Delete removes a client from the internal map.
 func (cl *Clients) Delete(id string) {
 	cl.Lock()

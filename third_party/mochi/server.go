@@ -8,6 +8,7 @@ package mqtt
 import (
 	"errors"
 	"fmt"
+	"hash/fnv"
 	"math"
 	"net"
 	"os"
@@ -15,6 +16,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -151,6 +153,26 @@ type Server struct {
 	Log          *slog.Logger         // minimal no-alloc logger
 	hooks        *Hooks               // hooks contains hooks for extra functionality such as auth and persistent storage
 	inlineClient *Client              // inlineClient is a special client used for inline subscriptions and inline Publish
+	sessions     sessionLocks         // WARDEN PATCH (PATCHES.md, 7): serialises taking over and cleaning up a client ID
+}
+
+// sessionLocks serialise, per client ID, a new connection taking over the
+// session of an ID and an old connection of that ID cleaning up after
+// itself. WARDEN PATCH (PATCHES.md, 7). Without it, a client that dropped
+// its connection and reconnected at once could be registered and
+// subscribed before the old connection's clean-up ran, which then deleted
+// the new client from the registry and removed its subscriptions: the
+// device stayed connected, received nothing, and was never closed at
+// shutdown. Striped: IDs share a few locks, and each is held only for
+// registry and subscription bookkeeping.
+type sessionLocks [64]sync.Mutex
+
+func (l *sessionLocks) lock(id string) func() {
+	h := fnv.New32a()
+	_, _ = h.Write([]byte(id))
+	m := &l[h.Sum32()%uint32(len(l))]
+	m.Lock()
+	return m.Unlock
 }
 
 // loop contains interval tickers for the system events loop.
@@ -481,8 +503,10 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 
 	s.hooks.OnSessionEstablish(cl, pk)
 
+	unlock := s.sessions.lock(cl.ID) // WARDEN PATCH (PATCHES.md, 7)
 	sessionPresent := s.inheritClientSession(pk, cl)
 	s.Clients.Add(cl) // [MQTT-4.1.0-1]
+	unlock()
 
 	err = s.SendConnack(cl, code, sessionPresent, nil) // [MQTT-3.1.4-5] [MQTT-3.2.0-1] [MQTT-3.2.0-2] &[MQTT-3.14.0-1]
 	if err != nil {
@@ -512,10 +536,18 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) || (cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
 	s.hooks.OnDisconnect(cl, err, expire)
 
-	if expire && !cl.IsTakenOver() {
-		cl.ClearInflights()
-		s.UnsubscribeClient(cl)
-		s.Clients.Delete(cl.ID) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
+	if expire {
+		// WARDEN PATCH (PATCHES.md, 7): checked and done under the ID's
+		// session lock, so a connection of the same ID either takes this
+		// one over first (and this clean-up is skipped) or registers
+		// after it.
+		unlock := s.sessions.lock(cl.ID)
+		if !cl.IsTakenOver() {
+			cl.ClearInflights()
+			s.UnsubscribeClient(cl)
+			s.Clients.DeleteIf(cl) // [MQTT-4.1.0-2] ![MQTT-3.1.2-23]
+		}
+		unlock()
 	}
 
 	return err
@@ -1752,8 +1784,15 @@ func (s *Server) clearExpiredClients(dt int64) {
 		}
 
 		if disconnected+int64(expire) < dt {
-			s.hooks.OnClientExpired(client)
-			s.Clients.Delete(id) // [MQTT-4.1.0-2]
+			// WARDEN PATCH (PATCHES.md, 7): not if the ID reconnected
+			// since the snapshot, and with its subscriptions, which
+			// upstream left in the topic index for good.
+			unlock := s.sessions.lock(id)
+			if !client.IsTakenOver() && s.Clients.DeleteIf(client) {
+				s.hooks.OnClientExpired(client)
+				s.UnsubscribeClient(client)
+			}
+			unlock()
 		}
 	}
 }
