@@ -266,6 +266,42 @@ func TestSendQuotaDoesNotLeak(t *testing.T) {
 	}
 }
 
+// TestParkedMessagesAreNotStranded: with a Receive Maximum of 1 nearly
+// every message is parked (patch 6), and eight publishers park them
+// concurrently with the PUBACKs that release them. Every one must arrive
+// and none stay parked.
+func TestParkedMessagesAreNotStranded(t *testing.T) {
+	srv, connect := startMochi(t)
+	recvMax := uint16(1)
+	_, msgs := connect("slow", &paho.ConnectProperties{ReceiveMaximum: &recvMax})
+	cl, ok := srv.Clients.Get("slow")
+	if !ok {
+		t.Fatal("client not registered")
+	}
+	srv.Topics.Subscribe("slow", packets.Subscription{Filter: "q/#", Qos: 1})
+	cl.State.Subscriptions.Add("q/#", packets.Subscription{Filter: "q/#", Qos: 1})
+	const publishers, each = 8, 50
+	var wg sync.WaitGroup
+	for p := range publishers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range each {
+				_ = srv.Publish("q/x", []byte{byte(p), byte(i)}, false, 1)
+			}
+		}()
+	}
+	wg.Wait()
+	timeout := time.After(10 * time.Second)
+	for i := range publishers * each {
+		select {
+		case <-msgs:
+		case <-timeout:
+			t.Fatalf("delivered %d of %d QoS 1 messages; the rest stayed parked (in flight: %d)", i, publishers*each, cl.State.Inflight.Len())
+		}
+	}
+}
+
 // TestQuickReconnectKeepsSession guards the seventh patch (PATCHES.md): a
 // client that drops its connection and reconnects at once with the same
 // client ID (a reconnect storm) must end up registered and subscribed.
