@@ -38,6 +38,12 @@ client, one mutual-TLS connection per device, from 127.0.0.1-8:
               loop (a window of messages in flight per device, end to end);
               a reader service consumes fleet/# (through Warden's relay):
               messages per second, latency, server CPU per message, loss
+  sealed      throughput with envelope devices (--sealed-suite) on Warden's
+              plain MQTT listener, sealing every payload as the device SDK
+              does; Warden opens each one and relays the plaintext to the
+              same reader service. Compared with Warden's own mutual-TLS
+              throughput (Mosquitto has no equivalent). They are a fleet of
+              their own, in <work>/fleet-sealed
   paced       1,000 devices at 5,000 msg/s QoS 1 in total: latency and loss
   compare     idle, storm, throughput and paced against Mosquitto 2 (Debian's
               package), configured as the seed documents do: TLS listener,
@@ -55,7 +61,8 @@ a second run skips provisioning. The open-file limit (20,000 here) bounds
 --devices to about 18,000.`,
 		Example: `  warden bench --devices 15000 --json bench.json
   warden bench --scenarios idle,storm,baseline --devices 5000
-  warden bench --scenarios throughput,compare --throughput-devices 200 --duration 20s`,
+  warden bench --scenarios throughput,compare --throughput-devices 200 --duration 20s
+  warden bench --scenarios throughput,sealed --throughput-devices 200 --duration 10s`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if scenarios != "" {
@@ -106,6 +113,8 @@ a second run skips provisioning. The open-file limit (20,000 here) bounds
 	f.StringVar(&o.WorkDir, "work", "warden-bench", "work directory: data directory, fleet and servers' files (kept for the next run)")
 	f.IntVar(&o.Devices, "devices", 1000, "devices connected in idle and storm")
 	f.IntVar(&o.ThroughputDevices, "throughput-devices", 100, "devices publishing in throughput")
+	f.IntVar(&o.SealedDevices, "sealed-devices", 0, "envelope devices publishing in sealed (default: --throughput-devices)")
+	f.StringVar(&o.SealedSuite, "sealed-suite", bench.DefaultSealedSuite, "envelope suite of the sealed scenario's devices: ccm-8, legacy-cbc-hmac or sign-p256")
 	f.IntVar(&o.PacedDevices, "paced-devices", 1000, "devices of the paced load")
 	f.Float64Var(&o.PacedRate, "paced-rate", 5000, "messages per second of the paced load, in total")
 	f.StringVar(&scenarios, "scenarios", strings.Join(bench.AllScenarios, ","), "scenarios to run, comma-separated")

@@ -2,11 +2,14 @@ package bench
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"crypto/tls"
 	"crypto/x509"
+	"encoding/binary"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"sync"
 	"time"
@@ -15,7 +18,7 @@ import (
 )
 
 // The load generator's MQTT client is deliberately bare: one TLS
-// connection, one reader goroutine, MQTT 5 packets written straight to the
+// connection (plain TCP for envelope devices), one reader goroutine, MQTT 5 packets written straight to the
 // connection. The SDK (internal/sim) is the realistic device; a benchmark
 // of the broker wants a client that costs as little CPU and memory as
 // possible on the two cores it shares with the broker, and it must load
@@ -29,6 +32,10 @@ type Endpoint struct {
 	// ClassicKeyExchange offers only X25519 (no hybrid ML-KEM), as
 	// OpenSSL 3.0 brokers negotiate anyway.
 	ClassicKeyExchange bool
+	// Plain connects without TLS (Warden's plain listener for envelope
+	// devices, Addr): ServerName, Roots and ClassicKeyExchange are unused,
+	// and the device proves itself with DialOptions.Username and Password.
+	Plain bool
 }
 
 // ErrClosed is returned for operations on a connection that is gone.
@@ -37,7 +44,7 @@ var ErrClosed = errors.New("bench client: connection closed")
 // Client is one device connection of the load generator.
 type Client struct {
 	ID   string
-	conn *tls.Conn
+	conn net.Conn // a *tls.Conn, or TCP on a plain Endpoint
 
 	wmu sync.Mutex
 	bw  *bufio.Writer
@@ -54,9 +61,14 @@ type Client struct {
 // DialOptions configures one connection.
 type DialOptions struct {
 	ID          string
-	Certificate tls.Certificate
-	LocalAddr   string        // source IP; "" lets the system choose
-	Timeout     time.Duration // TLS handshake and CONNACK; default 30s
+	Certificate tls.Certificate // unused on a plain Endpoint
+	LocalAddr   string          // source IP; "" lets the system choose
+	Timeout     time.Duration   // TLS handshake and CONNACK; default 30s
+	// Username and Password, if set, go into CONNECT: an envelope
+	// device's ID and its single-use password (envelope.ConnectPassword)
+	// on a plain Endpoint. A password is good for one attempt only.
+	Username string
+	Password []byte
 	// ReceiveMaximum is the MQTT 5 Receive Maximum sent in CONNECT
 	// (default 64, a device's; a back end sends more).
 	ReceiveMaximum uint16
@@ -65,8 +77,9 @@ type DialOptions struct {
 	OnPublish func(*packets.Publish)
 }
 
-// Dial opens a mutual-TLS connection, sends CONNECT (MQTT 5, clean start,
-// client ID = o.ID) and waits for a successful CONNACK.
+// Dial opens a mutual-TLS connection (a TCP one on a plain Endpoint),
+// sends CONNECT (MQTT 5, clean start, client ID = o.ID) and waits for a
+// successful CONNACK.
 func Dial(ctx context.Context, ep Endpoint, o DialOptions) (*Client, error) {
 	if o.Timeout <= 0 {
 		o.Timeout = 30 * time.Second
@@ -85,27 +98,31 @@ func Dial(ctx context.Context, ep Endpoint, o DialOptions) (*Client, error) {
 	if err != nil {
 		return nil, fmt.Errorf("dial %s: %w", ep.Addr, err)
 	}
-	cfg := &tls.Config{
-		MinVersion:   tls.VersionTLS12,
-		RootCAs:      ep.Roots,
-		ServerName:   ep.ServerName,
-		Certificates: []tls.Certificate{o.Certificate},
-		// Every connection is a full handshake, as a device after a
-		// restart or an outage makes it.
-		ClientSessionCache: nil,
-	}
-	if ep.ClassicKeyExchange {
-		cfg.CurvePreferences = []tls.CurveID{tls.X25519, tls.CurveP256}
-	}
-	tc := tls.Client(raw, cfg)
+	conn := raw
 	if dl, ok := ctx.Deadline(); ok {
-		_ = tc.SetDeadline(dl)
+		_ = raw.SetDeadline(dl)
 	}
-	if err := tc.HandshakeContext(ctx); err != nil {
-		raw.Close()
-		return nil, fmt.Errorf("TLS handshake: %w", err)
+	if !ep.Plain {
+		cfg := &tls.Config{
+			MinVersion:   tls.VersionTLS12,
+			RootCAs:      ep.Roots,
+			ServerName:   ep.ServerName,
+			Certificates: []tls.Certificate{o.Certificate},
+			// Every connection is a full handshake, as a device after a
+			// restart or an outage makes it.
+			ClientSessionCache: nil,
+		}
+		if ep.ClassicKeyExchange {
+			cfg.CurvePreferences = []tls.CurveID{tls.X25519, tls.CurveP256}
+		}
+		tc := tls.Client(raw, cfg)
+		if err := tc.HandshakeContext(ctx); err != nil {
+			raw.Close()
+			return nil, fmt.Errorf("TLS handshake: %w", err)
+		}
+		conn = tc
 	}
-	c := &Client{ID: o.ID, conn: tc, bw: bufio.NewWriterSize(tc, 512), pending: map[uint16]func(error){},
+	c := &Client{ID: o.ID, conn: conn, bw: bufio.NewWriterSize(conn, 512), pending: map[uint16]func(error){},
 		onPublish: o.OnPublish, done: make(chan struct{})}
 	recvMax := o.ReceiveMaximum
 	if recvMax == 0 {
@@ -113,25 +130,31 @@ func Dial(ctx context.Context, ep Endpoint, o DialOptions) (*Client, error) {
 	}
 	connect := &packets.Connect{ProtocolName: "MQTT", ProtocolVersion: 5, ClientID: o.ID, CleanStart: true, KeepAlive: 600,
 		Properties: &packets.Properties{ReceiveMaximum: &recvMax}}
+	if o.Username != "" {
+		connect.Username, connect.UsernameFlag = o.Username, true
+	}
+	if o.Password != nil {
+		connect.Password, connect.PasswordFlag = o.Password, true
+	}
 	if err := c.write(connect); err != nil {
-		tc.Close()
+		conn.Close()
 		return nil, fmt.Errorf("send CONNECT: %w", err)
 	}
-	cp, err := packets.ReadPacket(tc)
+	cp, err := packets.ReadPacket(conn)
 	if err != nil {
-		tc.Close()
+		conn.Close()
 		return nil, fmt.Errorf("read CONNACK: %w", err)
 	}
 	ack, ok := cp.Content.(*packets.Connack)
 	if !ok {
-		tc.Close()
+		conn.Close()
 		return nil, fmt.Errorf("expected CONNACK, got %s", cp.PacketType())
 	}
 	if ack.ReasonCode != 0 {
-		tc.Close()
+		conn.Close()
 		return nil, fmt.Errorf("CONNACK refused the connection: reason code %#x", ack.ReasonCode)
 	}
-	_ = tc.SetDeadline(time.Time{})
+	_ = conn.SetDeadline(time.Time{})
 	go c.read()
 	return c, nil
 }
@@ -149,8 +172,9 @@ func (c *Client) write(p packets.Packet) error {
 // read delivers the broker's packets until the connection ends.
 func (c *Client) read() {
 	defer close(c.done)
+	br := bufio.NewReaderSize(c.conn, readBufferSize)
 	for {
-		cp, err := packets.ReadPacket(c.conn)
+		cp, err := readPacket(br)
 		if err != nil {
 			c.fail(fmt.Errorf("%w: %v", ErrClosed, err))
 			return
@@ -182,6 +206,142 @@ func (c *Client) read() {
 			return
 		}
 	}
+}
+
+// readBufferSize is each connection's read buffer: a few packets of the
+// benchmark's sizes per system call on a busy consumer, one page.
+const readBufferSize = 4096
+
+// maxPacketSize bounds the packets the client accepts (a broker's default
+// limit is far lower), so that a broken length cannot make it allocate
+// without bound.
+const maxPacketSize = 1 << 20
+
+// errMalformed is wrapped by every error about a malformed packet.
+var errMalformed = errors.New("malformed MQTT packet")
+
+// readPacket reads one MQTT 5 packet. A PUBLISH, which the consumer
+// receives tens of thousands of times a second, is decoded here with two
+// allocations (the packet and the topic; its properties are skipped,
+// because no scenario reads them): paho's decoder allocates a buffer of at
+// least 512 bytes for every string it reads, user properties included, so
+// the load generator's cost per message grew with the properties the
+// broker adds (Warden's relay adds two, five for an opened envelope) and
+// the consumer, not the broker, set the pace. Other packets, a handful
+// per connection, go to paho's decoder.
+func readPacket(r *bufio.Reader) (*packets.ControlPacket, error) {
+	first, err := r.ReadByte()
+	if err != nil {
+		return nil, err
+	}
+	var hdr [5]byte // the first byte and up to four of remaining length
+	hdr[0] = first
+	n, k := 0, 1
+	for shift := 0; ; shift += 7 {
+		if k == len(hdr) {
+			return nil, fmt.Errorf("%w: remaining length longer than 4 bytes", errMalformed)
+		}
+		b, err := r.ReadByte()
+		if err != nil {
+			return nil, noEOF(err)
+		}
+		hdr[k] = b
+		k++
+		n |= int(b&0x7f) << shift
+		if b&0x80 == 0 {
+			break
+		}
+	}
+	if n > maxPacketSize {
+		return nil, fmt.Errorf("%w: %d bytes, more than the %d this client accepts", errMalformed, n, maxPacketSize)
+	}
+	if first>>4 == packets.PUBLISH {
+		body := make([]byte, n)
+		if _, err := io.ReadFull(r, body); err != nil {
+			return nil, noEOF(err)
+		}
+		p, err := parsePublish(first&0x0f, body)
+		if err != nil {
+			return nil, err
+		}
+		return &packets.ControlPacket{FixedHeader: packets.FixedHeader{Type: packets.PUBLISH, Flags: first & 0x0f}, Content: p}, nil
+	}
+	raw := make([]byte, k+n)
+	copy(raw, hdr[:k])
+	if _, err := io.ReadFull(r, raw[k:]); err != nil {
+		return nil, noEOF(err)
+	}
+	cp, err := packets.ReadPacket(bytes.NewReader(raw))
+	if err != nil {
+		return nil, fmt.Errorf("%w: %v", errMalformed, noEOF(err))
+	}
+	return cp, nil
+}
+
+// noEOF turns an end of input inside a packet into io.ErrUnexpectedEOF:
+// only an end between packets is a clean io.EOF.
+func noEOF(err error) error {
+	if errors.Is(err, io.EOF) {
+		return io.ErrUnexpectedEOF
+	}
+	return err
+}
+
+// parsePublish decodes a PUBLISH's variable header and payload (MQTT 5,
+// 3.3): topic, packet ID (QoS 1 and 2), properties (skipped) and payload,
+// which aliases body. flags are the fixed header's low four bits.
+func parsePublish(flags byte, body []byte) (*packets.Publish, error) {
+	qos := (flags >> 1) & 0x03
+	if qos == 3 {
+		return nil, fmt.Errorf("%w: PUBLISH with QoS 3", errMalformed)
+	}
+	if len(body) < 2 {
+		return nil, fmt.Errorf("%w: PUBLISH without a topic", errMalformed)
+	}
+	tl := int(binary.BigEndian.Uint16(body))
+	body = body[2:]
+	if len(body) < tl {
+		return nil, fmt.Errorf("%w: PUBLISH topic of %d bytes in %d", errMalformed, tl, len(body))
+	}
+	p := &packets.Publish{Topic: string(body[:tl]), QoS: qos, Duplicate: flags&0x08 != 0, Retain: flags&0x01 != 0}
+	body = body[tl:]
+	if qos > 0 {
+		if len(body) < 2 {
+			return nil, fmt.Errorf("%w: PUBLISH at QoS %d without a packet ID", errMalformed, qos)
+		}
+		p.PacketID = binary.BigEndian.Uint16(body)
+		if p.PacketID == 0 {
+			return nil, fmt.Errorf("%w: PUBLISH at QoS %d with packet ID 0", errMalformed, qos)
+		}
+		body = body[2:]
+	}
+	pl, k, err := uvarint(body)
+	if err != nil {
+		return nil, fmt.Errorf("%w: PUBLISH properties length: %v", errMalformed, err)
+	}
+	body = body[k:]
+	if len(body) < pl {
+		return nil, fmt.Errorf("%w: PUBLISH properties of %d bytes in %d", errMalformed, pl, len(body))
+	}
+	p.Payload = body[pl:]
+	return p, nil
+}
+
+// uvarint decodes an MQTT variable byte integer at the start of b and
+// returns it with its length.
+func uvarint(b []byte) (v, n int, err error) {
+	for shift := 0; n < 4; shift += 7 {
+		if n == len(b) {
+			return 0, 0, io.ErrUnexpectedEOF
+		}
+		c := b[n]
+		n++
+		v |= int(c&0x7f) << shift
+		if c&0x80 == 0 {
+			return v, n, nil
+		}
+	}
+	return 0, 0, errors.New("longer than 4 bytes")
 }
 
 func (c *Client) settle(id uint16, err error) {

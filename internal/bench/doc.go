@@ -8,8 +8,11 @@
 // baseline, and writes results as an aligned table and as JSON with ratios
 // against a yardstick measured in the same run.
 //
-// The scenarios themselves (idle, storm, throughput, sealed, compare) drive
-// internal/sim on top of this package.
+// The scenarios (idle, storm, baseline, throughput, sealed, paced,
+// compare) load the servers with a bare MQTT 5 client (Client), stamping
+// payloads and recording latency as internal/sim does; sealed is the
+// throughput load with envelope devices on Warden's plain listener, each
+// payload sealed as the device SDK seals it.
 //
 // Every server runs in its own process so that its CPU time and memory are
 // its own: CPU per handshake or per message is the server's user + system

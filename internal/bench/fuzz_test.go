@@ -1,16 +1,21 @@
 package bench
 
 import (
+	"bufio"
+	"bytes"
 	"math"
 	"strconv"
 	"strings"
 	"testing"
 	"unicode/utf8"
+
+	"github.com/eclipse/paho.golang/packets"
 )
 
-// The parsers read text from /proc and from a server's /metrics: neither
-// is trusted to be well formed (a process names itself; a server under
-// test may be broken). None may panic, and what they accept must be sane.
+// The parsers read text from /proc and from a server's /metrics, and MQTT
+// packets from a server: none is trusted to be well formed (a process
+// names itself; a server under test may be broken). None may panic, and
+// what they accept must be sane.
 
 func FuzzParseStat(f *testing.F) {
 	f.Add([]byte(statLine))
@@ -90,6 +95,43 @@ func FuzzCPUModel(f *testing.F) {
 		s := cpuModel(b)
 		if !utf8.ValidString(s) || strings.ContainsAny(s, "\n") {
 			t.Fatalf("cpuModel = %q", s)
+		}
+	})
+}
+
+// FuzzReadPacket reads packets as a benchmark client does. Whatever it
+// decodes as a PUBLISH must agree with paho's decoder where that accepts
+// the same bytes (the lean decoder skips properties, which paho checks, so
+// it may accept more, never read differently).
+func FuzzReadPacket(f *testing.F) {
+	f.Add(encode(f, relayedPublish(0, 0, []byte("sixteen bytes!!!"))))
+	f.Add(encode(f, relayedPublish(1, 7, bytes.Repeat([]byte{1}, 200))))
+	f.Add(encode(f, &packets.Puback{PacketID: 1, Properties: &packets.Properties{}}, &packets.Disconnect{Properties: &packets.Properties{}}))
+	f.Add([]byte{0x30, 0x80, 0x80, 0x80, 0x80, 0x01})
+	f.Add([]byte{0x3b, 0x06, 0x00, 0x01, 'a', 0x00, 0x01, 0x00})
+	f.Fuzz(func(t *testing.T, b []byte) {
+		src := bytes.NewReader(b)
+		r := bufio.NewReader(src)
+		off := 0 // where the next packet starts in b
+		for range 8 {
+			cp, err := readPacket(r)
+			if err != nil {
+				return
+			}
+			end := len(b) - src.Len() - r.Buffered()
+			if p, ok := cp.Content.(*packets.Publish); ok {
+				if p.QoS > 2 || (p.QoS > 0 && p.PacketID == 0) {
+					t.Fatalf("accepted %+v", p)
+				}
+				if ref, err := packets.ReadPacket(bytes.NewReader(b[off:end])); err == nil {
+					q, ok := ref.Content.(*packets.Publish)
+					if !ok || q.Topic != p.Topic || !bytes.Equal(q.Payload, p.Payload) || q.QoS != p.QoS || q.PacketID != p.PacketID ||
+						q.Retain != p.Retain || q.Duplicate != p.Duplicate {
+						t.Fatalf("read %+v, paho reads %+v", p, ref.Content)
+					}
+				}
+			}
+			off = end
 		}
 	})
 }

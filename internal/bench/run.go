@@ -15,13 +15,14 @@ const (
 	ScenarioIdle       = "idle"
 	ScenarioStorm      = "storm"
 	ScenarioThroughput = "throughput"
+	ScenarioSealed     = "sealed"
 	ScenarioPaced      = "paced"
 	ScenarioBaseline   = "baseline"
 	ScenarioCompare    = "compare"
 )
 
 // AllScenarios is the default run, in the order it runs.
-var AllScenarios = []string{ScenarioIdle, ScenarioStorm, ScenarioBaseline, ScenarioThroughput, ScenarioPaced, ScenarioCompare}
+var AllScenarios = []string{ScenarioIdle, ScenarioStorm, ScenarioBaseline, ScenarioThroughput, ScenarioSealed, ScenarioPaced, ScenarioCompare}
 
 // RunOptions configures a benchmark run.
 type RunOptions struct {
@@ -37,8 +38,16 @@ type RunOptions struct {
 	// total.
 	Devices, ThroughputDevices, PacedDevices int
 	PacedRate                                float64
+	// SealedDevices are the envelope devices of the sealed scenario
+	// (default ThroughputDevices, so that its ratio against the
+	// throughput scenario compares the same load), sealing with
+	// SealedSuite (default DefaultSealedSuite). They are a fleet of their
+	// own (WorkDir/fleet-sealed), registered in the same data directory.
+	SealedDevices int
+	SealedSuite   string
 	// Scenarios to run (default AllScenarios). Compare repeats idle,
-	// storm, throughput and paced against Mosquitto.
+	// storm, throughput and paced against Mosquitto (sealed has no
+	// Mosquitto equivalent: its yardstick is Warden's own throughput).
 	Scenarios []string
 	// Duration of each throughput and paced measurement (default 10s),
 	// and Window the closed loop's messages in flight per device (default
@@ -73,6 +82,12 @@ func (o *RunOptions) defaults() {
 	}
 	if o.PacedRate <= 0 {
 		o.PacedRate = 5000
+	}
+	if o.SealedDevices <= 0 {
+		o.SealedDevices = o.ThroughputDevices
+	}
+	if o.SealedSuite == "" {
+		o.SealedSuite = DefaultSealedSuite
 	}
 	if len(o.Scenarios) == 0 {
 		o.Scenarios = AllScenarios
@@ -112,12 +127,22 @@ func Run(ctx context.Context, o RunOptions) ([]Result, error) {
 		}
 	}
 	want := func(s string) bool { return slices.Contains(o.Scenarios, s) }
-	need := max(o.Devices, o.ThroughputDevices)
-	if want(ScenarioPaced) {
+	// The TLS fleet holds at least the consumer, which the sealed
+	// scenario reads with too; compare runs idle, storm, throughput and
+	// paced against Mosquitto.
+	need := 1
+	if want(ScenarioIdle) || want(ScenarioStorm) || want(ScenarioBaseline) || want(ScenarioCompare) {
+		need = max(need, o.Devices)
+	}
+	if want(ScenarioThroughput) || want(ScenarioCompare) {
+		need = max(need, o.ThroughputDevices)
+	}
+	if want(ScenarioPaced) || want(ScenarioCompare) {
 		need = max(need, o.PacedDevices)
 	}
+	dataDir := filepath.Join(o.WorkDir, "data")
 	fmt.Fprintf(o.Log, "Provisioning (or reusing) %d devices in %s\n", need, o.WorkDir)
-	fleet, err := ProvisionFleet(ctx, FleetOptions{Binary: o.Binary, DataDir: filepath.Join(o.WorkDir, "data"), Dir: filepath.Join(o.WorkDir, "fleet"),
+	fleet, err := ProvisionFleet(ctx, FleetOptions{Binary: o.Binary, DataDir: dataDir, Dir: filepath.Join(o.WorkDir, "fleet"),
 		Devices: need, Progress: o.progress("provisioning")})
 	if err != nil {
 		return nil, err
@@ -126,16 +151,35 @@ func Run(ctx context.Context, o RunOptions) ([]Result, error) {
 	if err != nil {
 		return nil, err
 	}
+	var envDevs []*EnvelopeDevice
+	if want(ScenarioSealed) {
+		// Envelope devices are provisioned on the data directory directly,
+		// so before Warden starts.
+		fmt.Fprintf(o.Log, "Provisioning (or reusing) %d %s envelope devices\n", o.SealedDevices, o.SealedSuite)
+		ef, err := ProvisionFleet(ctx, FleetOptions{Binary: o.Binary, DataDir: dataDir, Dir: filepath.Join(o.WorkDir, "fleet-sealed"),
+			Devices: o.SealedDevices, Envelope: o.SealedSuite, Consumer: DefaultSealedConsumer, Progress: o.progress("provisioning envelope devices")})
+		if err != nil {
+			return nil, err
+		}
+		if envDevs, err = LoadEnvelopeDevices(ef, o.SealedDevices); err != nil {
+			return nil, err
+		}
+	}
 
 	var results []Result
 	fmt.Fprintln(o.Log, "Starting warden serve")
-	wp, err := StartWarden(ctx, WardenOptions{Binary: o.Binary, DataDir: fleet.DataDir, ClassicKeyExchange: o.ClassicKeyExchange})
+	wp, err := StartWarden(ctx, WardenOptions{Binary: o.Binary, DataDir: fleet.DataDir, ClassicKeyExchange: o.ClassicKeyExchange, PlainMQTT: want(ScenarioSealed)})
 	if err != nil {
 		return nil, err
 	}
 	wt, err := WardenTarget(wp, o.ClassicKeyExchange)
+	var sealed *sealedLoad
+	if err == nil && want(ScenarioSealed) {
+		sealed = &sealedLoad{devs: envDevs}
+		sealed.target, err = WardenPlainTarget(wp)
+	}
 	if err == nil {
-		results, err = o.runBroker(ctx, wt, ids, consumer, results)
+		results, err = o.runBroker(ctx, wt, ids, consumer, sealed, results)
 	}
 	if serr := wp.Stop(context.WithoutCancel(ctx)); err == nil && serr != nil {
 		err = fmt.Errorf("stop warden: %w", serr)
@@ -160,7 +204,7 @@ func Run(ctx context.Context, o RunOptions) ([]Result, error) {
 		}
 		mt, err := MosquittoTarget(mp)
 		if err == nil {
-			results, err = o.runBroker(ctx, mt, ids, consumer, results)
+			results, err = o.runBroker(ctx, mt, ids, consumer, nil, results)
 		}
 		if serr := mp.Stop(context.WithoutCancel(ctx)); err == nil && serr != nil {
 			err = fmt.Errorf("stop mosquitto: %w", serr)
@@ -173,9 +217,20 @@ func Run(ctx context.Context, o RunOptions) ([]Result, error) {
 	return results, nil
 }
 
-// runBroker runs idle, storm, throughput and paced against one broker.
-func (o *RunOptions) runBroker(ctx context.Context, t Target, ids []Identity, consumer Identity, results []Result) ([]Result, error) {
+// sealedLoad is what the sealed scenario runs on: Warden's plain
+// listener and the envelope devices.
+type sealedLoad struct {
+	target Target
+	devs   []*EnvelopeDevice
+}
+
+// runBroker runs idle, storm, throughput, sealed (when sealed is set) and
+// paced against one broker.
+func (o *RunOptions) runBroker(ctx context.Context, t Target, ids []Identity, consumer Identity, sealed *sealedLoad, results []Result) ([]Result, error) {
 	want := func(s string) bool {
+		if s == ScenarioSealed {
+			return sealed != nil
+		}
 		return slices.Contains(o.Scenarios, s) || (t.Name == "mosquitto" && slices.Contains(o.Scenarios, ScenarioCompare) &&
 			s != ScenarioBaseline)
 	}
@@ -202,7 +257,7 @@ func (o *RunOptions) runBroker(ctx context.Context, t Target, ids []Identity, co
 		clients = nil
 	}
 	var cons *Consumer
-	if want(ScenarioThroughput) || want(ScenarioPaced) {
+	if want(ScenarioThroughput) || want(ScenarioSealed) || want(ScenarioPaced) {
 		c, err := StartConsumer(ctx, t, consumer)
 		if err != nil {
 			return results, err
@@ -222,6 +277,28 @@ func (o *RunOptions) runBroker(ctx context.Context, t Target, ids []Identity, co
 				r, err := Throughput(ctx, t, ids, clients, cons, ThroughputOptions{QoS: qos, Size: size, Window: o.Window, Duration: o.Duration})
 				if err != nil {
 					return results, fmt.Errorf("throughput: %w", err)
+				}
+				results = append(results, r)
+			}
+		}
+		CloseAll(clients)
+		clients = nil
+	}
+	// Right after throughput, so that the two runs its ratio compares
+	// see the machine in the same state.
+	if want(ScenarioSealed) {
+		st := sealed.target
+		cs, _, err := ConnectEnvelope(ctx, st, sealed.devs, ConnectOptions{Concurrency: o.Concurrency})
+		if err != nil {
+			return results, fmt.Errorf("sealed: connect: %w", err)
+		}
+		clients = cs
+		for _, qos := range []byte{0, 1} {
+			for _, size := range []int{64, 256} {
+				fmt.Fprintf(o.Log, "%s: sealed, %d %s envelope devices on the plain listener, QoS %d, %d B\n", st.Name, len(sealed.devs), sealed.devs[0].Suite, qos, size)
+				r, err := Sealed(ctx, st, sealed.devs, clients, cons, ThroughputOptions{QoS: qos, Size: size, Window: o.Window, Duration: o.Duration})
+				if err != nil {
+					return results, fmt.Errorf("sealed: %w", err)
 				}
 				results = append(results, r)
 			}
@@ -276,6 +353,10 @@ func (o *RunOptions) runBaseline(ctx context.Context, fleet *FleetDir, ids []Ide
 	return r, nil
 }
 
+// mutualTLSYardstick names the sealed scenario's yardstick in its ratios:
+// Warden's throughput scenario, over mutual TLS.
+const mutualTLSYardstick = "warden (mutual TLS)"
+
 // addRatios states each target as a ratio against its yardstick measured
 // in the same run.
 func addRatios(results []Result) {
@@ -313,6 +394,22 @@ func addRatios(results []Result) {
 			if m := find(ScenarioThroughput, "mosquitto", same); m != nil {
 				_ = r.AddRatio(m, MetricMessagesPerSecond, 1.5)
 				_ = r.AddRatio(m, MetricServerCPUPerMessage, 0)
+			}
+		case ScenarioSealed:
+			// Mosquitto has no envelope equivalent: the yardstick is
+			// Warden's own mutual-TLS throughput with the same QoS and
+			// payload, measured in the same run. No target: the ratio
+			// says what sealing costs instead of TLS.
+			if w := find(ScenarioThroughput, "warden", same); w != nil {
+				for _, m := range []string{MetricMessagesPerSecond, MetricServerCPUPerMessage} {
+					if q, err := Compare(r, w, m, 0); err == nil {
+						q.Yardstick = mutualTLSYardstick
+						r.Ratios = append(r.Ratios, q)
+					}
+				}
+				if fmt.Sprint(w.Parameters["devices"]) != fmt.Sprint(r.Parameters["devices"]) {
+					r.Notes = append(r.Notes, fmt.Sprintf("compared with a mutual-TLS run of %v devices, this run had %v", w.Parameters["devices"], r.Parameters["devices"]))
+				}
 			}
 		case ScenarioPaced:
 			if m := find(ScenarioPaced, "mosquitto", nil); m != nil {

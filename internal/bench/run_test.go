@@ -12,9 +12,11 @@ import (
 // TestRunEveryScenario runs the whole benchmark at a toy size against the
 // real warden binary, the bare TLS server and Mosquitto: every scenario
 // must produce its figures, the ratios must be computed against the
-// yardsticks, and nothing may be lost at QoS 1 on Mosquitto (Warden's
-// figures are what the benchmark is for; their targets are not asserted
-// here, but the run must not fail).
+// yardsticks, nothing may be lost at QoS 1 on Mosquitto, and the sealed
+// scenario's envelope devices must get their messages through Warden's
+// plain listener and relay without losing any (Warden's figures are what
+// the benchmark is for; their targets are not asserted here, but the run
+// must not fail).
 func TestRunEveryScenario(t *testing.T) {
 	requireMosquitto(t)
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
@@ -22,13 +24,13 @@ func TestRunEveryScenario(t *testing.T) {
 	var log bytes.Buffer
 	results, err := Run(ctx, RunOptions{
 		Binary: wardenBinary(t), WorkDir: t.TempDir(),
-		Devices: 40, ThroughputDevices: 8, PacedDevices: 20, PacedRate: 200,
+		Devices: 40, ThroughputDevices: 8, SealedDevices: 8, PacedDevices: 20, PacedRate: 200,
 		Duration: time.Second, StormConcurrency: 16, Settle: 300 * time.Millisecond, Log: &log,
 	})
 	if err != nil {
 		t.Fatalf("Run: %v\n%s", err, log.String())
 	}
-	want := map[string]int{"idle": 2, "storm": 3, "throughput": 8, "paced": 2}
+	want := map[string]int{"idle": 2, "storm": 3, "throughput": 8, "sealed": 4, "paced": 2}
 	got := map[string]int{}
 	for _, r := range results {
 		got[r.Scenario]++
@@ -55,6 +57,26 @@ func TestRunEveryScenario(t *testing.T) {
 				}
 			}
 		}
+		if r.Scenario == ScenarioSealed {
+			if r.Subject != "warden" || r.Parameters["envelope"] != DefaultSealedSuite {
+				t.Errorf("sealed result of %s with %v, want warden with %s envelopes", r.Subject, r.Parameters, DefaultSealedSuite)
+			}
+			if m, _ := r.Metric(MetricMessagesPerSecond); m.Value <= 0 {
+				t.Errorf("sealed %v: %v messages/s", r.Parameters, m.Value)
+			}
+			for _, name := range []string{"lost", "duplicates", "publish_errors"} {
+				if m, ok := r.Metric(name); !ok || m.Value != 0 {
+					t.Errorf("sealed %v: %s = %v (present: %v), want 0", r.Parameters, name, m.Value, ok)
+				}
+			}
+			// Sealing adds at least a header and a tag to the plaintext.
+			if m, _ := r.Metric("envelope_bytes"); m.Value <= float64(r.Parameters["payload_bytes"].(int)) {
+				t.Errorf("sealed %v: envelopes of %v bytes on average", r.Parameters, m.Value)
+			}
+			if len(r.Ratios) != 2 || r.Ratios[0].Yardstick != mutualTLSYardstick || r.Ratios[0].Value <= 0 {
+				t.Errorf("sealed %v: ratios %+v, want messages/s and CPU per message against %s", r.Parameters, r.Ratios, mutualTLSYardstick)
+			}
+		}
 		if r.Scenario == "storm" && r.Subject != "tls-baseline" {
 			if m, _ := r.Metric(MetricHandshakesPerSecond); m.Value <= 0 {
 				t.Errorf("%s storm: %v handshakes/s", r.Subject, m.Value)
@@ -64,8 +86,8 @@ func TestRunEveryScenario(t *testing.T) {
 			}
 		}
 	}
-	if ratios < 8 {
-		t.Errorf("%d ratios, want the idle, storm (2), throughput (4) and paced ones", ratios)
+	if ratios < 16 {
+		t.Errorf("%d ratios, want the idle, storm (2), throughput (4), sealed (8) and paced ones", ratios)
 	}
 	var table bytes.Buffer
 	if err := PrintTable(&table, results); err != nil || !strings.Contains(table.String(), "warden / mosquitto") {

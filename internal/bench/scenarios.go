@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/tls"
 	"fmt"
+	"os"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -112,6 +113,18 @@ type ConnectOptions struct {
 // ConnectAll connects every identity (in order) and returns the clients
 // and how long it took. A device that fails Retries+1 times fails the call.
 func ConnectAll(ctx context.Context, t Target, ids []Identity, o ConnectOptions) ([]*Client, time.Duration, error) {
+	names := make([]string, len(ids))
+	for i, id := range ids {
+		names[i] = id.ID
+	}
+	return connectEach(ctx, t, names, o, func(ctx context.Context, i int) (*Client, error) {
+		return Dial(ctx, t.Endpoint, DialOptions{ID: ids[i].ID, Certificate: ids[i].Cert, LocalAddr: sourceAddrs[i%len(sourceAddrs)]})
+	})
+}
+
+// connectEach connects device ids[i] with dial(ctx, i) for every i, at
+// most o.Concurrency at once, each retried as ConnectAll says.
+func connectEach(ctx context.Context, t Target, ids []string, o ConnectOptions, dial func(ctx context.Context, i int) (*Client, error)) ([]*Client, time.Duration, error) {
 	if o.Concurrency <= 0 {
 		o.Concurrency = 64
 	}
@@ -135,7 +148,7 @@ func ConnectAll(ctx context.Context, t Target, ids []Identity, o ConnectOptions)
 				if i >= len(ids) || ctx.Err() != nil {
 					return
 				}
-				c, err := connectOne(ctx, t, ids[i], i, o)
+				c, err := connectOne(ctx, t, ids[i], o, func(ctx context.Context) (*Client, error) { return dial(ctx, i) })
 				if err != nil {
 					errMu.Lock()
 					if firstErr == nil {
@@ -164,7 +177,7 @@ func ConnectAll(ctx context.Context, t Target, ids []Identity, o ConnectOptions)
 	return clients, took, nil
 }
 
-func connectOne(ctx context.Context, t Target, id Identity, i int, o ConnectOptions) (*Client, error) {
+func connectOne(ctx context.Context, t Target, id string, o ConnectOptions, dial func(context.Context) (*Client, error)) (*Client, error) {
 	var err error
 	for attempt := 0; attempt <= o.Retries; attempt++ {
 		if attempt > 0 {
@@ -175,13 +188,13 @@ func connectOne(ctx context.Context, t Target, id Identity, i int, o ConnectOpti
 			}
 		}
 		var c *Client
-		c, err = Dial(ctx, t.Endpoint, DialOptions{ID: id.ID, Certificate: id.Cert, LocalAddr: sourceAddrs[i%len(sourceAddrs)]})
+		c, err = dial(ctx)
 		if err != nil {
 			continue
 		}
 		if o.Subscribe {
 			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
-			err = c.Subscribe(sctx, t.OwnFilter(id.ID), 1)
+			err = c.Subscribe(sctx, t.OwnFilter(id), 1)
 			cancel()
 			if err != nil {
 				c.Close()
@@ -190,7 +203,7 @@ func connectOne(ctx context.Context, t Target, id Identity, i int, o ConnectOpti
 		}
 		return c, nil
 	}
-	return nil, fmt.Errorf("bench: device %s could not connect to %s: %w", id.ID, t.Name, err)
+	return nil, fmt.Errorf("bench: device %s could not connect to %s: %w", id, t.Name, err)
 }
 
 // CloseAll drops every connection at once.
@@ -447,8 +460,28 @@ type ThroughputOptions struct {
 
 // Throughput runs devices publishing to their own subtree while a consumer
 // reads them all, and measures end-to-end messages per second, latency,
-// the server's CPU per message, and loss. clients are connected devices.
+// the server's CPU per message, and loss. clients are connected devices:
+// clients[i] is ids[i]'s connection.
 func Throughput(ctx context.Context, t Target, ids []Identity, clients []*Client, cons *Consumer, o ThroughputOptions) (Result, error) {
+	if len(ids) < len(clients) {
+		return Result{}, fmt.Errorf("bench: throughput: %d clients but only %d identities", len(clients), len(ids))
+	}
+	names := make([]string, len(clients))
+	for i := range clients {
+		names[i] = ids[i].ID
+	}
+	return runLoad(ctx, ScenarioThroughput, t, names, clients, cons, o, nil)
+}
+
+// sealFunc turns device i's payload for topic into what it publishes (an
+// envelope); nil publishes payloads as they are.
+type sealFunc func(i int, topic string, payload []byte) ([]byte, error)
+
+// runLoad is the load of Throughput and Sealed: device ids[i] publishes on
+// clients[i], sealing each payload with seal when it is set. The payload
+// is stamped before it is sealed, so the latency includes the device's
+// sealing, as it does for a device of the SDK.
+func runLoad(ctx context.Context, scenario string, t Target, ids []string, clients []*Client, cons *Consumer, o ThroughputOptions, seal sealFunc) (Result, error) {
 	if o.Size < sim.HeaderSize {
 		o.Size = max(64, sim.HeaderSize)
 	}
@@ -462,11 +495,11 @@ func Throughput(ctx context.Context, t Target, ids []Identity, clients []*Client
 	if o.Rate > 0 {
 		mode = fmt.Sprintf("paced at %.0f msg/s", o.Rate)
 	}
-	r := Result{Scenario: "throughput", Subject: t.Name, Parameters: map[string]any{"devices": len(clients), "qos": o.QoS, "payload_bytes": o.Size,
+	r := Result{Scenario: scenario, Subject: t.Name, Parameters: map[string]any{"devices": len(clients), "qos": o.QoS, "payload_bytes": o.Size,
 		"mode": mode, "duration_s": o.Duration.Seconds(), "tls": t.Proc.TLS}}
-	index := make(map[string]int, len(ids))
+	index := make(map[string]int, len(clients))
 	for i, id := range ids[:len(clients)] {
-		index[id.ID] = i
+		index[id] = i
 	}
 	type devState struct {
 		credit   chan struct{}
@@ -542,14 +575,30 @@ func Throughput(ctx context.Context, t Target, ids []Identity, clients []*Client
 	pctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
 	var pubErrs, stalls atomic.Uint64
-	send := func(i int, seq uint64, buf []byte) {
+	var sealErr atomic.Pointer[error]
+	// send publishes device i's message seq; false when it could not be
+	// sealed, which ends the run (a counter that cannot persist its bound
+	// must not send, and the figures would mean nothing).
+	send := func(i int, seq uint64, buf []byte) bool {
 		buf = sim.AppendPayload(buf[:0], o.Size, seq, time.Now())
+		topic := t.Topic(ids[i], channel)
+		if seal != nil {
+			msg, err := seal(i, topic, buf)
+			if err != nil {
+				err = fmt.Errorf("bench: device %s: seal: %w", ids[i], err)
+				sealErr.CompareAndSwap(nil, &err)
+				stop()
+				return false
+			}
+			buf = msg
+		}
 		states[i].sent.Add(1)
-		clients[i].PublishAsync(t.Topic(ids[i].ID, channel), buf, o.QoS, func(err error) {
+		clients[i].PublishAsync(topic, buf, o.QoS, func(err error) {
 			if err != nil {
 				pubErrs.Add(1)
 			}
 		})
+		return true
 	}
 	if o.Rate > 0 {
 		wg.Add(1)
@@ -564,7 +613,9 @@ func Throughput(ctx context.Context, t Target, ids []Identity, clients []*Client
 					time.Sleep(w)
 				}
 				i := k % len(clients)
-				send(i, seqs[i], make([]byte, 0, o.Size))
+				if !send(i, seqs[i], make([]byte, 0, o.Size)) {
+					return
+				}
 				seqs[i]++
 			}
 		}()
@@ -591,27 +642,40 @@ func Throughput(ctx context.Context, t Target, ids []Identity, clients []*Client
 					// Each message gets its own buffer: the client writes
 					// it before PublishAsync returns, but a buffer per
 					// message keeps that an implementation detail.
-					send(i, seq, make([]byte, 0, o.Size))
+					if !send(i, seq, make([]byte, 0, o.Size)) {
+						return
+					}
 				}
 			}()
 		}
 	}
-	// Warm up, then measure.
-	time.Sleep(min(2*time.Second, o.Duration/4))
+	// Warm up, then measure. pctx ends early when ctx does or a message
+	// could not be sealed.
+	settle(pctx, min(2*time.Second, o.Duration/4))
 	before, err := t.Proc.Stats()
 	if err != nil {
 		stop()
 		wg.Wait()
 		return r, err
 	}
+	// The load generator's own CPU, to see when it, not the server, sets
+	// the pace: the two share the machine's cores.
+	clientBefore, clientErr := ProcStats(os.Getpid())
 	measuring.Store(true)
 	t0 := time.Now()
-	time.Sleep(o.Duration)
+	settle(pctx, o.Duration)
 	measuring.Store(false)
 	elapsed := time.Since(t0)
 	after, err := t.Proc.Stats()
+	clientAfter, cerr := ProcStats(os.Getpid())
 	stop()
 	wg.Wait()
+	if e := sealErr.Load(); e != nil {
+		return r, *e
+	}
+	if ctx.Err() != nil {
+		return r, fmt.Errorf("bench: %s interrupted: %w", r.Scenario, ctx.Err())
+	}
 	// Drain: whatever is still on its way may arrive.
 	var sent, recv uint64
 	deadline := time.Now().Add(min(5*time.Second, max(time.Second, o.Duration/2)))
@@ -640,6 +704,9 @@ func Throughput(ctx context.Context, t Target, ids []Identity, clients []*Client
 	r.AddDuration(MetricLatencyP99, lat.P99, UnitMillis, LowerIsBetter)
 	r.AddDuration("latency_max", lat.Max, UnitMillis, LowerIsBetter)
 	r.AddDuration(MetricServerCPUPerMessage, CPUPer(before, after, n), UnitMicros, LowerIsBetter)
+	if clientErr == nil && cerr == nil {
+		r.AddDuration("client_cpu_per_message", CPUPer(clientBefore, clientAfter, n), UnitMicros, "")
+	}
 	r.Add("sent", float64(sent), UnitCount, "")
 	r.Add("lost", float64(sent-min(sent, recv)), UnitCount, LowerIsBetter)
 	r.Add("duplicates", float64(dups), UnitCount, LowerIsBetter)
