@@ -74,11 +74,25 @@ func (r Rule) String() string {
 }
 
 // DefaultRules is Warden's topic layout (ARCHITECTURE.md, "Topics"): a
-// device owns its private subtree; services see the fleet tree, and only
-// commanders may send commands down it. Services never touch private/.
+// device reads its whole private subtree but writes only the topics that
+// carry its own messages to Warden: uplinks, OTA requests and reports
+// (otaproto), CSRs and claims (enrollproto). The rest of its subtree
+// (down/, ota/notify, ota/block, cert/new, claim/result) is Warden's to
+// write: were the device allowed to, a stolen device key could leave a
+// retained "command" or "certificate" there that the genuine device later
+// takes for Warden's, with no role check and no audit line. Services see
+// the fleet tree, and only commanders may send commands down it. Services
+// never touch private/.
 func DefaultRules() []Rule {
+	dev := Selector{Kind: identity.KindDevice}
+	own := "private/" + VarID
 	return []Rule{
-		{Who: Selector{Kind: identity.KindDevice}, Pattern: "private/" + VarID + "/#", Access: ReadWrite},
+		{Who: dev, Pattern: own + "/#", Access: Read},
+		{Who: dev, Pattern: own + "/up/#", Access: Write},
+		{Who: dev, Pattern: own + "/ota/get", Access: Write},
+		{Who: dev, Pattern: own + "/ota/status", Access: Write},
+		{Who: dev, Pattern: own + "/cert/csr", Access: Write},
+		{Who: dev, Pattern: own + "/claim", Access: Write},
 		{Who: Selector{Kind: identity.KindService, Role: identity.RoleReader}, Pattern: "fleet/#", Access: Read},
 		{Who: Selector{Kind: identity.KindService, Role: identity.RoleCommander}, Pattern: "fleet/#", Access: Read},
 		{Who: Selector{Kind: identity.KindService, Role: identity.RoleCommander}, Pattern: "fleet/+/down/#", Access: Write},

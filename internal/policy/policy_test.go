@@ -2,10 +2,14 @@ package policy
 
 import (
 	"errors"
+	"fmt"
 	"strings"
 	"testing"
 
+	"github.com/warden-iot/warden/commandproto"
+	"github.com/warden-iot/warden/enrollproto"
 	"github.com/warden-iot/warden/internal/identity"
+	"github.com/warden-iot/warden/otaproto"
 )
 
 var (
@@ -38,8 +42,21 @@ func TestDefaultRights(t *testing.T) {
 			{"pub", "private/abc/up/telemetry", true},
 			{"pub", "private/abc/up/température", true},
 			{"pub", "private/abc/up/", true},
-			{"pub", "private/abc", true},
 			{"pub", "private/abc/ota/status", true},
+			{"pub", "private/abc/ota/get", true},
+			{"pub", "private/abc/cert/csr", true},
+			{"pub", "private/abc/claim", true},
+			// The rest of its own subtree is Warden's to write: a device
+			// (or a stolen device key) must not forge what Warden sends it.
+			{"pub", "private/abc", false},
+			{"pub", "private/abc/down/cmd", false},
+			{"pub", "private/abc/down/_rekey", false},
+			{"pub", "private/abc/ota/notify", false},
+			{"pub", "private/abc/ota/block", false},
+			{"pub", "private/abc/ota/status/x", false},
+			{"pub", "private/abc/cert/new", false},
+			{"pub", "private/abc/claim/result", false},
+			{"pub", "private/abc/state", false},
 			{"pub", "private/abcd/up/x", false},
 			{"pub", "private/ab/up/x", false},
 			{"pub", "private/xyz/up/x", false},
@@ -220,7 +237,7 @@ func TestNewRejectsBadRules(t *testing.T) {
 			t.Errorf("New(%s) error %v does not wrap ErrInvalidRule", tt.rule, err)
 		}
 		// The error names the rule by index and content, and says what is wrong.
-		wantIndex := "rule 4 "
+		wantIndex := fmt.Sprintf("rule %d ", len(DefaultRules()))
 		if !strings.Contains(err.Error(), wantIndex) || !strings.Contains(err.Error(), tt.want) {
 			t.Errorf("New(%s) error = %q, want it to contain %q and %q", tt.rule, err, wantIndex, tt.want)
 		}
@@ -319,5 +336,35 @@ func TestQuarantinedRights(t *testing.T) {
 	}
 	if r := Quarantined("../x"); r.CanPublish("private/../x/ota/get") {
 		t.Error("an invalid ID got rights")
+	}
+}
+
+// TestDeviceWritesFollowTheProtocols ties the device rules to the wire
+// protocols: a device may publish exactly the device-to-Warden topics that
+// otaproto, enrollproto and commandproto define, never the Warden-to-device
+// ones.
+func TestDeviceWritesFollowTheProtocols(t *testing.T) {
+	r := defaultPolicy(t).Compile(device)
+	id := device.ID
+	for _, topic := range []string{
+		otaproto.Topic(id, otaproto.TopicGet), otaproto.Topic(id, otaproto.TopicStatus),
+		enrollproto.Topic(id, enrollproto.ChannelCSR), enrollproto.Topic(id, enrollproto.ChannelClaim),
+		commandproto.ResultTopic(id),
+	} {
+		if !r.CanPublish(topic) {
+			t.Errorf("a device may not publish its own %q", topic)
+		}
+	}
+	for _, topic := range []string{
+		otaproto.Topic(id, otaproto.TopicNotify), otaproto.Topic(id, otaproto.TopicBlock),
+		enrollproto.Topic(id, enrollproto.ChannelNew), enrollproto.Topic(id, enrollproto.ChannelClaimResult),
+		commandproto.CommandTopic(id),
+	} {
+		if r.CanPublish(topic) {
+			t.Errorf("a device may publish %q, which only Warden writes", topic)
+		}
+		if !r.CanReceive(topic) {
+			t.Errorf("a device may not receive its own %q", topic)
+		}
 	}
 }
