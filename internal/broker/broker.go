@@ -339,7 +339,7 @@ func (b *Broker) addListener(lc ListenerConfig) error {
 		_ = raw.Close()
 		return fmt.Errorf("listener %s: unknown kind %q (use %q or %q)", lc.Name, lc.Kind, KindMQTTS, KindWSS)
 	}
-	if err := b.srv.AddListener(listeners.NewNet(lc.Name, mqttListener)); err != nil {
+	if err := b.srv.AddListener(endCounter{Listener: listeners.NewNet(lc.Name, mqttListener), b: b}); err != nil {
 		_ = mqttListener.Close()
 		return fmt.Errorf("listener %s: %w", lc.Name, err)
 	}
@@ -585,11 +585,17 @@ func (b *Broker) logAcceptError(listener string, err error, retry time.Duration)
 		"hint", "if the error is 'too many open files', raise the open-file limit (LimitNOFILE) or lower limits.connection_rate")
 }
 
+// logRefusal logs and audits a connection refused at accept, sampled: a
+// flood is refused thousands of times a second, and its audit lines must
+// not grow with it (the metric counts every one).
 func (b *Broker) logRefusal(listener, remote, reason string) {
 	if !b.hook.sampleLog() {
 		return
 	}
 	b.log.Warn("connection refused", "listener", listener, "remote", remote, "reason", reason)
+	b.audit.Record(context.Background(), audit.Event{
+		Action: "mqtt.connect", Outcome: "denied", Reason: reason, Remote: remote, Listener: listener,
+	})
 }
 
 func orDefault(s, d string) string {

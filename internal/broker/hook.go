@@ -50,12 +50,24 @@ type securityHook struct {
 	cuts  map[string]time.Time
 
 	logSample *rate.Limiter // global bound on noisy pre-auth log lines
+
+	// reachedConnect holds the connections (net.Conn) whose CONNECT got
+	// to OnConnect, until mochi is done with them: endCounter counts the
+	// others (defense.go).
+	reachedConnect sync.Map
 }
 
 type flapRecord struct {
 	recent      []time.Time
 	bannedUntil time.Time
+	audited     time.Time // when a refusal of the current ban was last audited
 }
+
+// flapAuditEvery is how often the refusals of one banned client ID are
+// audited: the first of each ban always, then one a minute, so that a
+// device reconnecting in a loop (bounded only by limits.connection_rate)
+// cannot fill the audit log. Every refusal is still counted.
+const flapAuditEvery = time.Minute
 
 func newSecurityHook(b *Broker) *securityHook {
 	return &securityHook{
@@ -73,6 +85,7 @@ func (h *securityHook) Provides(b byte) bool {
 		mqtt.OnConnect, mqtt.OnConnectAuthenticate, mqtt.OnACLCheck, mqtt.OnSessionEstablished,
 		mqtt.OnDisconnect, mqtt.OnPublish, mqtt.OnPacketSent, mqtt.OnPublishDropped, mqtt.OnWill,
 		mqtt.OnWillSent, mqtt.OnClientExpired, mqtt.OnPacketRead, mqtt.OnSubscribed,
+		mqtt.OnSubscribe, mqtt.OnAuthPacket,
 	}, []byte{b})
 }
 
@@ -177,6 +190,7 @@ func parsePrincipalTag(b []byte) (identity.Principal, bool) {
 // itself (mochi's own refusal says "bad username or password").
 func (h *securityHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 	started := time.Now()
+	h.reachedConnect.Store(cl.Net.Conn, struct{}{})
 	p, reason := h.authenticate(cl, pk)
 	if reason != "" {
 		return h.refuse(cl, p, reason)
@@ -189,9 +203,9 @@ func (h *securityHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 		cl.Properties.Props.AssignedClientID = p.ID
 	}
 
-	if h.flapping(p.ID) {
+	if banned, audit := h.flapping(p.ID); banned {
 		h.b.metrics.connectionsRefused.WithLabelValues(cl.Net.Listener, "flapping").Inc()
-		return h.refuse(cl, p, "flapping")
+		return h.refuseAudited(cl, p, "flapping", audit)
 	}
 
 	st := h.newState(p, cl)
@@ -202,7 +216,7 @@ func (h *securityHook) OnConnect(cl *mqtt.Client, pk packets.Packet) error {
 			st.leaf = certs[0]
 		}
 	}
-	if pk.Connect.WillFlag && !st.rights.CanPublish(pk.Connect.WillTopic) {
+	if pk.Connect.WillFlag && (tooDeep(pk.Connect.WillTopic) || !st.rights.CanPublish(pk.Connect.WillTopic)) {
 		h.b.metrics.aclDenials.WithLabelValues("will").Inc()
 		return h.refuse(cl, p, "will-topic-denied")
 	}
@@ -292,6 +306,12 @@ func (h *securityHook) authenticatePassword(cl *mqtt.Client, pk packets.Packet) 
 }
 
 func (h *securityHook) refuse(cl *mqtt.Client, p identity.Principal, reason string) error {
+	return h.refuseAudited(cl, p, reason, true)
+}
+
+// refuseAudited is refuse with the audit line optional: counted and
+// reported to the monitor always, audited only when audited is true.
+func (h *securityHook) refuseAudited(cl *mqtt.Client, p identity.Principal, reason string, audited bool) error {
 	h.b.metrics.authFailures.WithLabelValues(reason).Inc()
 	ev := event(events.AuthFailed, p, cl)
 	ev.Reason = reason
@@ -300,11 +320,13 @@ func (h *securityHook) refuse(cl *mqtt.Client, p identity.Principal, reason stri
 	if p.ID != "" {
 		actor = p.String()
 	}
-	h.b.audit.Record(context.Background(), audit.Event{
-		Action: "mqtt.connect", Outcome: "denied", Actor: actor, Reason: reason,
-		Remote: cl.Net.Remote, Listener: cl.Net.Listener,
-		Details: map[string]string{"client_id": truncate(cl.ID, 128)},
-	})
+	if audited {
+		h.b.audit.Record(context.Background(), audit.Event{
+			Action: "mqtt.connect", Outcome: "denied", Actor: actor, Reason: reason,
+			Remote: cl.Net.Remote, Listener: cl.Net.Listener,
+			Details: map[string]string{"client_id": truncate(cl.ID, 128)},
+		})
+	}
 	// The peer learns only "not authorized", never which check failed.
 	code := packets.ErrNotAuthorized
 	if cl.Properties.ProtocolVersion < 5 {
@@ -355,13 +377,7 @@ func (h *securityHook) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
 	if st.counted.CompareAndSwap(true, false) {
 		h.b.metrics.connections.WithLabelValues(cl.Net.Listener, string(st.principal.Kind)).Dec()
 	}
-	if errors.Is(err, packets.ErrPacketTooLarge) {
-		h.b.metrics.forcedDisconnects.WithLabelValues("packet-too-large").Inc()
-		h.b.audit.Record(context.Background(), audit.Event{
-			Action: "mqtt.disconnect", Outcome: "done", Subject: st.principal.String(), Reason: "packet-too-large",
-			Remote: cl.Net.Remote, Listener: cl.Net.Listener,
-		})
-	}
+	h.b.countDisconnect(cl, st.principal, err)
 	h.b.log.Info("disconnected", string(st.principal.Kind), st.principal.ID, "listener", cl.Net.Listener, "cause", errString(err))
 	ev := event(events.Disconnected, st.principal, cl)
 	ev.Reason = errString(err)
@@ -402,9 +418,12 @@ func (h *securityHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) boo
 		return false
 	}
 	var ok bool
-	if write {
+	deep := tooDeep(topic) // refused before mochi's topic tree sees it
+	switch {
+	case deep:
+	case write:
 		ok = st.rights.CanPublish(topic)
-	} else {
+	default:
 		// A concrete topic is a filter that matches only itself, so one
 		// subset test serves subscriptions and deliveries alike.
 		ok = st.rights.CanSubscribe(topic)
@@ -419,8 +438,12 @@ func (h *securityHook) OnACLCheck(cl *mqtt.Client, topic string, write bool) boo
 		ev.Topic, ev.Reason = topic, action
 		h.b.opts.Events.Observe(ev)
 		if st.denyLog.Allow() {
+			reason := "acl"
+			if deep {
+				reason = "topic-too-deep"
+			}
 			h.b.audit.Record(context.Background(), audit.Event{
-				Action: "mqtt." + action, Outcome: "denied", Actor: st.principal.String(), Reason: "acl",
+				Action: "mqtt." + action, Outcome: "denied", Actor: st.principal.String(), Reason: reason,
 				Remote: cl.Net.Remote, Listener: cl.Net.Listener, Details: map[string]string{"topic": truncate(topic, 256)},
 			})
 		}
@@ -535,11 +558,12 @@ func (h *securityHook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 	r.Route(context.Background(), Origin{Principal: st.principal, Plain: st.plain}, pk.TopicName, pk.Payload, pk.FixedHeader.Qos)
 }
 
-// flapping records a connect attempt by id and reports whether id is banned.
-func (h *securityHook) flapping(id string) bool {
+// flapping records a connect attempt by id and reports whether id is
+// banned, and if so whether this refusal is one to audit.
+func (h *securityHook) flapping(id string) (banned, audit bool) {
 	lim := h.b.opts.Limits
 	if lim.FlapMaxConnects <= 0 {
-		return false
+		return false, false
 	}
 	now := time.Now()
 	h.mu.Lock()
@@ -550,7 +574,11 @@ func (h *securityHook) flapping(id string) bool {
 		h.flaps[id] = f
 	}
 	if now.Before(f.bannedUntil) {
-		return true
+		audit = now.Sub(f.audited) >= flapAuditEvery
+		if audit {
+			f.audited = now
+		}
+		return true, audit
 	}
 	cut := now.Add(-lim.FlapWindow)
 	kept := f.recent[:0]
@@ -563,10 +591,11 @@ func (h *securityHook) flapping(id string) bool {
 	if len(f.recent) > lim.FlapMaxConnects {
 		f.bannedUntil = now.Add(lim.FlapBan)
 		f.recent = f.recent[:0]
+		f.audited = now
 		h.b.log.Warn("client is flapping; refusing it", "client", id, "connects", lim.FlapMaxConnects+1, "window", lim.FlapWindow.String(), "ban", lim.FlapBan.String())
-		return true
+		return true, true
 	}
-	return false
+	return false, false
 }
 
 func (h *securityHook) markCut(id string) {

@@ -16,6 +16,9 @@ type metrics struct {
 	dropped            *prometheus.CounterVec
 	forcedDisconnects  *prometheus.CounterVec
 	handshakesWaiting  prometheus.Gauge
+	// subscriptionsRefused counts filters refused for a limit, not by
+	// topic policy (those are aclDenials).
+	subscriptionsRefused *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -48,13 +51,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "warden_mqtt_messages_dropped_total", Help: "Messages not delivered, by reason (rate, queue-full, unknown-device, ...).",
 		}, []string{"reason"}),
 		forcedDisconnects: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "warden_mqtt_forced_disconnects_total", Help: "Connections cut by Warden, by reason (revoked, disabled, packet-too-large, ...).",
+			Name: "warden_mqtt_forced_disconnects_total", Help: "Connections cut by Warden, by reason (revoked, disabled, packet-too-large, malformed-packet, protocol-error, keepalive-timeout, ...).",
+		}, []string{"reason"}),
+		subscriptionsRefused: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "warden_mqtt_subscriptions_refused_total", Help: "Topic filters refused for a limit rather than by topic policy, by reason (quota: a device's subscriptions are full).",
 		}, []string{"reason"}),
 		handshakesWaiting: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "warden_tls_handshakes_waiting", Help: "TLS handshakes waiting for a handshake token (limits.handshake_concurrency) now; high during a reconnect storm, zero at rest.",
 		}),
 	}
 	reg.MustRegister(m.handshakesWaiting, m.connections, m.connects, m.authFailures, m.handshakeFailures, m.connectionsRefused,
-		m.aclDenials, m.messagesIn, m.messagesOut, m.dropped, m.forcedDisconnects)
+		m.aclDenials, m.messagesIn, m.messagesOut, m.dropped, m.forcedDisconnects, m.subscriptionsRefused)
 	return m
 }

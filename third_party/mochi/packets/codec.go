@@ -164,7 +164,7 @@ func DecodeLength(b io.ByteReader) (n, bu int, err error) {
 			break
 		}
 
-		// WARDEN PATCH (PATCHES.md, 6): a variable byte integer has at most
+		// WARDEN PATCH (PATCHES.md, 8): a variable byte integer has at most
 		// four bytes [MQTT-1.5.5-1]. Upstream read on: a fifth byte shifted
 		// by 35 bits vanished from the uint32, so 80 80 80 80 80 01 decoded
 		// as 0, and an endless run of 0x80 was read until the deadline.

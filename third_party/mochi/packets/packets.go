@@ -956,8 +956,14 @@ func (pk *Packet) SubscribeDecode(buf []byte) error {
 		}
 
 		if pk.ProtocolVersion == 5 {
-			sub.decode(buf[offset])
-			offset += 1
+			// WARDEN PATCH (PATCHES.md, 9): the options byte was read
+			// without a bounds check; a filter that ended the packet
+			// panicked the client's goroutine, and with it the process.
+			option, offset, err = decodeByte(buf, offset)
+			if err != nil {
+				return ErrMalformedQos
+			}
+			sub.decode(option)
 		} else {
 			option, offset, err = decodeByte(buf, offset)
 			if err != nil {
