@@ -555,6 +555,14 @@ func (h *securityHook) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
 	if st == nil || r == nil || pk.TopicName == "$warden/void" {
 		return
 	}
+	// An MQTT 5 will may be sent long after the disconnect OnWill
+	// checked (Will Delay Interval): a device disabled or revoked in the
+	// meantime must not speak through it.
+	if st.cut.Load() || !st.rights.CanPublish(pk.TopicName) {
+		h.b.metrics.aclDenials.WithLabelValues("will").Inc()
+		h.b.log.Warn("delayed will of a device cut since it disconnected; not relayed", "device", st.principal.ID, "topic", pk.TopicName)
+		return
+	}
 	r.Route(context.Background(), Origin{Principal: st.principal, Plain: st.plain}, pk.TopicName, pk.Payload, pk.FixedHeader.Qos)
 }
 
