@@ -125,7 +125,7 @@ a second run skips provisioning. The open-file limit (20,000 here) bounds
 	f.BoolVar(&o.ClassicKeyExchange, "classic-kex", false, "Warden and the baseline offer X25519 only (no hybrid ML-KEM), as Mosquitto with OpenSSL 3.0 negotiates")
 	f.StringVar(&o.Mosquitto, "mosquitto", "", "mosquitto executable (default: on PATH or /usr/sbin/mosquitto)")
 	f.StringVar(&jsonOut, "json", "", "also write the results to this JSON file")
-	cmd.AddCommand(c.benchTLSServerCmd())
+	cmd.AddCommand(c.benchTLSServerCmd(), benchControlGroupCmd())
 	return cmd
 }
 
@@ -150,5 +150,24 @@ func (c *cli) benchTLSServerCmd() *cobra.Command {
 		},
 	}
 	bench.AddBaselineFlags(cmd.Flags(), &o)
+	return cmd
+}
+
+// benchControlGroupCmd is the storm's control group, run by `warden bench`
+// as a child process at a higher CPU priority (internal/bench control.go).
+func benchControlGroupCmd() *cobra.Command {
+	var o bench.ControlGroupOptions
+	cmd := &cobra.Command{
+		Use:    "control-group",
+		Short:  "The storm's control group: devices that stay connected and publish (started by warden bench)",
+		Hidden: true,
+		Args:   cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
+			defer stop()
+			return bench.ServeControlGroup(ctx, o, cmd.InOrStdin(), cmd.OutOrStdout())
+		},
+	}
+	bench.AddControlGroupFlags(cmd.Flags(), &o)
 	return cmd
 }

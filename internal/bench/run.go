@@ -5,6 +5,7 @@ import (
 	"crypto/tls"
 	"fmt"
 	"io"
+	"os"
 	"path/filepath"
 	"slices"
 	"time"
@@ -179,7 +180,7 @@ func Run(ctx context.Context, o RunOptions) ([]Result, error) {
 		sealed.target, err = WardenPlainTarget(wp)
 	}
 	if err == nil {
-		results, err = o.runBroker(ctx, wt, ids, consumer, sealed, results)
+		results, err = o.runBroker(ctx, wt, fleet.Dir, ids, consumer, sealed, results)
 	}
 	if serr := wp.Stop(context.WithoutCancel(ctx)); err == nil && serr != nil {
 		err = fmt.Errorf("stop warden: %w", serr)
@@ -204,7 +205,7 @@ func Run(ctx context.Context, o RunOptions) ([]Result, error) {
 		}
 		mt, err := MosquittoTarget(mp)
 		if err == nil {
-			results, err = o.runBroker(ctx, mt, ids, consumer, nil, results)
+			results, err = o.runBroker(ctx, mt, fleet.Dir, ids, consumer, nil, results)
 		}
 		if serr := mp.Stop(context.WithoutCancel(ctx)); err == nil && serr != nil {
 			err = fmt.Errorf("stop mosquitto: %w", serr)
@@ -226,7 +227,7 @@ type sealedLoad struct {
 
 // runBroker runs idle, storm, throughput, sealed (when sealed is set) and
 // paced against one broker.
-func (o *RunOptions) runBroker(ctx context.Context, t Target, ids []Identity, consumer Identity, sealed *sealedLoad, results []Result) ([]Result, error) {
+func (o *RunOptions) runBroker(ctx context.Context, t Target, fleetDir string, ids []Identity, consumer Identity, sealed *sealedLoad, results []Result) ([]Result, error) {
 	want := func(s string) bool {
 		if s == ScenarioSealed {
 			return sealed != nil
@@ -246,7 +247,14 @@ func (o *RunOptions) runBroker(ctx context.Context, t Target, ids []Identity, co
 		results = append(results, r)
 		if want(ScenarioStorm) {
 			fmt.Fprintf(o.Log, "%s: storm, %d devices reconnect at once\n", t.Name, o.Devices)
-			r, cs, err := Storm(ctx, t, ids[:o.Devices], clients, StormOptions{Concurrency: o.StormConcurrency, Progress: o.progress(t.Name + ": reconnecting")})
+			bin := o.Binary
+			if bin == "" {
+				if bin, err = os.Executable(); err != nil {
+					return results, fmt.Errorf("storm: the control group runs this executable: %w", err)
+				}
+			}
+			r, cs, err := Storm(ctx, t, ids[:o.Devices], clients, StormOptions{Concurrency: o.StormConcurrency, Progress: o.progress(t.Name + ": reconnecting"),
+				ControlGroup: ControlGroupProcess{Binary: bin, FleetDir: fleetDir}})
 			if err != nil {
 				return results, fmt.Errorf("storm: %w", err)
 			}

@@ -84,6 +84,16 @@ func TestRunEveryScenario(t *testing.T) {
 			if m, _ := r.Metric("control_sessions_dropped"); m.Value != 0 {
 				t.Errorf("%s dropped %v established sessions in the storm", r.Subject, m.Value)
 			}
+			// The control group ran in its own process and measured
+			// both windows.
+			if p, _ := r.Parameters["control_process"].(string); p == "" {
+				t.Errorf("%s storm: no control_process parameter (the control group did not run on its own)", r.Subject)
+			}
+			for _, name := range []string{"control_p99_calm", "control_p99_storm"} {
+				if m, ok := r.Metric(name); !ok || m.Value <= 0 {
+					t.Errorf("%s storm: %s = %v, %v", r.Subject, name, m.Value, ok)
+				}
+			}
 		}
 	}
 	if ratios < 16 {

@@ -3,7 +3,9 @@ package bench
 import (
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
+	"io"
 	"os"
 	"strings"
 	"sync"
@@ -295,6 +297,19 @@ type StormOptions struct {
 	// (default 512): the storm's width, bounded by the load generator.
 	Concurrency int
 	Progress    func(done, total int)
+	// ControlGroup, if Binary is set, runs the control group in a process
+	// of its own (`Binary bench control-group`, control.go) at a higher
+	// CPU priority, so that its latency is the broker's and not the load
+	// generator's. Without it the group runs in this process.
+	ControlGroup ControlGroupProcess
+}
+
+// ControlGroupProcess says how Storm starts its control-group process.
+type ControlGroupProcess struct {
+	Binary   string    // the warden executable
+	FleetDir string    // where the devices' certificates are
+	Nice     int       // the process's nice value (default -10; needs root)
+	Stderr   io.Writer // the process's error output (default os.Stderr)
 }
 
 // Storm drops every connection of clients but the control group's at
@@ -317,6 +332,9 @@ func Storm(ctx context.Context, t Target, ids []Identity, clients []*Client, o S
 	r := Result{Scenario: "storm", Subject: t.Name, Parameters: map[string]any{"devices": len(ids) - o.Control, "control_group": o.Control,
 		"control_interval_ms": o.ControlInterval.Milliseconds(), "concurrency": o.Concurrency, "tls": t.Proc.TLS}}
 	control, rest := clients[:o.Control], clients[o.Control:]
+	if o.ControlGroup.Binary != "" {
+		return stormWithControlProcess(ctx, t, ids, control, rest, o, r)
+	}
 
 	// The control group publishes throughout.
 	var (
@@ -718,4 +736,68 @@ func runLoad(ctx context.Context, scenario string, t Target, ids []string, clien
 		r.Notes = append(r.Notes, fmt.Sprintf("%d messages the consumer could not attribute", u))
 	}
 	return r, nil
+}
+
+// stormWithControlProcess is Storm with the control group in its own
+// process: the group's connections move there (closed here first), it
+// measures a calm second, then the storm, and reports both.
+func stormWithControlProcess(ctx context.Context, t Target, ids []Identity, control, rest []*Client, o StormOptions, r Result) (Result, []*Client, error) {
+	cg := o.ControlGroup
+	if cg.Nice == 0 {
+		cg.Nice = -10
+	}
+	if cg.Stderr == nil {
+		cg.Stderr = os.Stderr
+	}
+	names := make([]string, len(control))
+	for i := range control {
+		names[i] = ids[i].ID
+	}
+	CloseAll(control)
+	cp, err := startControlGroup(ctx, cg.Binary, ControlGroupOptions{
+		Addr: t.Endpoint.Addr, ServerName: t.Endpoint.ServerName, RootsFile: t.Proc.ServerCA, Classic: t.Endpoint.ClassicKeyExchange,
+		FleetDir: cg.FleetDir, IDs: names, Topic: t.Topic("%s", "control"), Interval: o.ControlInterval, Nice: cg.Nice,
+	}, cg.Stderr)
+	if err != nil {
+		return r, nil, fmt.Errorf("storm: %w", err)
+	}
+	r.Parameters["control_process"] = cp.ready.Priority
+	defer func() {
+		if cp != nil {
+			_, _ = cp.close()
+		}
+	}()
+	// Let the control group's latency be measured calm first.
+	time.Sleep(time.Second)
+	calm, err := cp.mark()
+	if err != nil {
+		return r, nil, err
+	}
+	before, err := t.Proc.Stats()
+	if err != nil {
+		return r, nil, err
+	}
+	CloseAll(rest)
+	back, took, err := ConnectAll(ctx, t, ids[len(control):], ConnectOptions{Concurrency: o.Concurrency, Subscribe: true, Progress: o.Progress, Retries: 20})
+	after, serr := t.Proc.Stats()
+	time.Sleep(500 * time.Millisecond)
+	storm, cerr := cp.close()
+	cp = nil
+	if err != nil {
+		return r, nil, err
+	}
+	if serr != nil || cerr != nil {
+		CloseAll(back)
+		return r, nil, fmt.Errorf("storm: %w", errors.Join(serr, cerr))
+	}
+	n := len(ids) - len(control)
+	r.Add(MetricHandshakesPerSecond, float64(n)/took.Seconds(), UnitPerSecond, HigherIsBetter)
+	r.AddDuration("all_back_after", took, UnitSeconds, LowerIsBetter)
+	r.AddDuration(MetricServerCPUPerHandshake, CPUPer(before, after, uint64(n)), UnitMicros, LowerIsBetter)
+	r.AddDuration("control_p99_calm", time.Duration(calm.P99Ms*float64(time.Millisecond)), UnitMillis, LowerIsBetter)
+	r.AddDuration("control_p99_storm", time.Duration(storm.P99Ms*float64(time.Millisecond)), UnitMillis, LowerIsBetter)
+	r.AddDuration("control_max_storm", time.Duration(storm.MaxMs*float64(time.Millisecond)), UnitMillis, LowerIsBetter)
+	r.Add("control_publish_errors", float64(calm.Errors+storm.Errors), UnitCount, LowerIsBetter)
+	r.Add("control_sessions_dropped", float64(storm.Dropped), UnitCount, LowerIsBetter)
+	return r, back, nil
 }
