@@ -61,6 +61,12 @@ type RunOptions struct {
 	// ClassicKeyExchange runs Warden and the bare TLS server with X25519
 	// only, the key exchange Mosquitto with OpenSSL 3.0 negotiates.
 	ClassicKeyExchange bool
+	// ProfileDir, if set, turns http.pprof on in the Warden under test and
+	// writes its profiles there, each as NAME.pb.gz and a flame graph
+	// NAME.svg: the heap after idle (warden-idle-heap), the CPU during the
+	// storm (warden-storm-cpu) and during the QoS 1, 64-byte throughput
+	// run (warden-throughput-qos1-cpu).
+	ProfileDir string
 	// Settle is how long the idle scenario lets the server's memory settle
 	// before each reading (default 5s).
 	Settle time.Duration
@@ -169,7 +175,11 @@ func Run(ctx context.Context, o RunOptions) ([]Result, error) {
 
 	var results []Result
 	fmt.Fprintln(o.Log, "Starting warden serve")
-	wp, err := StartWarden(ctx, WardenOptions{Binary: o.Binary, DataDir: fleet.DataDir, ClassicKeyExchange: o.ClassicKeyExchange, PlainMQTT: want(ScenarioSealed)})
+	var wcfg map[string]any
+	if o.ProfileDir != "" {
+		wcfg = map[string]any{"http.pprof": true}
+	}
+	wp, err := StartWarden(ctx, WardenOptions{Binary: o.Binary, DataDir: fleet.DataDir, ClassicKeyExchange: o.ClassicKeyExchange, PlainMQTT: want(ScenarioSealed), Config: wcfg})
 	if err != nil {
 		return nil, err
 	}
@@ -237,6 +247,13 @@ func (o *RunOptions) runBroker(ctx context.Context, t Target, fleetDir string, i
 	}
 	var clients []*Client
 	defer func() { CloseAll(clients) }()
+	var prof *profiler
+	if t.Name == "warden" {
+		var err error
+		if prof, err = newProfiler(o.ProfileDir, t.Proc, o.Log); err != nil {
+			return results, err
+		}
+	}
 	if want(ScenarioIdle) || want(ScenarioStorm) {
 		fmt.Fprintf(o.Log, "%s: idle, %d devices\n", t.Name, o.Devices)
 		r, cs, err := Idle(ctx, t, ids[:o.Devices], IdleOptions{Settle: o.Settle, Connect: ConnectOptions{Concurrency: o.Concurrency, Progress: o.progress(t.Name + ": connecting")}})
@@ -245,6 +262,7 @@ func (o *RunOptions) runBroker(ctx context.Context, t Target, fleetDir string, i
 		}
 		clients = cs
 		results = append(results, r)
+		prof.heap(ctx, "warden-idle-heap", fmt.Sprintf("Warden heap in use, %d idle mutual-TLS devices", o.Devices))
 		if want(ScenarioStorm) {
 			fmt.Fprintf(o.Log, "%s: storm, %d devices reconnect at once\n", t.Name, o.Devices)
 			bin := o.Binary
@@ -253,8 +271,12 @@ func (o *RunOptions) runBroker(ctx context.Context, t Target, fleetDir string, i
 					return results, fmt.Errorf("storm: the control group runs this executable: %w", err)
 				}
 			}
+			// The storm's first seconds: a storm of 5,000 lasts about as
+			// long, and the profile starts with it.
+			profiled := prof.cpu(ctx, "warden-storm-cpu", fmt.Sprintf("Warden CPU, %d devices reconnecting at once", o.Devices), 5*time.Second)
 			r, cs, err := Storm(ctx, t, ids[:o.Devices], clients, StormOptions{Concurrency: o.StormConcurrency, Progress: o.progress(t.Name + ": reconnecting"),
 				ControlGroup: ControlGroupProcess{Binary: bin, FleetDir: fleetDir}})
+			<-profiled
 			if err != nil {
 				return results, fmt.Errorf("storm: %w", err)
 			}
@@ -282,7 +304,13 @@ func (o *RunOptions) runBroker(ctx context.Context, t Target, fleetDir string, i
 		for _, qos := range []byte{0, 1} {
 			for _, size := range []int{64, 256} {
 				fmt.Fprintf(o.Log, "%s: throughput, %d devices, QoS %d, %d B\n", t.Name, o.ThroughputDevices, qos, size)
+				profiled := notProfiled()
+				if qos == 1 && size == 64 {
+					profiled = prof.cpu(ctx, "warden-throughput-qos1-cpu", fmt.Sprintf("Warden CPU, %d devices publishing QoS 1, 64 B, relayed to a reader", o.ThroughputDevices),
+						max(o.Duration-time.Second, time.Second))
+				}
 				r, err := Throughput(ctx, t, ids, clients, cons, ThroughputOptions{QoS: qos, Size: size, Window: o.Window, Duration: o.Duration})
+				<-profiled
 				if err != nil {
 					return results, fmt.Errorf("throughput: %w", err)
 				}
@@ -425,4 +453,11 @@ func addRatios(results []Result) {
 			}
 		}
 	}
+}
+
+// notProfiled stands for a profile not taken: a closed channel.
+func notProfiled() <-chan struct{} {
+	c := make(chan struct{})
+	close(c)
+	return c
 }

@@ -3,6 +3,7 @@ package bench
 import (
 	"bytes"
 	"context"
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -22,13 +23,23 @@ func TestRunEveryScenario(t *testing.T) {
 	ctx, cancel := context.WithTimeout(context.Background(), 4*time.Minute)
 	defer cancel()
 	var log bytes.Buffer
+	profiles := t.TempDir()
 	results, err := Run(ctx, RunOptions{
 		Binary: wardenBinary(t), WorkDir: t.TempDir(),
 		Devices: 40, ThroughputDevices: 8, SealedDevices: 8, PacedDevices: 20, PacedRate: 200,
 		Duration: time.Second, StormConcurrency: 16, Settle: 300 * time.Millisecond, Log: &log,
+		ProfileDir: profiles,
 	})
 	if err != nil {
 		t.Fatalf("Run: %v\n%s", err, log.String())
+	}
+	// Warden's profiles, each with its flame graph.
+	for _, name := range []string{"warden-idle-heap", "warden-storm-cpu", "warden-throughput-qos1-cpu"} {
+		for _, ext := range []string{".pb.gz", ".svg"} {
+			if fi, err := os.Stat(filepath.Join(profiles, name+ext)); err != nil || fi.Size() == 0 {
+				t.Errorf("profile %s%s: %v\n%s", name, ext, err, log.String())
+			}
+		}
 	}
 	want := map[string]int{"idle": 2, "storm": 3, "throughput": 8, "sealed": 4, "paced": 2}
 	got := map[string]int{}
