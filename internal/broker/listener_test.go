@@ -127,7 +127,7 @@ func listen(t testing.TB, b *Broker, p testPKI) (*guardedListener, chan net.Conn
 				return
 			}
 			accepted <- c
-			go func() { _, _ = io.Copy(c, c) }() // echo
+			go func() { defer c.Close(); _, _ = io.Copy(c, c) }() // echo
 		}
 	}()
 	return l, accepted
