@@ -65,10 +65,13 @@ func (s *Server) startAPI(profile string, hybridPQ bool, cert tls.Certificate, h
 		// that trickles one must not hold a handler.
 		ReadTimeout: 30 * time.Second,
 		IdleTimeout: 2 * time.Minute,
-		// Failed handshakes are the peer's problem; keep them at debug.
 		ErrorLog: slog.NewLogLogger(s.Env.Log.With("listener", "api").Handler(), slog.LevelDebug),
 	}
-	go func() { _ = s.apiSrv.ServeTLS(s.apiLn, "", "") }()
+	// The broker's front door does the TLS handshakes: rate limit,
+	// admission, and failed handshakes counted and audited like the MQTT
+	// listeners' (net/http would only log them at debug).
+	ln := s.Broker.GuardHTTPS(s.apiLn, "api", tlsCfg)
+	go func() { _ = s.apiSrv.Serve(ln) }()
 	s.Env.Log.Info("listening", "listener", "api", "addr", s.apiLn.Addr().String())
 	return nil
 }

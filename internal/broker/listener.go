@@ -39,6 +39,10 @@ type guardedListener struct {
 	limiter  *rate.Limiter
 	admit    *admission // nil: handshakes are not limited
 	b        *Broker
+	// https: Accept hands out the *tls.Conn itself, with the accept
+	// deadline cleared (net/http sets its own per request and looks for a
+	// *tls.Conn to fill in Request.TLS).
+	https bool
 
 	start     sync.Once
 	ready     chan net.Conn // connections ready for MQTT
@@ -160,7 +164,32 @@ func (l *guardedListener) handshake(raw net.Conn) {
 		_ = gc.Conn.Close()
 		return
 	}
+	if l.https {
+		_ = gc.Conn.SetDeadline(time.Time{})
+		l.deliver(gc.Conn)
+		return
+	}
 	l.deliver(gc)
+}
+
+// GuardHTTPS puts the broker's front door before an HTTPS listener the
+// broker does not serve (Warden's api listener, for EST, OTA and the
+// operator API): the connection-rate limit, TLS handshakes admitted by the
+// same tokens as MQTT's (a storm of API clients cannot starve the broker's
+// established sessions, nor the other way round), a deadline on the
+// handshake, and failed handshakes counted in
+// warden_tls_handshake_failures_total{listener=name} and audited (sampled)
+// like the broker's own. Serve the result with http.Server.Serve: its
+// connections are *tls.Conn whose handshake has succeeded, and cfg must
+// carry the NextProtos the server should negotiate.
+func (b *Broker) GuardHTTPS(raw net.Listener, name string, cfg *tls.Config) net.Listener {
+	var limiter *rate.Limiter
+	if b.opts.Limits.ConnectionRate > 0 {
+		limiter = rate.NewLimiter(rate.Limit(b.opts.Limits.ConnectionRate), max(b.opts.Limits.ConnectionBurst, 1))
+	}
+	l := newGuardedListener(raw, name, cfg, b.opts.Limits.ConnectTimeout, limiter, b.admit, b)
+	l.https = true
+	return l
 }
 
 // guardedConn is a server-side TLS connection whose handshake has

@@ -13,6 +13,7 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
+	"net/http"
 	"net/url"
 	"sync"
 	"syscall"
@@ -355,4 +356,64 @@ func TestListenerClose(t *testing.T) {
 func isTimeout(err error) bool {
 	var ne net.Error
 	return errors.As(err, &ne) && ne.Timeout()
+}
+
+// GuardHTTPS serves net/http through the broker's front door: requests
+// see the TLS state (the client certificate), a response slower than the
+// connect deadline still arrives (the accept deadline is cleared), and a
+// refused handshake is counted under the listener's name.
+func TestGuardHTTPS(t *testing.T) {
+	p := newTestPKI(t)
+	b, _ := newTestBroker(t, p, 1)
+	cfg, err := ServerTLSConfig(p.server, p.roots, ProfileStrict, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.ClientAuth = tls.VerifyClientCertIfGiven
+	cfg.NextProtos = []string{"h2", "http/1.1"}
+	raw, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	srv := &http.Server{TLSConfig: cfg, Handler: http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.TLS == nil || len(r.TLS.PeerCertificates) == 0 {
+			http.Error(w, "no client certificate seen", http.StatusForbidden)
+			return
+		}
+		if r.URL.Path == "/slow" {
+			time.Sleep(3500 * time.Millisecond) // beyond the 3 s connect deadline
+		}
+		_, _ = io.WriteString(w, r.TLS.PeerCertificates[0].Subject.CommonName)
+	})}
+	go func() { _ = srv.Serve(b.GuardHTTPS(raw, "api", cfg)) }()
+	t.Cleanup(func() { _ = srv.Close() })
+
+	client := &http.Client{Timeout: 10 * time.Second, Transport: &http.Transport{ForceAttemptHTTP2: true, TLSClientConfig: &tls.Config{
+		RootCAs: p.roots, Certificates: []tls.Certificate{p.client}, ServerName: "127.0.0.1"}}}
+	for _, path := range []string{"/", "/slow"} {
+		resp, err := client.Get("https://" + raw.Addr().String() + path)
+		if err != nil {
+			t.Fatalf("GET %s: %v", path, err)
+		}
+		body, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK || string(body) != "dev-1" {
+			t.Fatalf("GET %s: %s %q", path, resp.Status, body)
+		}
+		if resp.ProtoMajor != 2 {
+			t.Errorf("GET %s over %s, want HTTP/2", path, resp.Proto)
+		}
+	}
+	old := &tls.Config{RootCAs: p.roots, ServerName: "127.0.0.1", MaxVersion: tls.VersionTLS12}
+	if c, err := tls.Dial("tcp", raw.Addr().String(), old); err == nil {
+		c.Close()
+		t.Fatal("a TLS 1.2 offer got through a strict listener")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for testutil.ToFloat64(b.metrics.handshakeFailures.WithLabelValues("api", "protocol-version")) != 1 {
+		if time.Now().After(deadline) {
+			t.Fatal("the refused handshake was not counted under listener api")
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
 }
