@@ -65,7 +65,7 @@ func (s *Server) startAPI(profile string, hybridPQ bool, cert tls.Certificate, h
 		// that trickles one must not hold a handler.
 		ReadTimeout: 30 * time.Second,
 		IdleTimeout: 2 * time.Minute,
-		ErrorLog: slog.NewLogLogger(s.Env.Log.With("listener", "api").Handler(), slog.LevelDebug),
+		ErrorLog:    slog.NewLogLogger(s.Env.Log.With("listener", "api").Handler(), slog.LevelDebug),
 	}
 	// The broker's front door does the TLS handshakes: rate limit,
 	// admission, and failed handshakes counted and audited like the MQTT
