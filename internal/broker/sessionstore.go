@@ -3,6 +3,7 @@ package broker
 import (
 	"strconv"
 	"strings"
+	"sync"
 
 	mqtt "github.com/mochi-mqtt/server/v2"
 	"github.com/mochi-mqtt/server/v2/hooks/storage"
@@ -20,9 +21,55 @@ import (
 //   - $SYS counters are not worth restoring, and the hook logs an error on
 //     every first start when there are none.
 //   - sessions that end with their connection are not stored at all
-//     (ephemeral).
+//     (ephemeral), and their end deletes a stored record only when there
+//     is one (stored): mochi's hook deleted one, a write transaction, for
+//     every such disconnection, 5% of the broker's CPU in a reconnect
+//     storm (docs/performance.md).
 type sessionStore struct {
 	*bolt.Hook
+	// stored holds the IDs of clients with a record in the store:
+	// restored at start, or written since.
+	stored sync.Map // client ID -> struct{}
+}
+
+// StoredClients restores the stored client records and remembers whose
+// they are.
+func (s *sessionStore) StoredClients() ([]storage.Client, error) {
+	cs, err := s.Hook.StoredClients()
+	for _, c := range cs {
+		s.stored.Store(c.ID, struct{}{})
+	}
+	return cs, err
+}
+
+// OnWillSent rewrites the client record of a session that may be resumed
+// (its will is gone); an ephemeral session has no record to rewrite.
+func (s *sessionStore) OnWillSent(cl *mqtt.Client, pk packets.Packet) {
+	if !ephemeral(cl) {
+		s.stored.Store(cl.ID, struct{}{})
+		s.Hook.OnWillSent(cl, pk)
+	}
+}
+
+// OnDisconnect deletes the record of a session that ends with its
+// connection, if there is one: an earlier, resumable session of the same
+// client ID, which this one replaced.
+func (s *sessionStore) OnDisconnect(cl *mqtt.Client, err error, expire bool) {
+	if expire {
+		if _, ok := s.stored.Load(cl.ID); !ok {
+			return
+		}
+	}
+	s.Hook.OnDisconnect(cl, err, expire)
+	if expire && cl.StopCause() != packets.ErrSessionTakenOver {
+		s.stored.Delete(cl.ID)
+	}
+}
+
+// OnClientExpired deletes the record of a session that expired.
+func (s *sessionStore) OnClientExpired(cl *mqtt.Client) {
+	s.Hook.OnClientExpired(cl)
+	s.stored.Delete(cl.ID)
 }
 
 func (s *sessionStore) StoredInflightMessages() ([]storage.Message, error) {
@@ -64,6 +111,7 @@ func ephemeral(cl *mqtt.Client) bool {
 // resumed.
 func (s *sessionStore) OnSessionEstablished(cl *mqtt.Client, pk packets.Packet) {
 	if !ephemeral(cl) {
+		s.stored.Store(cl.ID, struct{}{})
 		s.Hook.OnSessionEstablished(cl, pk)
 	}
 }

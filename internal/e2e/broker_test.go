@@ -631,3 +631,45 @@ func TestConnectionRateLimitPerListener(t *testing.T) {
 		t.Errorf("connection-rate metric = %v", n)
 	}
 }
+
+// A resumable session that a later clean session of the same device
+// replaced is gone from the session store too: after a restart the
+// device finds no session (and no queued messages) to resume. The store
+// skips its delete for sessions it never held, so it must still know the
+// ones it holds, restored at start included.
+func TestReplacedSessionIsNotResumedAfterRestart(t *testing.T) {
+	s := wardentest.Start(t, t.TempDir())
+	d := s.AddDevice("flip")
+	dev := wardentest.MustConnectRaw(t, s.MQTTS, d, wardentest.RawOpts{Clean: false, SessionExpiry: 3600})
+	dev.Subscribe(t, "private/flip/down/#", 1)
+	_ = dev.Disconnect(&paho.Disconnect{})
+	time.Sleep(200 * time.Millisecond)
+
+	// Across a restart the record is restored, then replaced.
+	s.Restart()
+	back, ca, err := wardentest.ConnectRaw(t, s.MQTTS, d, wardentest.RawOpts{Clean: false, SessionExpiry: 3600})
+	if err != nil || !ca.SessionPresent {
+		t.Fatalf("the resumable session did not survive the restart: %v %+v", err, ca)
+	}
+	_ = back.Disconnect(&paho.Disconnect{})
+	wardentest.Eventually(t, 5*time.Second, "the resumed session to go offline", func() bool {
+		return s.Metric(t, "warden_mqtt_connections", `kind="device"`) == 0
+	})
+	rc, ca, err := wardentest.ConnectRaw(t, s.MQTTS, d, wardentest.RawOpts{Clean: true})
+	if err != nil || ca.SessionPresent {
+		t.Fatalf("clean connect: %v %+v", err, ca)
+	}
+	_ = rc.Disconnect(&paho.Disconnect{})
+	wardentest.Eventually(t, 5*time.Second, "the clean session to end", func() bool {
+		return s.Metric(t, "warden_mqtt_connections", `kind="device"`) == 0
+	})
+
+	s.Restart()
+	_, ca, err = wardentest.ConnectRaw(t, s.MQTTS, d, wardentest.RawOpts{Clean: false, SessionExpiry: 3600})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ca.SessionPresent {
+		t.Fatal("a session replaced by a clean one was resumed after a restart")
+	}
+}
