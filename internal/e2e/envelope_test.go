@@ -1,137 +1,32 @@
 package e2e
 
 import (
-	"context"
 	"encoding/binary"
-	"encoding/hex"
-	"encoding/json"
-	"net"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
 
-	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/warden-iot/warden/envelope"
 	"github.com/warden-iot/warden/internal/wardentest"
 )
 
-// envDevice is a simulated MCU: its own envelope code path (the public
-// package), a persisted counter, and a bare paho connection.
-type envDevice struct {
-	id      string
-	secret  []byte
-	epoch   uint32
-	suite   envelope.Suite
-	counter *envelope.Counter
-	dir     string
-}
-
-func addEnvelopeDevice(t testing.TB, s *wardentest.Server, id string, extra ...string) *envDevice {
+// addEnvelopeDevice is wardentest's envelope device (a simulated MCU: the
+// public envelope package, a persisted counter, a bare paho connection),
+// after checking that the CLI wrote its bundle files for the owner only.
+func addEnvelopeDevice(t testing.TB, s *wardentest.Server, id string, extra ...string) *wardentest.EnvelopeDevice {
 	t.Helper()
-	dir := t.TempDir()
-	s.MustWarden(append([]string{"device", "add", id, "--out", dir}, extra...)...)
-	raw, err := os.ReadFile(filepath.Join(dir, id+".envelope.json"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	var b struct {
-		Suite     string `json:"suite"`
-		Epoch     uint32 `json:"epoch"`
-		SecretHex string `json:"secret_hex"`
-	}
-	if err := json.Unmarshal(raw, &b); err != nil {
-		t.Fatal(err)
-	}
+	d := s.AddEnvelopeDevice(id, extra...)
 	for _, f := range []string{".envelope.json", ".envelope.bin", ".envelope.h"} {
-		fi, err := os.Stat(filepath.Join(dir, id+f))
+		fi, err := os.Stat(filepath.Join(d.Dir, id+f))
 		if err != nil || fi.Mode().Perm() != 0o600 {
 			t.Fatalf("bundle file %s: %v %v", f, err, fi)
 		}
 	}
-	secret, _ := hex.DecodeString(b.SecretHex)
-	suite, err := envelope.ParseSuite(b.Suite)
-	if err != nil {
-		t.Fatal(err)
-	}
-	d := &envDevice{id: id, secret: secret, epoch: b.Epoch, suite: suite, dir: dir}
-	d.restart(t)
 	return d
-}
-
-// restart reloads the counter from its file, as a rebooted device would.
-func (d *envDevice) restart(t testing.TB) {
-	t.Helper()
-	c, err := envelope.NewCounter(envelope.NewFileCounterStore(filepath.Join(d.dir, "counter")))
-	if err != nil {
-		t.Fatal(err)
-	}
-	d.counter = c
-}
-
-func (d *envDevice) keys(t testing.TB, dir envelope.Direction) *envelope.Keys {
-	t.Helper()
-	k, err := envelope.DeriveKeys(d.secret, d.id, d.epoch, d.suite, dir)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return k
-}
-
-func (d *envDevice) seal(t testing.TB, topic string, payload []byte) []byte {
-	t.Helper()
-	seq, err := d.counter.Next()
-	if err != nil {
-		t.Fatal(err)
-	}
-	m, err := envelope.Seal(d.keys(t, envelope.Uplink), seq, topic, payload)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return m
-}
-
-func (d *envDevice) password(t testing.TB) []byte {
-	t.Helper()
-	seq, err := d.counter.Next()
-	if err != nil {
-		t.Fatal(err)
-	}
-	pw, err := envelope.ConnectPassword(d.keys(t, envelope.Uplink), seq)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return pw
-}
-
-// connectPlain connects over the plain listener with the given password.
-func connectPlain(t testing.TB, addr, id string, password []byte) (*wardentest.RawClient, *paho.Connack, error) {
-	t.Helper()
-	conn, err := net.DialTimeout("tcp", addr, 5*time.Second)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc := &wardentest.RawClient{Msgs: make(chan *paho.Publish, 100), Down: make(chan struct{})}
-	rc.Client = paho.NewClient(paho.ClientConfig{
-		Conn: packets.NewThreadSafeConn(conn),
-		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
-			rc.Msgs <- pr.Packet
-			return true, nil
-		}},
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	ca, err := rc.Connect(ctx, &paho.Connect{ClientID: id, KeepAlive: 30, CleanStart: true,
-		UsernameFlag: true, Username: id, PasswordFlag: true, Password: password})
-	if err != nil {
-		conn.Close()
-		return nil, ca, err
-	}
-	t.Cleanup(func() { _ = rc.Disconnect(&paho.Disconnect{}); conn.Close() })
-	return rc, ca, nil
 }
 
 func TestEnvelopeDeviceOverThePlainListener(t *testing.T) {
@@ -142,14 +37,14 @@ func TestEnvelopeDeviceOverThePlainListener(t *testing.T) {
 	if !strings.Contains(s.Log(), "WITHOUT TLS") {
 		t.Error("the server did not warn that the plain listener is on")
 	}
-	d := addEnvelopeDevice(t, s, "env1", "--envelope")
-	other := addEnvelopeDevice(t, s, "env2", "--envelope")
+	d := addEnvelopeDevice(t, s, "env1")
+	other := addEnvelopeDevice(t, s, "env2")
 	reader := wardentest.MustConnectRaw(t, s.MQTTS, s.AddService("ingest", "reader"), wardentest.RawOpts{Clean: true})
 	reader.Subscribe(t, "fleet/#", 1)
 	ops := wardentest.MustConnectRaw(t, s.MQTTS, s.AddService("ops", "commander"), wardentest.RawOpts{Clean: true})
 
-	pw := d.password(t)
-	dev, _, err := connectPlain(t, s.Plain, "env1", pw)
+	pw := d.Password(t)
+	dev, _, err := wardentest.ConnectPlain(t, s.Plain, "env1", pw)
 	if err != nil {
 		t.Fatalf("plain connect with a valid password: %v", err)
 	}
@@ -159,7 +54,7 @@ func TestEnvelopeDeviceOverThePlainListener(t *testing.T) {
 
 	// Telemetry arrives decrypted on fleet/, with its envelope metadata.
 	topic := "private/env1/up/telemetry"
-	first := d.seal(t, topic, []byte(`{"kwh":12.5}`))
+	first := d.Seal(t, topic, []byte(`{"kwh":12.5}`))
 	if rc, err := dev.Publish(t, topic, first, 1); rc != 0 || err != nil {
 		t.Fatalf("sealed publish: 0x%02x %v", rc, err)
 	}
@@ -181,15 +76,15 @@ func TestEnvelopeDeviceOverThePlainListener(t *testing.T) {
 		}
 	}
 	refused("replay", topic, first, "replay")
-	flipped := d.seal(t, topic, []byte("x"))
+	flipped := d.Seal(t, topic, []byte("x"))
 	flipped[len(flipped)-3] ^= 0x10
 	refused("flipped bit", topic, flipped, "bad-tag")
-	refused("moved to another topic", "private/env1/up/other", d.seal(t, topic, []byte("x")), "bad-tag")
-	otherKeys := other.keys(t, envelope.Uplink)
+	refused("moved to another topic", "private/env1/up/other", d.Seal(t, topic, []byte("x")), "bad-tag")
+	otherKeys := other.Keys(t, envelope.Uplink)
 	foreign, _ := envelope.Seal(otherKeys, 1000, topic, []byte("x"))
 	refused("another device's key", topic, foreign, "bad-tag")
-	legacy, _ := envelope.DeriveKeys(d.secret, d.id, d.epoch, envelope.LegacyCBCHMAC, envelope.Uplink)
-	seq, _ := d.counter.Next()
+	legacy, _ := envelope.DeriveKeys(d.Secret, d.ID, d.Epoch, envelope.LegacyCBCHMAC, envelope.Uplink)
+	seq := d.NextSeq(t)
 	down, _ := envelope.Seal(legacy, seq, topic, []byte("x"))
 	refused("downgraded suite", topic, down, "downgrade")
 	refused("plaintext", topic, []byte(`{"kwh":99}`), "malformed")
@@ -210,7 +105,7 @@ func TestEnvelopeDeviceOverThePlainListener(t *testing.T) {
 		if cm.Topic != "private/env1/down/cmd" || string(cm.Payload) == "reboot" {
 			t.Fatalf("command arrived as %s %q, want sealed", cm.Topic, cm.Payload)
 		}
-		pt, _, err := envelope.Open(d.keys(t, envelope.Downlink), cm.Topic, cm.Payload)
+		pt, _, err := envelope.Open(d.Keys(t, envelope.Downlink), cm.Topic, cm.Payload)
 		if err != nil || string(pt) != "reboot" {
 			t.Fatalf("device cannot open the command: %v", err)
 		}
@@ -219,10 +114,10 @@ func TestEnvelopeDeviceOverThePlainListener(t *testing.T) {
 	}
 
 	// A replayed CONNECT password is refused, as is another device's.
-	if _, ca, err := connectPlain(t, s.Plain, "env1", pw); err == nil || ca == nil || ca.ReasonCode != codeNotAuthorized {
+	if _, ca, err := wardentest.ConnectPlain(t, s.Plain, "env1", pw); err == nil || ca == nil || ca.ReasonCode != codeNotAuthorized {
 		t.Fatalf("replayed password: %+v %v", ca, err)
 	}
-	if _, ca, err := connectPlain(t, s.Plain, "env1", other.password(t)); err == nil || ca == nil || ca.ReasonCode != codeNotAuthorized {
+	if _, ca, err := wardentest.ConnectPlain(t, s.Plain, "env1", other.Password(t)); err == nil || ca == nil || ca.ReasonCode != codeNotAuthorized {
 		t.Fatalf("another device's password: %+v %v", ca, err)
 	}
 	if n := s.Metric(t, "warden_mqtt_auth_failures_total", `reason="bad-password"`); n != 2 {
@@ -231,8 +126,8 @@ func TestEnvelopeDeviceOverThePlainListener(t *testing.T) {
 
 	// A device restart does not reuse a sequence number: the persisted
 	// counter jumps ahead, and the server accepts the next message.
-	d.restart(t)
-	again := d.seal(t, topic, []byte(`{"after":"reboot"}`))
+	d.Reboot(t)
+	again := d.Seal(t, topic, []byte(`{"after":"reboot"}`))
 	h, _ := envelope.Parse(again)
 	hFirst, _ := envelope.Parse(first)
 	if h.Seq <= hFirst.Seq {
@@ -246,10 +141,10 @@ func TestEnvelopeDeviceOverThePlainListener(t *testing.T) {
 
 func TestEnvelopeRekey(t *testing.T) {
 	s := wardentest.Start(t, t.TempDir(), "--mqtt", "127.0.0.1:0")
-	d := addEnvelopeDevice(t, s, "rk1", "--envelope")
+	d := addEnvelopeDevice(t, s, "rk1")
 	reader := wardentest.MustConnectRaw(t, s.MQTTS, s.AddService("ingest", "reader"), wardentest.RawOpts{Clean: true})
 	reader.Subscribe(t, "fleet/#", 1)
-	dev, _, err := connectPlain(t, s.Plain, "rk1", d.password(t))
+	dev, _, err := wardentest.ConnectPlain(t, s.Plain, "rk1", d.Password(t))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -268,22 +163,20 @@ func TestEnvelopeRekey(t *testing.T) {
 	if msg.Topic != "private/rk1/down/_rekey" {
 		t.Fatalf("rekey on %s", msg.Topic)
 	}
-	pt, _, err := envelope.Open(d.keys(t, envelope.Downlink), msg.Topic, msg.Payload)
+	pt, _, err := envelope.Open(d.Keys(t, envelope.Downlink), msg.Topic, msg.Payload)
 	if err != nil || len(pt) != 20 || binary.BigEndian.Uint32(pt) != 1 {
 		t.Fatalf("rekey message: %v", err)
 	}
-	oldSecret := d.secret
+	oldSecret := d.Secret
 	// The old epoch works until the device switches ...
 	topic := "private/rk1/up/t"
-	if rc, err := dev.Publish(t, topic, d.seal(t, topic, []byte("old")), 1); rc != 0 || err != nil {
+	if rc, err := dev.Publish(t, topic, d.Seal(t, topic, []byte("old")), 1); rc != 0 || err != nil {
 		t.Fatalf("old epoch before the switch: 0x%02x %v", rc, err)
 	}
 	wardentest.ExpectMessage(t, reader.Msgs, "fleet/rk1/up/t", "old", 5*time.Second)
 	// ... the device switches (new secret, new epoch, counter from 0) ...
-	d.secret, d.epoch = append([]byte(nil), pt[4:]...), 1
-	c, _ := envelope.NewCounter(envelope.NewFileCounterStore(filepath.Join(d.dir, "counter-epoch1")))
-	d.counter = c
-	if rc, err := dev.Publish(t, topic, d.seal(t, topic, []byte("new")), 1); rc != 0 || err != nil {
+	d.Rekey(t, pt[4:], 1)
+	if rc, err := dev.Publish(t, topic, d.Seal(t, topic, []byte("new")), 1); rc != 0 || err != nil {
 		t.Fatalf("new epoch: 0x%02x %v", rc, err)
 	}
 	m := wardentest.ExpectMessage(t, reader.Msgs, "fleet/rk1/up/t", "new", 5*time.Second)
@@ -303,16 +196,16 @@ func TestEnvelopeRekey(t *testing.T) {
 
 func TestEnvelopeRequiredOverTLS(t *testing.T) {
 	s := wardentest.Start(t, t.TempDir())
-	d := addEnvelopeDevice(t, s, "req1", "--envelope", "--envelope-required")
+	d := addEnvelopeDevice(t, s, "req1", "--envelope-required")
 	reader := wardentest.MustConnectRaw(t, s.MQTTS, s.AddService("ingest", "reader"), wardentest.RawOpts{Clean: true})
 	reader.Subscribe(t, "fleet/#", 1)
-	c := wardentest.Creds{ID: "req1", Cert: filepath.Join(d.dir, "req1.crt"), Key: filepath.Join(d.dir, "req1.key"), CA: filepath.Join(d.dir, "ca.crt")}
+	c := wardentest.Creds{ID: "req1", Cert: filepath.Join(d.Dir, "req1.crt"), Key: filepath.Join(d.Dir, "req1.key"), CA: filepath.Join(d.Dir, "ca.crt")}
 	dev := wardentest.MustConnectRaw(t, s.MQTTS, c, wardentest.RawOpts{Clean: true})
 	topic := "private/req1/up/t"
 	if rc, _ := dev.Publish(t, topic, []byte("plaintext over TLS"), 1); rc < 0x80 {
 		t.Errorf("plaintext from a required-envelope device over TLS: PUBACK 0x%02x", rc)
 	}
-	if rc, err := dev.Publish(t, topic, d.seal(t, topic, []byte("sealed")), 1); rc != 0 || err != nil {
+	if rc, err := dev.Publish(t, topic, d.Seal(t, topic, []byte("sealed")), 1); rc != 0 || err != nil {
 		t.Fatalf("sealed over TLS: 0x%02x %v", rc, err)
 	}
 	wardentest.ExpectMessage(t, reader.Msgs, "fleet/req1/up/t", "sealed", 5*time.Second)
@@ -320,7 +213,7 @@ func TestEnvelopeRequiredOverTLS(t *testing.T) {
 	// A device that is not an envelope device cannot use the plain listener.
 	s2 := wardentest.Start(t, t.TempDir(), "--mqtt", "127.0.0.1:0")
 	s2.AddDevice("tlsonly")
-	if _, ca, err := connectPlain(t, s2.Plain, "tlsonly", []byte("6100aa")); err == nil || ca == nil || ca.ReasonCode != codeNotAuthorized {
+	if _, ca, err := wardentest.ConnectPlain(t, s2.Plain, "tlsonly", []byte("6100aa")); err == nil || ca == nil || ca.ReasonCode != codeNotAuthorized {
 		t.Fatalf("non-envelope device on the plain listener: %+v %v", ca, err)
 	}
 }

@@ -101,17 +101,17 @@ func TestMonitorSeesEnvelopeReplays(t *testing.T) {
 		t.Fatal(err)
 	}
 	s := wardentest.Start(t, t.TempDir(), "--mqtt", "127.0.0.1:0", "--config", cfg)
-	d := addEnvelopeDevice(t, s, "env-rp", "--envelope")
-	addEnvelopeDevice(t, s, "env-victim", "--envelope")
+	d := addEnvelopeDevice(t, s, "env-rp")
+	addEnvelopeDevice(t, s, "env-victim")
 	for range 5 { // garbage passwords naming the victim
-		_, _, _ = connectPlain(t, s.Plain, "env-victim", []byte("not a password"))
+		_, _, _ = wardentest.ConnectPlain(t, s.Plain, "env-victim", []byte("not a password"))
 	}
-	dev, _, err := connectPlain(t, s.Plain, "env-rp", d.password(t))
+	dev, _, err := wardentest.ConnectPlain(t, s.Plain, "env-rp", d.Password(t))
 	if err != nil {
 		t.Fatal(err)
 	}
 	topic := "private/env-rp/up/telemetry"
-	msg := d.seal(t, topic, []byte(`{"n":1}`))
+	msg := d.Seal(t, topic, []byte(`{"n":1}`))
 	for range 4 { // the first opens, three replays follow
 		_, _ = dev.Publish(t, topic, msg, 1)
 	}

@@ -121,12 +121,26 @@ func ConnectRaw(t testing.TB, addr string, c Creds, o RawOpts) (*RawClient, *pah
 	if err != nil {
 		return nil, nil, err
 	}
+	id := o.ClientID
+	if id == "" && !o.EmptyClientID {
+		id = c.ID
+	}
+	cp := &paho.Connect{ClientID: id, KeepAlive: 30, CleanStart: o.Clean, WillMessage: o.Will}
+	if o.SessionExpiry > 0 {
+		cp.Properties = &paho.ConnectProperties{SessionExpiryInterval: &o.SessionExpiry}
+	}
+	return connectOn(t, conn, cp)
+}
+
+// connectOn runs an MQTT 5 CONNECT on conn and wraps it in a RawClient.
+func connectOn(t testing.TB, conn net.Conn, cp *paho.Connect) (*RawClient, *paho.Connack, error) {
+	t.Helper()
 	rc := &RawClient{Msgs: make(chan *paho.Publish, 100), Down: make(chan struct{})}
 	var once sync.Once
 	closeDown := func() { once.Do(func() { close(rc.Down) }) }
 	rc.Client = paho.NewClient(paho.ClientConfig{
-		// paho writes one packet in several Writes; without the lock its
-		// pinger can interleave a PINGREQ into another packet on a TLS conn.
+		// paho writes one packet in several Writes; the lock keeps its
+		// pinger from interleaving a PINGREQ into another packet.
 		Conn: packets.NewThreadSafeConn(conn),
 		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
 			select {
@@ -138,14 +152,6 @@ func ConnectRaw(t testing.TB, addr string, c Creds, o RawOpts) (*RawClient, *pah
 		OnServerDisconnect: func(*paho.Disconnect) { closeDown() },
 		OnClientError:      func(error) { closeDown() },
 	})
-	id := o.ClientID
-	if id == "" && !o.EmptyClientID {
-		id = c.ID
-	}
-	cp := &paho.Connect{ClientID: id, KeepAlive: 30, CleanStart: o.Clean, WillMessage: o.Will}
-	if o.SessionExpiry > 0 {
-		cp.Properties = &paho.ConnectProperties{SessionExpiryInterval: &o.SessionExpiry}
-	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
 	defer cancel()
 	ca, err := rc.Connect(ctx, cp)

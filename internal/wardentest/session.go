@@ -3,7 +3,6 @@ package wardentest
 import (
 	"bufio"
 	"bytes"
-	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -15,7 +14,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/eclipse/paho.golang/packets"
 	"github.com/eclipse/paho.golang/paho"
 
 	"github.com/warden-iot/warden/device"
@@ -423,37 +421,6 @@ func ConnectRawPacket(t testing.TB, addr string, c Creds, cp *paho.Connect) (*Ra
 	return connectOn(t, conn, cp)
 }
 
-// connectOn runs an MQTT 5 CONNECT on conn and wraps it in a RawClient.
-func connectOn(t testing.TB, conn net.Conn, cp *paho.Connect) (*RawClient, *paho.Connack, error) {
-	t.Helper()
-	rc := &RawClient{Msgs: make(chan *paho.Publish, 100), Down: make(chan struct{})}
-	var once sync.Once
-	closeDown := func() { once.Do(func() { close(rc.Down) }) }
-	rc.Client = paho.NewClient(paho.ClientConfig{
-		// paho writes one packet in several Writes; the lock keeps its
-		// pinger from interleaving a PINGREQ into another packet.
-		Conn: packets.NewThreadSafeConn(conn),
-		OnPublishReceived: []func(paho.PublishReceived) (bool, error){func(pr paho.PublishReceived) (bool, error) {
-			select {
-			case rc.Msgs <- pr.Packet:
-			default:
-			}
-			return true, nil
-		}},
-		OnServerDisconnect: func(*paho.Disconnect) { closeDown() },
-		OnClientError:      func(error) { closeDown() },
-	})
-	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-	defer cancel()
-	ca, err := rc.Connect(ctx, cp)
-	if err != nil {
-		_ = conn.Close()
-		return nil, ca, err
-	}
-	t.Cleanup(func() { _ = rc.Disconnect(&paho.Disconnect{}); _ = conn.Close() })
-	return rc, ca, nil
-}
-
 // EnvelopeDevice is an envelope device as a small MCU runs it: the master
 // secret from its provisioning bundle, a persisted sequence counter and
 // nothing else; tests seal with it and speak MQTT through ConnectPlain.
@@ -495,11 +462,19 @@ func (d *EnvelopeDevice) Creds() Creds {
 // after a restart (the counter jumps ahead, never back).
 func (d *EnvelopeDevice) Reboot(t testing.TB) {
 	t.Helper()
-	c, err := envelope.NewCounter(envelope.NewFileCounterStore(filepath.Join(d.Dir, "counter")))
+	c, err := envelope.NewCounter(envelope.NewFileCounterStore(filepath.Join(d.Dir, fmt.Sprintf("counter-epoch%d", d.Epoch))))
 	if err != nil {
 		t.Fatal(err)
 	}
 	d.counter = c
+}
+
+// Rekey moves the device to a new epoch and master secret, with a
+// sequence counter of its own, as a device applying a rekey does.
+func (d *EnvelopeDevice) Rekey(t testing.TB, secret []byte, epoch uint32) {
+	t.Helper()
+	d.Secret, d.Epoch = append([]byte(nil), secret...), epoch
+	d.Reboot(t)
 }
 
 // Keys derives the device's keys for one direction of its epoch.
