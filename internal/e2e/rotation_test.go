@@ -4,10 +4,8 @@ import (
 	"context"
 	"crypto"
 	"crypto/tls"
-	"crypto/x509"
 	"encoding/json"
 	"fmt"
-	"os"
 	"path/filepath"
 	"strings"
 	"sync"
@@ -136,20 +134,6 @@ func connectFleet(t *testing.T, s *wardentest.Server, devs []*fleetDevice) {
 	wg.Wait()
 }
 
-// issuingCA reads the data directory's current issuing CA certificate.
-func issuingCA(t testing.TB, data string) *x509.Certificate {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(data, "pki", "issuing.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	certs, err := pki.ParseCertificates(b)
-	if err != nil || len(certs) != 1 {
-		t.Fatalf("issuing.crt: %v", err)
-	}
-	return certs[0]
-}
-
 // waitRotation waits until the latest rotation is in state.
 func waitRotation(t *testing.T, s *wardentest.Server, state string, within time.Duration) caStatus {
 	t.Helper()
@@ -177,7 +161,7 @@ func TestCARotationFleet(t *testing.T) {
 	}
 	s := wardentest.Start(t, t.TempDir())
 	devs := provisionFleet(t, s, n)
-	oldIssuing := issuingCA(t, s.Data)
+	oldIssuing := wardentest.IssuingCA(t, s.Data)
 	start := time.Now()
 	connectFleet(t, s, devs)
 	t.Logf("%d devices connected in %s", n, time.Since(start).Round(time.Millisecond))
@@ -195,7 +179,7 @@ func TestCARotationFleet(t *testing.T) {
 	if st.issuerState(st.Rotation.OldIssuer) != "retired" || st.issuerState(st.Rotation.NewIssuer) != "current" {
 		t.Fatalf("issuers after the rotation: %+v", st.Issuers)
 	}
-	newIssuing := issuingCA(t, s.Data)
+	newIssuing := wardentest.IssuingCA(t, s.Data)
 	if pki.Fingerprint(newIssuing) != st.Rotation.NewIssuer {
 		t.Fatal("issuing.crt is not the rotation's new issuer")
 	}
@@ -303,7 +287,7 @@ func TestCARotationSurvivesKill(t *testing.T) {
 	if st.Devices["switched"] != len(devs) {
 		t.Fatalf("after the restart: %v", st.Devices)
 	}
-	newIssuing := issuingCA(t, s.Data)
+	newIssuing := wardentest.IssuingCA(t, s.Data)
 	for i, d := range devs {
 		cur := d.current()
 		if err := cur.Leaf.CheckSignatureFrom(newIssuing); err != nil {
@@ -367,7 +351,7 @@ func TestCARotationMissedGrace(t *testing.T) {
 	if err != nil {
 		t.Fatalf("recovery enrollment: %v", err)
 	}
-	if err := cert.Leaf.CheckSignatureFrom(issuingCA(t, s.Data)); err != nil {
+	if err := cert.Leaf.CheckSignatureFrom(wardentest.IssuingCA(t, s.Data)); err != nil {
 		t.Fatalf("the recovered certificate is not from the current issuing CA: %v", err)
 	}
 	cl := wardentest.ConnectSDK(t, s, late.c, func(cfg *device.Config) { cfg.Certificate = cert })

@@ -580,3 +580,17 @@ func CertificateMatchesKey(certPath, keyPath string) (*x509.Certificate, error) 
 	}
 	return certs[0], nil
 }
+
+// IssuingCA reads the data directory's current issuing CA certificate.
+func IssuingCA(t testing.TB, data string) *x509.Certificate {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(data, "pki", "issuing.crt"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	certs, err := pki.ParseCertificates(b)
+	if err != nil || len(certs) != 1 {
+		t.Fatalf("pki/issuing.crt: %v", err)
+	}
+	return certs[0]
+}

@@ -128,7 +128,7 @@ func TestKillDuringCARotation(t *testing.T) {
 			}
 			n.secrets.AddCredentialDir(t, dir)
 			n.secrets.AddSealedKeys(t, n.Data) // the old issuing key: it must be gone, not leaked
-			oldFP := pki.Fingerprint(readIssuing(t, n.Data))
+			oldFP := pki.Fingerprint(wardentest.IssuingCA(t, n.Data))
 			if kp.offline {
 				n.stop()
 			}
@@ -147,7 +147,7 @@ func TestKillDuringCARotation(t *testing.T) {
 			n.restart()
 			db := wardentest.OpenStore(t, n.Data)
 
-			newIssuing := readIssuing(t, n.Data)
+			newIssuing := wardentest.IssuingCA(t, n.Data)
 			newFP := pki.Fingerprint(newIssuing)
 			st := readCAStatus(t, n, db)
 			current := 0
@@ -238,19 +238,6 @@ func TestKillDuringCARotation(t *testing.T) {
 			n.checkAtRest()
 		})
 	}
-}
-
-func readIssuing(t testing.TB, data string) *x509.Certificate {
-	t.Helper()
-	b, err := os.ReadFile(filepath.Join(data, "pki", "issuing.crt"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	certs, err := pki.ParseCertificates(b)
-	if err != nil || len(certs) != 1 {
-		t.Fatalf("pki/issuing.crt: %v", err)
-	}
-	return certs[0]
 }
 
 // checkReissued checks every device of rotation rid: exactly one
