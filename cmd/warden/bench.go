@@ -123,6 +123,7 @@ a second run skips provisioning. The open-file limit (20,000 here) bounds
 	f.IntVar(&o.Concurrency, "concurrency", 64, "connections set up at once when a fleet connects")
 	f.IntVar(&o.StormConcurrency, "storm-concurrency", 512, "reconnections under way at once in the storm (and the baseline)")
 	f.BoolVar(&o.ClassicKeyExchange, "classic-kex", false, "Warden and the baseline offer X25519 only (no hybrid ML-KEM), as Mosquitto with OpenSSL 3.0 negotiates")
+	f.DurationVar(&o.Settle, "idle-settle", 5*time.Second, "how long idle waits before each memory reading (longer: the Go runtime has collected and returned more of the connection set-up's garbage, as a server in steady state has)")
 	f.StringVar(&o.Mosquitto, "mosquitto", "", "mosquitto executable (default: on PATH or /usr/sbin/mosquitto)")
 	f.StringVar(&jsonOut, "json", "", "also write the results to this JSON file")
 	f.StringVar(&o.ProfileDir, "profiles", "", "turn Go profiling on in the Warden under test and write its heap after idle and its CPU during the storm and the QoS 1 throughput run to this directory, each as NAME.pb.gz (go tool pprof) and a flame graph NAME.svg")

@@ -20,6 +20,8 @@ const (
 	metricHeapInuse  = "go_memstats_heap_inuse_bytes"
 	metricHeapAlloc  = "go_memstats_heap_alloc_bytes"
 	metricHeapSys    = "go_memstats_heap_sys_bytes"
+	metricStackInuse = "go_memstats_stack_inuse_bytes"
+	metricNextGC     = "go_memstats_next_gc_bytes"
 	metricGoroutines = "go_goroutines"
 )
 
@@ -33,6 +35,11 @@ type GoHeap struct {
 	HeapInuse uint64 `json:"heap_inuse_bytes"`
 	HeapAlloc uint64 `json:"heap_alloc_bytes"`
 	HeapSys   uint64 `json:"heap_sys_bytes"`
+	// StackInuse is bytes of goroutine stacks; NextGC the heap size at
+	// which the next collection starts (GOGC's headroom over the live
+	// heap). Both are 0 when the endpoint does not export them.
+	StackInuse uint64 `json:"stack_inuse_bytes"`
+	NextGC     uint64 `json:"next_gc_bytes"`
 	// Goroutines is 0 when the endpoint does not export go_goroutines.
 	Goroutines uint64 `json:"goroutines"`
 }
@@ -74,7 +81,7 @@ func ScrapeGoHeap(ctx context.Context, metricsURL string) (GoHeap, error) {
 
 // parseGoHeap picks GoHeap's series out of a text exposition.
 func parseGoHeap(body []byte) (GoHeap, error) {
-	m, err := parseMetrics(body, metricHeapInuse, metricHeapAlloc, metricHeapSys, metricGoroutines)
+	m, err := parseMetrics(body, metricHeapInuse, metricHeapAlloc, metricHeapSys, metricStackInuse, metricNextGC, metricGoroutines)
 	if err != nil {
 		return GoHeap{}, err
 	}
@@ -87,6 +94,8 @@ func parseGoHeap(body []byte) (GoHeap, error) {
 		{metricHeapInuse, &h.HeapInuse, true},
 		{metricHeapAlloc, &h.HeapAlloc, true},
 		{metricHeapSys, &h.HeapSys, false},
+		{metricStackInuse, &h.StackInuse, false},
+		{metricNextGC, &h.NextGC, false},
 		{metricGoroutines, &h.Goroutines, false},
 	} {
 		v, ok := m[f.name]

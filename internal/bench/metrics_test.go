@@ -20,6 +20,8 @@ go_goroutines 42
 go_memstats_heap_alloc_bytes 1.2345678e+07
 go_memstats_heap_inuse_bytes 16777216
 go_memstats_heap_sys_bytes 3.3554432e+07 1700000000000
+go_memstats_stack_inuse_bytes 65536
+go_memstats_next_gc_bytes 2.4e+07
 warden_connections{listener="mqtts"} 5
 go_memstats_heap_inuse_bytes_total{x="y"} 1
 `
@@ -74,7 +76,7 @@ func TestParseGoHeap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	want := GoHeap{HeapInuse: 16777216, HeapAlloc: 12345678, HeapSys: 33554432, Goroutines: 42}
+	want := GoHeap{HeapInuse: 16777216, HeapAlloc: 12345678, HeapSys: 33554432, StackInuse: 65536, NextGC: 24000000, Goroutines: 42}
 	if h != want {
 		t.Fatalf("got %+v, want %+v", h, want)
 	}

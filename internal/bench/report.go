@@ -47,6 +47,8 @@ const (
 	MetricServerCPUPerMessage   = "server_cpu_per_message"
 	MetricRSSPerConnection      = "rss_per_connection"
 	MetricHeapPerConnection     = "heap_per_connection"
+	MetricStackPerConnection    = "stack_per_connection"
+	MetricGCGoalPerConnection   = "gc_goal_per_connection"
 	MetricLatencyP50            = "latency_p50"
 	MetricLatencyP99            = "latency_p99"
 )

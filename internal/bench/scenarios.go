@@ -229,20 +229,19 @@ func settle(ctx context.Context, d time.Duration) {
 	}
 }
 
-// memory reads a server's RSS, and Warden's Go heap in use.
-func memory(ctx context.Context, p *Proc) (rss, heap uint64, err error) {
+// memory reads a server's RSS, and Warden's Go runtime figures (zero for
+// a server without a metrics endpoint).
+func memory(ctx context.Context, p *Proc) (rss uint64, h GoHeap, err error) {
 	st, err := p.Stats()
 	if err != nil {
-		return 0, 0, err
+		return 0, GoHeap{}, err
 	}
 	if u := p.MetricsURL(); u != "" {
-		h, err := ScrapeGoHeap(ctx, u)
-		if err != nil {
-			return 0, 0, err
+		if h, err = ScrapeGoHeap(ctx, u); err != nil {
+			return 0, GoHeap{}, err
 		}
-		heap = h.HeapInuse
 	}
-	return st.RSS, heap, nil
+	return st.RSS, h, nil
 }
 
 // IdleOptions configures the idle scenario.
@@ -261,7 +260,7 @@ func Idle(ctx context.Context, t Target, ids []Identity, o IdleOptions) (Result,
 	}
 	r := Result{Scenario: "idle", Subject: t.Name, Parameters: map[string]any{"devices": len(ids), "subscribed": true, "tls": t.Proc.TLS}}
 	settle(ctx, o.Settle)
-	rss0, heap0, err := memory(ctx, t.Proc)
+	rss0, h0, err := memory(ctx, t.Proc)
 	if err != nil {
 		return r, nil, err
 	}
@@ -271,7 +270,7 @@ func Idle(ctx context.Context, t Target, ids []Identity, o IdleOptions) (Result,
 		return r, nil, err
 	}
 	settle(ctx, o.Settle)
-	rss1, heap1, err := memory(ctx, t.Proc)
+	rss1, h1, err := memory(ctx, t.Proc)
 	if err != nil {
 		CloseAll(clients)
 		return r, nil, err
@@ -279,7 +278,13 @@ func Idle(ctx context.Context, t Target, ids []Identity, o IdleOptions) (Result,
 	n := float64(len(ids))
 	r.Add(MetricRSSPerConnection, (float64(rss1)-float64(rss0))/n, UnitBytes, LowerIsBetter)
 	if t.Proc.MetricsURL() != "" {
-		r.Add(MetricHeapPerConnection, (float64(heap1)-float64(heap0))/n, UnitBytes, LowerIsBetter)
+		per := func(a, b uint64) float64 { return (float64(b) - float64(a)) / n }
+		r.Add(MetricHeapPerConnection, per(h0.HeapInuse, h1.HeapInuse), UnitBytes, LowerIsBetter)
+		// Where the RSS goes: goroutine stacks, and the collector's goal
+		// (the live heap after the last collection plus GOGC's headroom,
+		// which the runtime keeps mapped until its scavenger returns it).
+		r.Add(MetricStackPerConnection, per(h0.StackInuse, h1.StackInuse), UnitBytes, LowerIsBetter)
+		r.Add(MetricGCGoalPerConnection, per(h0.NextGC, h1.NextGC), UnitBytes, LowerIsBetter)
 	}
 	r.Add("rss_total", float64(rss1), UnitBytes, LowerIsBetter)
 	r.AddDuration("connect_time", took, UnitSeconds, LowerIsBetter)

@@ -241,6 +241,7 @@ func New(opts Options) (*Broker, error) {
 		ClientNetReadBufferSize:  2048,
 		SysTopicResendInterval:   60,
 		ClientLimits:             b.clientLimits,
+		ServeClient:              b.serveClient,
 	})
 	b.relayCl = b.srv.NewClient(nil, "warden", "warden-relay", true)
 	b.relayCl.Properties.ProtocolVersion = 5

@@ -83,6 +83,22 @@ func (l endCounter) Serve(establish listeners.EstablishFn) {
 	})
 }
 
+// serveClient starts the goroutine that reads and handles an established
+// client's packets (mochi's Options.ServeClient, PATCHES.md 11), with a
+// panic in it contained to the connection as endCounter contains one
+// during the connection's set-up.
+func (b *Broker) serveClient(cl *mqtt.Client, serve func()) {
+	go func() {
+		defer func() {
+			if v := recover(); v != nil {
+				_ = cl.Net.Conn.Close()
+				_ = b.recovered(cl.Net.Listener, cl.Net.Remote, v)
+			}
+		}()
+		serve()
+	}()
+}
+
 // recovered reports a panic contained to one connection: logged with its
 // stack (it is a bug to fix), counted as a forced disconnect and audited.
 func (b *Broker) recovered(listener, remote string, v any) error {

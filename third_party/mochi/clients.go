@@ -8,6 +8,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"io"
@@ -129,7 +130,10 @@ type Client struct {
 // ClientConnection contains the connection transport and metadata for the client.
 type ClientConnection struct {
 	Conn     net.Conn      // the net.Conn used to establish the connection
-	bconn    *bufio.Reader // a buffered net.Conn for reading packets
+	bconn    *bufio.Reader // a buffered net.Conn for reading packets; WARDEN PATCH (PATCHES.md, 12): nil while idle if pooled
+	pooled   bool          // WARDEN PATCH (PATCHES.md, 12): bconn comes from a pool and goes back while idle
+	hasFirst bool          // WARDEN PATCH (PATCHES.md, 12): first holds the first byte of the next packet
+	first    [1]byte
 	outbuf   *bytes.Buffer // a buffer for writing packets
 	Remote   string        // the remote address of the client
 	Listener string        // listener id of the client
@@ -158,21 +162,21 @@ type Will struct {
 
 // ClientState tracks the state of the client.
 type ClientState struct {
-	TopicAliases    TopicAliases         // a map of topic aliases
-	stopCause       atomic.Value         // reason for stopping
-	Inflight        *Inflight            // a map of in-flight qos messages
-	Subscriptions   *Subscriptions       // a map of the subscription filters a client maintains
-	disconnected    int64                // the time the client disconnected in unix time, for calculating expiry
-	outbound        chan *packets.Packet // queue for pending outbound packets
-	endOnce         sync.Once            // only end once
-	isTakenOver     atomic.Bool          // used to identify orphaned clients
-	packetID        uint32               // the current highest packetID
-	open            context.Context      // indicate that the client is open for packet exchange
-	cancelOpen      context.CancelFunc   // cancel function for open context
-	outboundQty     int32                // number of messages currently in the outbound queue
-	maxInflight     uint16               // WARDEN PATCH (PATCHES.md, 2): this client's in-flight limit; 0: the server's
-	Keepalive       uint16               // the number of seconds the connection can wait
-	ServerKeepalive bool                 // keepalive was set by the server
+	TopicAliases    TopicAliases       // a map of topic aliases
+	stopCause       atomic.Value       // reason for stopping
+	Inflight        *Inflight          // a map of in-flight qos messages
+	Subscriptions   *Subscriptions     // a map of the subscription filters a client maintains
+	disconnected    int64              // the time the client disconnected in unix time, for calculating expiry
+	outbound        outQueue           // WARDEN PATCH (PATCHES.md, 10): queue for pending outbound packets
+	endOnce         sync.Once          // only end once
+	isTakenOver     atomic.Bool        // used to identify orphaned clients
+	packetID        uint32             // the current highest packetID
+	open            context.Context    // indicate that the client is open for packet exchange
+	cancelOpen      context.CancelFunc // cancel function for open context
+	outboundQty     int32              // number of messages currently in the outbound queue
+	maxInflight     uint16             // WARDEN PATCH (PATCHES.md, 2): this client's in-flight limit; 0: the server's
+	Keepalive       uint16             // the number of seconds the connection can wait
+	ServerKeepalive bool               // keepalive was set by the server
 }
 
 // newClient returns a new instance of Client. This is almost exclusively used by Server
@@ -187,7 +191,7 @@ func newClient(c net.Conn, o *ops) *Client {
 			open:          ctx,
 			cancelOpen:    cancel,
 			Keepalive:     defaultKeepalive,
-			outbound:      make(chan *packets.Packet, o.options.Capabilities.MaximumClientWritesPending),
+			outbound:      outQueue{limit: int(o.options.Capabilities.MaximumClientWritesPending)},
 		},
 		Properties: ClientProperties{
 			ProtocolVersion: defaultClientProtocolVersion, // default protocol version
@@ -198,27 +202,104 @@ func newClient(c net.Conn, o *ops) *Client {
 	if c != nil {
 		cl.Net = ClientConnection{
 			Conn:   c,
-			bconn:  bufio.NewReaderSize(c, o.options.ClientNetReadBufferSize),
 			Remote: c.RemoteAddr().String(),
+		}
+		// WARDEN PATCH (PATCHES.md, 12): a connection that buffers what it
+		// reads itself (TLS buffers a whole record) gives its read buffer
+		// back while it waits for a packet; a plain socket keeps its own,
+		// since waiting without it would cost a system call per packet.
+		if _, ok := c.(interface{ ConnectionState() tls.ConnectionState }); ok {
+			cl.Net.pooled = true
+		} else {
+			cl.Net.bconn = bufio.NewReaderSize(c, o.options.ClientNetReadBufferSize)
 		}
 	}
 
 	return cl
 }
 
-// WriteLoop ranges over pending outbound messages and writes them to the client connection.
-func (cl *Client) WriteLoop() {
+// outQueue is a client's queue of packets waiting to be written.
+//
+// WARDEN PATCH (PATCHES.md, 10): upstream queues them in a buffered
+// channel drained by a goroutine per client (WriteLoop) that lives as long
+// as the connection. An idle client kept that goroutine parked, with the
+// stack its last write grew (8 KiB: WritePacket takes an 800-byte packet
+// by value, and the TLS record layer runs under it), and the channel's
+// buffer. Here the writer goroutine runs only while the queue holds
+// packets: the first packet queued starts it and it ends when the queue
+// is empty, so an idle client holds neither. Packets are still written in
+// the order queued, by one goroutine at a time.
+type outQueue struct {
+	mu      sync.Mutex
+	pks     []*packets.Packet // pks[head:] are waiting
+	head    int
+	limit   int          // most packets waiting at once; more are refused
+	pending atomic.Int32 // len(pks) - head, readable without mu
+	writing bool         // a writer goroutine is running (drain)
+}
+
+// queueOutbound queues pk for the client's writer, starting it if it is
+// not running; false if the queue is full.
+func (cl *Client) queueOutbound(pk *packets.Packet) bool {
+	q := &cl.State.outbound
+	q.mu.Lock()
+	if len(q.pks)-q.head >= q.limit {
+		q.mu.Unlock()
+		return false
+	}
+	q.pks = append(q.pks, pk)
+	q.pending.Add(1)
+	atomic.AddInt32(&cl.State.outboundQty, 1)
+	start := !q.writing
+	q.writing = true
+	q.mu.Unlock()
+	if start {
+		go cl.drainOutbound()
+	}
+	return true
+}
+
+// outboundPending is how many packets wait in the queue (the one being
+// written, if any, excluded).
+func (cl *Client) outboundPending() int32 {
+	return cl.State.outbound.pending.Load()
+}
+
+// drainOutbound writes queued packets until the queue is empty or the
+// client closes; packets still queued at close are dropped, as upstream's
+// WriteLoop left them in its channel (QoS 1 and 2 ones stay in flight and
+// are resent to a resumed session).
+func (cl *Client) drainOutbound() {
+	q := &cl.State.outbound
 	for {
-		select {
-		case pk := <-cl.State.outbound:
-			if err := cl.WritePacket(*pk); err != nil {
-				// TODO : Figure out what to do with error
-				cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
+		q.mu.Lock()
+		if q.head == len(q.pks) || cl.Closed() {
+			dropped := int32(len(q.pks) - q.head)
+			q.pending.Store(0)
+			if cap(q.pks) > 16 { // a burst's array goes back; a small one is kept
+				q.pks = nil
+			} else {
+				clear(q.pks)
+				q.pks = q.pks[:0]
 			}
-			atomic.AddInt32(&cl.State.outboundQty, -1)
-		case <-cl.State.open.Done():
+			q.head = 0
+			q.writing = false
+			q.mu.Unlock()
+			if dropped > 0 {
+				atomic.AddInt32(&cl.State.outboundQty, -dropped)
+			}
 			return
 		}
+		pk := q.pks[q.head]
+		q.pks[q.head] = nil
+		q.head++
+		q.pending.Add(-1)
+		q.mu.Unlock()
+
+		if err := cl.WritePacket(*pk); err != nil {
+			cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
+		}
+		atomic.AddInt32(&cl.State.outboundQty, -1)
 	}
 }
 
@@ -378,30 +459,117 @@ func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 
 // Read reads incoming packets from the connected client and transforms them into
 // packets to be handled by the packetHandler.
+//
+// WARDEN PATCH (PATCHES.md, 11): the loop waits for each packet's first
+// byte (awaitPacket) in frames of a few hundred bytes and handles the
+// packet in a call that has returned by the next wait (readNext, whose
+// frame holds whole packets by value). An idle client's goroutine is
+// parked with about 1.5 KiB of stack in use, so the collector shrinks its
+// stack to 4 KiB; upstream parked under 5 KiB of frames and kept 16 KiB.
 func (cl *Client) Read(packetHandler ReadFn) error {
-	var err error
-
 	for {
 		if cl.Closed() {
 			return nil
 		}
 
 		cl.refreshDeadline(cl.State.Keepalive)
-		fh := new(packets.FixedHeader)
-		err = cl.ReadFixedHeader(fh)
-		if err != nil {
+		if err := cl.awaitPacket(); err != nil {
 			return err
 		}
+		if err := cl.readNext(packetHandler); err != nil {
+			return err
+		}
+	}
+}
 
-		pk, err := cl.ReadPacket(fh)
-		if err != nil {
-			return err
-		}
+// readNext reads and handles one packet. WARDEN PATCH (PATCHES.md, 11).
+//
+//go:noinline
+func (cl *Client) readNext(packetHandler ReadFn) error {
+	fh := new(packets.FixedHeader)
+	if err := cl.ReadFixedHeader(fh); err != nil {
+		return err
+	}
 
-		err = packetHandler(cl, pk) // Process inbound packet.
-		if err != nil {
-			return err
-		}
+	pk, err := cl.ReadPacket(fh)
+	if err != nil {
+		return err
+	}
+
+	return packetHandler(cl, pk) // Process inbound packet.
+}
+
+// awaitPacket returns when the next packet's first byte is there. A
+// pooled read buffer with nothing in it goes back to its pool first, and
+// the byte is read straight from the connection into cl.Net.first.
+// WARDEN PATCH (PATCHES.md, 11, 12).
+func (cl *Client) awaitPacket() error {
+	if cl.Net.Conn == nil {
+		return ErrConnectionClosed
+	}
+	if cl.Net.hasFirst {
+		return nil
+	}
+	if cl.Net.bconn != nil && cl.Net.bconn.Buffered() > 0 {
+		return nil
+	}
+	if !cl.Net.pooled {
+		_, err := cl.Net.bconn.Peek(1)
+		return err
+	}
+	cl.releaseReader()
+	if _, err := io.ReadFull(cl.Net.Conn, cl.Net.first[:]); err != nil {
+		return err
+	}
+	cl.Net.hasFirst = true
+	return nil
+}
+
+// readByte returns the next byte of the connection, the one awaitPacket
+// read first if it did, and attaches a pooled read buffer if the client
+// has none. WARDEN PATCH (PATCHES.md, 12).
+func (cl *Client) readByte() (byte, error) {
+	if cl.Net.bconn == nil {
+		cl.Net.bconn = getReader(cl.Net.Conn, cl.ops.options.ClientNetReadBufferSize)
+	}
+	if cl.Net.hasFirst {
+		cl.Net.hasFirst = false
+		return cl.Net.first[0], nil
+	}
+	return cl.Net.bconn.ReadByte()
+}
+
+// releaseReader gives a pooled read buffer back if it holds nothing
+// unread. Only the client's reading goroutine calls it. WARDEN PATCH
+// (PATCHES.md, 12).
+func (cl *Client) releaseReader() {
+	if cl.Net.pooled && cl.Net.bconn != nil && cl.Net.bconn.Buffered() == 0 {
+		putReader(cl.Net.bconn)
+		cl.Net.bconn = nil
+	}
+}
+
+// readerPools holds idle clients' read buffers, one pool per buffer size.
+// WARDEN PATCH (PATCHES.md, 12).
+var readerPools sync.Map // int → *sync.Pool of *bufio.Reader
+
+func getReader(c net.Conn, size int) *bufio.Reader {
+	p, _ := readerPools.Load(size)
+	if p == nil {
+		p, _ = readerPools.LoadOrStore(size, &sync.Pool{})
+	}
+	if r, ok := p.(*sync.Pool).Get().(*bufio.Reader); ok {
+		r.Reset(c)
+		return r
+	}
+	return bufio.NewReaderSize(c, size)
+}
+
+func putReader(r *bufio.Reader) {
+	size := r.Size()
+	r.Reset(nil)
+	if p, ok := readerPools.Load(size); ok {
+		p.(*sync.Pool).Put(r)
 	}
 }
 
@@ -449,11 +617,11 @@ func (cl *Client) IsTakenOver() bool {
 
 // ReadFixedHeader reads in the values of the next packet's fixed header.
 func (cl *Client) ReadFixedHeader(fh *packets.FixedHeader) error {
-	if cl.Net.bconn == nil {
+	if cl.Net.Conn == nil {
 		return ErrConnectionClosed
 	}
 
-	b, err := cl.Net.bconn.ReadByte()
+	b, err := cl.readByte() // WARDEN PATCH (PATCHES.md, 12)
 	if err != nil {
 		return err
 	}
@@ -491,9 +659,10 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 
 	atomic.AddInt64(&cl.ops.info.BytesReceived, int64(n))
 
-	// Decode the remaining packet values using a fresh copy of the bytes,
-	// otherwise the next packet will change the data of this one.
-	px := append([]byte{}, p[:]...)
+	// WARDEN PATCH (PATCHES.md, 12): p is the packet's own (it was made
+	// above), so the decoder's slices into it stay valid; upstream copied
+	// it again here.
+	px := p
 	switch pk.FixedHeader.Type {
 	case packets.Connect:
 		err = pk.ConnectDecode(px)
@@ -622,7 +791,7 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 	n, err := func() (int64, error) {
 		cl.Lock()
 		defer cl.Unlock()
-		if len(cl.State.outbound) == 0 {
+		if cl.outboundPending() == 0 {
 			if cl.Net.outbuf == nil {
 				return buf.WriteTo(cl.Net.Conn)
 			}

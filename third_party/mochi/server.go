@@ -121,6 +121,13 @@ type Options struct {
 	// WARDEN PATCH (PATCHES.md, 2).
 	ClientLimits func(cl *Client) (writesPending int32, inflight uint16) `yaml:"-" json:"-"`
 
+	// ServeClient, if set, starts the goroutine that reads and handles an
+	// established client's packets: it must call serve on a new goroutine
+	// and return (nil: `go serve()`). The embedding application can wrap
+	// serve, to contain a panic to its client for one. WARDEN PATCH
+	// (PATCHES.md, 11).
+	ServeClient func(cl *Client, serve func()) `yaml:"-" json:"-"`
+
 	// Logger specifies a custom configured implementation of log/slog to override
 	// the servers default logger configuration. If you wish to change the log level,
 	// of the default logger, you can do so by setting:
@@ -432,15 +439,45 @@ func (s *Server) EstablishConnection(listener string, c net.Conn) error {
 
 // attachClient validates an incoming client connection and if viable, attaches the client
 // to the server, performs session housekeeping, and reads incoming packets.
+//
+// WARDEN PATCH (PATCHES.md, 11): once the session is established the
+// client's packets are read and handled on a goroutine of its own
+// (serveClient, started through Options.ServeClient), and attachClient
+// returns nil. The connection's first goroutine ran the session's set-up:
+// CONNECT, authentication with its store lookups, whose deep call chains
+// grow a stack to 32 KiB or more. Upstream read the client's packets on
+// under that stack for the life of the connection, and the collector
+// halves a stack at most once per cycle; the new goroutine starts small.
 func (s *Server) attachClient(cl *Client, listener string) error {
-	defer s.Listeners.ClientsWg.Done()
 	s.Listeners.ClientsWg.Add(1)
 
-	// WARDEN PATCH (PATCHES.md, 2): the write loop starts once the client
-	// is authenticated, with the queue ClientLimits gives it. Until then
-	// everything is written directly (CONNACK refusals).
-	defer cl.Stop(nil)
+	if err := s.openSession(cl, listener); err != nil {
+		cl.releaseReader()
+		cl.Stop(nil)
+		s.Listeners.ClientsWg.Done()
+		return err
+	}
 
+	serve := func() {
+		defer s.Listeners.ClientsWg.Done()
+		defer cl.Stop(nil)
+		s.serveClient(cl, listener)
+	}
+	if s.Options.ServeClient != nil {
+		s.Options.ServeClient(cl, serve)
+	} else {
+		go serve()
+	}
+	return nil
+}
+
+// openSession reads and validates CONNECT, authenticates the client,
+// takes over or starts its session and answers CONNACK. A client it
+// returns an error for is refused. WARDEN PATCH (PATCHES.md, 11): split
+// out of attachClient.
+//
+//go:noinline
+func (s *Server) openSession(cl *Client, listener string) error {
 	pk, err := s.readConnectionPacket(cl)
 	if err != nil {
 		return fmt.Errorf("read connection: %w", err)
@@ -483,8 +520,8 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	// WARDEN PATCH (PATCHES.md, 2): per-client queue and inflight limits.
 	if s.Options.ClientLimits != nil {
 		writes, inflight := s.Options.ClientLimits(cl)
-		if writes > 0 && int(writes) != cap(cl.State.outbound) {
-			cl.State.outbound = make(chan *packets.Packet, writes)
+		if writes > 0 {
+			cl.State.outbound.limit = int(writes)
 		}
 		if inflight > 0 {
 			cl.State.maxInflight = inflight
@@ -496,10 +533,8 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 			}
 		}
 	}
-	go cl.WriteLoop()
 
 	atomic.AddInt64(&s.Info.ClientsConnected, 1)
-	defer atomic.AddInt64(&s.Info.ClientsConnected, -1)
 
 	s.hooks.OnSessionEstablish(cl, pk)
 
@@ -510,7 +545,7 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 
 	err = s.SendConnack(cl, code, sessionPresent, nil) // [MQTT-3.1.4-5] [MQTT-3.2.0-1] [MQTT-3.2.0-2] &[MQTT-3.14.0-1]
 	if err != nil {
-		return fmt.Errorf("ack connection packet: %w", err)
+		return s.endSession(cl, listener, fmt.Errorf("ack connection packet: %w", err))
 	}
 
 	s.loop.willDelayed.Delete(cl.ID) // [MQTT-3.1.3-9]
@@ -518,19 +553,37 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	if sessionPresent {
 		err = cl.ResendInflightMessages(true)
 		if err != nil {
-			return fmt.Errorf("resend inflight: %w", err)
+			return s.endSession(cl, listener, fmt.Errorf("resend inflight: %w", err))
 		}
 	}
 
 	s.hooks.OnSessionEstablished(cl, pk)
+	return nil
+}
 
-	err = cl.Read(s.receivePacket)
+// serveClient reads and handles the packets of an established session
+// until it ends, then ends it. WARDEN PATCH (PATCHES.md, 11): split out
+// of attachClient.
+func (s *Server) serveClient(cl *Client, listener string) {
+	err := cl.Read(s.receivePacket)
 	if err != nil {
 		s.sendLWT(cl)
 		cl.Stop(err)
 	} else {
 		cl.Properties.Will = Will{} // [MQTT-3.14.4-3] [MQTT-3.1.2-10]
 	}
+	_ = s.endSession(cl, listener, err)
+}
+
+// endSession runs the end of an established session: OnDisconnect, and
+// the clean-up of a session that does not outlive its connection. It
+// returns err. WARDEN PATCH (PATCHES.md, 11): split out of attachClient,
+// whose deferred decrement of ClientsConnected it now does.
+//
+//go:noinline
+func (s *Server) endSession(cl *Client, listener string, err error) error {
+	cl.releaseReader()
+	atomic.AddInt64(&s.Info.ClientsConnected, -1)
 	s.Log.Debug("client disconnected", "error", err, "client", cl.ID, "remote", cl.Net.Remote, "listener", listener)
 
 	expire := (cl.Properties.ProtocolVersion == 5 && cl.Properties.Props.SessionExpiryInterval == 0) || (cl.Properties.ProtocolVersion < 5 && cl.Properties.Clean)
@@ -1174,10 +1227,7 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		return out, packets.CodeDisconnect
 	}
 
-	select {
-	case cl.State.outbound <- &out:
-		atomic.AddInt32(&cl.State.outboundQty, 1)
-	default:
+	if !cl.queueOutbound(&out) { // WARDEN PATCH (PATCHES.md, 10)
 		atomic.AddInt64(&s.Info.MessagesDropped, 1)
 		cl.ops.hooks.OnPublishDropped(cl, pk)
 		if out.FixedHeader.Qos > 0 {
