@@ -232,6 +232,15 @@ func (c *admittedConn) Read(p []byte) (int, error) {
 	if c.done || c.admit == nil {
 		return c.Conn.Read(p)
 	}
+	return c.admittedRead(p)
+}
+
+// admittedRead is Read during the handshake. It is a call of its own so
+// that Read's frame, which stays on an idle connection's parked stack
+// for the connection's life, is small (mochi PATCHES.md 11).
+//
+//go:noinline
+func (c *admittedConn) admittedRead(p []byte) (int, error) {
 	c.release()
 	n, err := c.Conn.Read(p)
 	if err != nil {

@@ -253,8 +253,8 @@ func TestIdleClientHoldsOneGoroutine(t *testing.T) {
 // TestReaderSplitAndPipelinedPackets guards patch 12 over TLS and plain
 // TCP: packets that arrive many to a read (one TLS record holding
 // several), and packets that arrive a byte per record with pauses between,
-// are all read whole and in order whether or not the reader held on to
-// its buffer between them.
+// are all read whole and in order, from TLS's own buffer (no bufio on top)
+// as from a plain socket's bufio.
 func TestReaderSplitAndPipelinedPackets(t *testing.T) {
 	for _, useTLS := range []bool{false, true} {
 		t.Run(fmt.Sprintf("tls=%v", useTLS), func(t *testing.T) {

@@ -130,10 +130,9 @@ type Client struct {
 // ClientConnection contains the connection transport and metadata for the client.
 type ClientConnection struct {
 	Conn     net.Conn      // the net.Conn used to establish the connection
-	bconn    *bufio.Reader // a buffered net.Conn for reading packets; WARDEN PATCH (PATCHES.md, 12): nil while idle if pooled
-	pooled   bool          // WARDEN PATCH (PATCHES.md, 12): bconn comes from a pool and goes back while idle
+	bconn    *bufio.Reader // a buffered net.Conn for reading packets; WARDEN PATCH (PATCHES.md, 12): nil: Conn is read directly
 	hasFirst bool          // WARDEN PATCH (PATCHES.md, 12): first holds the first byte of the next packet
-	first    [1]byte
+	first    [1]byte       // WARDEN PATCH (PATCHES.md, 12)
 	outbuf   *bytes.Buffer // a buffer for writing packets
 	Remote   string        // the remote address of the client
 	Listener string        // listener id of the client
@@ -205,12 +204,10 @@ func newClient(c net.Conn, o *ops) *Client {
 			Remote: c.RemoteAddr().String(),
 		}
 		// WARDEN PATCH (PATCHES.md, 12): a connection that buffers what it
-		// reads itself (TLS buffers a whole record) gives its read buffer
-		// back while it waits for a packet; a plain socket keeps its own,
-		// since waiting without it would cost a system call per packet.
-		if _, ok := c.(interface{ ConnectionState() tls.ConnectionState }); ok {
-			cl.Net.pooled = true
-		} else {
+		// reads itself (TLS decrypts a whole record into its own buffer)
+		// is read directly, without a second buffer; a plain socket gets
+		// one, since each read of it is a system call.
+		if _, ok := c.(interface{ ConnectionState() tls.ConnectionState }); !ok {
 			cl.Net.bconn = bufio.NewReaderSize(c, o.options.ClientNetReadBufferSize)
 		}
 	}
@@ -499,9 +496,8 @@ func (cl *Client) readNext(packetHandler ReadFn) error {
 	return packetHandler(cl, pk) // Process inbound packet.
 }
 
-// awaitPacket returns when the next packet's first byte is there. A
-// pooled read buffer with nothing in it goes back to its pool first, and
-// the byte is read straight from the connection into cl.Net.first.
+// awaitPacket returns when the next packet's first byte is there; on a
+// connection read directly, it reads that byte into cl.Net.first.
 // WARDEN PATCH (PATCHES.md, 11, 12).
 func (cl *Client) awaitPacket() error {
 	if cl.Net.Conn == nil {
@@ -510,67 +506,50 @@ func (cl *Client) awaitPacket() error {
 	if cl.Net.hasFirst {
 		return nil
 	}
-	if cl.Net.bconn != nil && cl.Net.bconn.Buffered() > 0 {
-		return nil
-	}
-	if !cl.Net.pooled {
+	if cl.Net.bconn != nil {
 		_, err := cl.Net.bconn.Peek(1)
 		return err
 	}
-	cl.releaseReader()
-	if _, err := io.ReadFull(cl.Net.Conn, cl.Net.first[:]); err != nil {
-		return err
-	}
-	cl.Net.hasFirst = true
-	return nil
-}
-
-// readByte returns the next byte of the connection, the one awaitPacket
-// read first if it did, and attaches a pooled read buffer if the client
-// has none. WARDEN PATCH (PATCHES.md, 12).
-func (cl *Client) readByte() (byte, error) {
-	if cl.Net.bconn == nil {
-		cl.Net.bconn = getReader(cl.Net.Conn, cl.ops.options.ClientNetReadBufferSize)
-	}
-	if cl.Net.hasFirst {
-		cl.Net.hasFirst = false
-		return cl.Net.first[0], nil
-	}
-	return cl.Net.bconn.ReadByte()
-}
-
-// releaseReader gives a pooled read buffer back if it holds nothing
-// unread. Only the client's reading goroutine calls it. WARDEN PATCH
-// (PATCHES.md, 12).
-func (cl *Client) releaseReader() {
-	if cl.Net.pooled && cl.Net.bconn != nil && cl.Net.bconn.Buffered() == 0 {
-		putReader(cl.Net.bconn)
-		cl.Net.bconn = nil
+	for { // not io.ReadFull: its frame would be on the parked stack too
+		n, err := cl.Net.Conn.Read(cl.Net.first[:])
+		if n == 1 {
+			cl.Net.hasFirst = true
+			return nil
+		}
+		if err != nil {
+			return err
+		}
 	}
 }
 
-// readerPools holds idle clients' read buffers, one pool per buffer size.
+// ReadByte reads the next byte of the connection (the one awaitPacket
+// read, if it did). WARDEN PATCH (PATCHES.md, 12).
+func (c *ClientConnection) ReadByte() (byte, error) {
+	if c.hasFirst {
+		c.hasFirst = false
+		return c.first[0], nil
+	}
+	if c.bconn != nil {
+		return c.bconn.ReadByte()
+	}
+	if _, err := io.ReadFull(c.Conn, c.first[:]); err != nil {
+		return 0, err
+	}
+	return c.first[0], nil
+}
+
+// Read reads from the connection, through its buffer if it has one.
 // WARDEN PATCH (PATCHES.md, 12).
-var readerPools sync.Map // int → *sync.Pool of *bufio.Reader
-
-func getReader(c net.Conn, size int) *bufio.Reader {
-	p, _ := readerPools.Load(size)
-	if p == nil {
-		p, _ = readerPools.LoadOrStore(size, &sync.Pool{})
+func (c *ClientConnection) Read(p []byte) (int, error) {
+	if len(p) > 0 && c.hasFirst {
+		c.hasFirst = false
+		p[0] = c.first[0]
+		return 1, nil
 	}
-	if r, ok := p.(*sync.Pool).Get().(*bufio.Reader); ok {
-		r.Reset(c)
-		return r
+	if c.bconn != nil {
+		return c.bconn.Read(p)
 	}
-	return bufio.NewReaderSize(c, size)
-}
-
-func putReader(r *bufio.Reader) {
-	size := r.Size()
-	r.Reset(nil)
-	if p, ok := readerPools.Load(size); ok {
-		p.(*sync.Pool).Put(r)
-	}
+	return c.Conn.Read(p)
 }
 
 // Stop instructs the client to shut down all processing goroutines and disconnect.
@@ -621,7 +600,7 @@ func (cl *Client) ReadFixedHeader(fh *packets.FixedHeader) error {
 		return ErrConnectionClosed
 	}
 
-	b, err := cl.readByte() // WARDEN PATCH (PATCHES.md, 12)
+	b, err := cl.Net.ReadByte() // WARDEN PATCH (PATCHES.md, 12)
 	if err != nil {
 		return err
 	}
@@ -632,7 +611,7 @@ func (cl *Client) ReadFixedHeader(fh *packets.FixedHeader) error {
 	}
 
 	var bu int
-	fh.Remaining, bu, err = packets.DecodeLength(cl.Net.bconn)
+	fh.Remaining, bu, err = packets.DecodeLength(&cl.Net) // WARDEN PATCH (PATCHES.md, 12)
 	if err != nil {
 		return err
 	}
@@ -652,7 +631,7 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 	pk.ProtocolVersion = cl.Properties.ProtocolVersion // inherit client protocol version for decoding
 	pk.FixedHeader = *fh
 	p := make([]byte, pk.FixedHeader.Remaining)
-	n, err := io.ReadFull(cl.Net.bconn, p)
+	n, err := io.ReadFull(&cl.Net, p) // WARDEN PATCH (PATCHES.md, 12)
 	if err != nil {
 		return pk, err
 	}

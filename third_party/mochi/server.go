@@ -452,17 +452,12 @@ func (s *Server) attachClient(cl *Client, listener string) error {
 	s.Listeners.ClientsWg.Add(1)
 
 	if err := s.openSession(cl, listener); err != nil {
-		cl.releaseReader()
 		cl.Stop(nil)
 		s.Listeners.ClientsWg.Done()
 		return err
 	}
 
-	serve := func() {
-		defer s.Listeners.ClientsWg.Done()
-		defer cl.Stop(nil)
-		s.serveClient(cl, listener)
-	}
+	serve := func() { s.serveClient(cl, listener) }
 	if s.Options.ServeClient != nil {
 		s.Options.ServeClient(cl, serve)
 	} else {
@@ -565,6 +560,9 @@ func (s *Server) openSession(cl *Client, listener string) error {
 // until it ends, then ends it. WARDEN PATCH (PATCHES.md, 11): split out
 // of attachClient.
 func (s *Server) serveClient(cl *Client, listener string) {
+	defer s.Listeners.ClientsWg.Done()
+	defer cl.Stop(nil)
+
 	err := cl.Read(s.receivePacket)
 	if err != nil {
 		s.sendLWT(cl)
@@ -582,7 +580,6 @@ func (s *Server) serveClient(cl *Client, listener string) {
 //
 //go:noinline
 func (s *Server) endSession(cl *Client, listener string, err error) error {
-	cl.releaseReader()
 	atomic.AddInt64(&s.Info.ClientsConnected, -1)
 	s.Log.Debug("client disconnected", "error", err, "client", cl.ID, "remote", cl.Net.Remote, "listener", listener)
 
