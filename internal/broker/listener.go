@@ -8,6 +8,7 @@ import (
 	"os"
 	"strings"
 	"sync"
+	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -152,6 +153,9 @@ func (l *guardedListener) handshake(raw net.Conn) {
 	ctx, cancel := context.WithTimeout(l.ctx, l.deadline)
 	ac := &admittedConn{Conn: raw, ctx: ctx, admit: l.admit}
 	gc := &guardedConn{Conn: tls.Server(ac, l.tls), listener: l}
+	if sc, ok := raw.(syscall.Conn); ok {
+		gc.raw, _ = sc.SyscallConn()
+	}
 	err := gc.Conn.HandshakeContext(ctx)
 	cancel()
 	ac.finish()
@@ -198,6 +202,8 @@ func (b *Broker) GuardHTTPS(raw net.Listener, name string, cfg *tls.Config) net.
 type guardedConn struct {
 	*tls.Conn
 	listener *guardedListener
+	raw      syscall.RawConn // the socket under TLS, for WaitReadable; nil if it has none
+	peek     [1]byte
 }
 
 // admission hands out the tokens a TLS handshake holds while it computes:
@@ -288,6 +294,7 @@ func (c *admittedConn) finish() {
 		c.release()
 	}
 	c.done = true
+	c.ctx = nil // the handshake's context is done with; the connection lives on
 }
 
 // tlsStater is satisfied by *tls.Conn, guardedConn and the WebSocket

@@ -31,7 +31,16 @@ type idleServer struct {
 	tls  *tls.Config // the client's, nil on the plain listener
 }
 
-func startIdleServer(t *testing.T, useTLS bool, opts *mqtt.Options, hooks ...mqtt.Hook) idleServer {
+// Listener kinds of startIdleServer: a plain socket, crypto/tls's
+// listener, and Warden's guarded mutual-TLS listener (whose connections
+// can wait for their socket, PATCHES.md 13).
+const (
+	plainKind   = "plain"
+	tlsKind     = "tls"
+	guardedKind = "guarded"
+)
+
+func startIdleServer(t *testing.T, kind string, opts *mqtt.Options, hooks ...mqtt.Hook) idleServer {
 	t.Helper()
 	if opts == nil {
 		opts = &mqtt.Options{}
@@ -49,10 +58,20 @@ func startIdleServer(t *testing.T, useTLS bool, opts *mqtt.Options, hooks ...mqt
 		t.Fatal(err)
 	}
 	s := idleServer{srv: srv, addr: ln.Addr().String()}
-	if useTLS {
+	switch kind {
+	case tlsKind:
 		pki := newTestPKI(t)
 		ln = tls.NewListener(ln, &tls.Config{Certificates: []tls.Certificate{pki.server}, MinVersion: tls.VersionTLS13})
 		s.tls = &tls.Config{RootCAs: pki.roots, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS13}
+	case guardedKind:
+		pki := newTestPKI(t)
+		b, _ := newTestBroker(t, pki, 2)
+		cfg, err := ServerTLSConfig(pki.server, pki.roots, ProfileStrict, true)
+		if err != nil {
+			t.Fatal(err)
+		}
+		ln = newGuardedListener(ln, "mqtts", cfg, 3*time.Second, nil, b.admit, b)
+		s.tls = &tls.Config{RootCAs: pki.roots, ServerName: "127.0.0.1", Certificates: []tls.Certificate{pki.client}}
 	}
 	if err := srv.AddListener(listeners.NewNet("t", ln)); err != nil {
 		t.Fatal(err)
@@ -68,6 +87,11 @@ func startIdleServer(t *testing.T, useTLS bool, opts *mqtt.Options, hooks ...mqt
 // after CONNACK.
 func (s idleServer) dial(t *testing.T, id string) net.Conn {
 	t.Helper()
+	return s.dialKeepAlive(t, id, 60)
+}
+
+func (s idleServer) dialKeepAlive(t *testing.T, id string, keepalive uint16) net.Conn {
+	t.Helper()
 	var c net.Conn
 	var err error
 	if s.tls != nil {
@@ -80,7 +104,7 @@ func (s idleServer) dial(t *testing.T, id string) net.Conn {
 	}
 	t.Cleanup(func() { c.Close() })
 	writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
-		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60, ClientIdentifier: id}})
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: keepalive, ClientIdentifier: id}})
 	if pk := readPacket(t, c); pk.FixedHeader.Type != packets.Connack || pk.ReasonCode != 0 {
 		t.Fatalf("%s: %v instead of a successful CONNACK", id, pk.FixedHeader)
 	}
@@ -207,9 +231,9 @@ func waitGoroutines(t *testing.T, fn string, want int) string {
 // once the queue is empty. Over TLS the parked reader holds no read
 // buffer (patch 12): it reads straight from the connection.
 func TestIdleClientHoldsOneGoroutine(t *testing.T) {
-	for _, useTLS := range []bool{false, true} {
-		t.Run(fmt.Sprintf("tls=%v", useTLS), func(t *testing.T) {
-			s := startIdleServer(t, useTLS, nil)
+	for _, kind := range []string{plainKind, tlsKind, guardedKind} {
+		t.Run(kind, func(t *testing.T) {
+			s := startIdleServer(t, kind, nil)
 			const n = 20
 			conns := make([]net.Conn, n)
 			for i := range conns {
@@ -223,7 +247,7 @@ func TestIdleClientHoldsOneGoroutine(t *testing.T) {
 					t.Errorf("an idle reader is parked under %s:\n%s", fn, stack)
 				}
 			}
-			if useTLS && strings.Contains(stack, "bufio") {
+			if kind != plainKind && strings.Contains(stack, "bufio") {
 				t.Errorf("an idle TLS reader waits in a read buffer:\n%s", stack)
 			}
 			waitGoroutines(t, "drainOutbound", 0)
@@ -256,9 +280,9 @@ func TestIdleClientHoldsOneGoroutine(t *testing.T) {
 // are all read whole and in order, from TLS's own buffer (no bufio on top)
 // as from a plain socket's bufio.
 func TestReaderSplitAndPipelinedPackets(t *testing.T) {
-	for _, useTLS := range []bool{false, true} {
-		t.Run(fmt.Sprintf("tls=%v", useTLS), func(t *testing.T) {
-			s := startIdleServer(t, useTLS, nil)
+	for _, kind := range []string{plainKind, tlsKind, guardedKind} {
+		t.Run(kind, func(t *testing.T) {
+			s := startIdleServer(t, kind, nil)
 			sub := s.dial(t, "sub")
 			subscribe(t, sub, "p/#")
 			pub := s.dial(t, "pub")
@@ -329,7 +353,7 @@ func (r *recordedEvents) Record(_ context.Context, e audit.Event) {
 func TestPanicInEstablishedSessionIsContained(t *testing.T) {
 	rec := new(recordedEvents)
 	b := &Broker{metrics: newMetrics(prometheus.NewRegistry()), log: slog.New(slog.DiscardHandler), audit: rec}
-	s := startIdleServer(t, true, &mqtt.Options{ServeClient: b.serveClient}, &panicOn{topic: "boom"})
+	s := startIdleServer(t, tlsKind, &mqtt.Options{ServeClient: b.serveClient}, &panicOn{topic: "boom"})
 
 	victim := s.dial(t, "victim")
 	writePacket(t, victim, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "boom", Payload: []byte("x")})
@@ -361,5 +385,63 @@ func TestPanicInEstablishedSessionIsContained(t *testing.T) {
 	writePacket(t, pub, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "ok/1", Payload: []byte("alive")})
 	if pk := readPacket(t, sub); string(pk.Payload) != "alive" {
 		t.Fatalf("after the panic: %q", pk.Payload)
+	}
+}
+
+// TestIdleTLSClientWaitsOnItsSocket guards patch 13: a client of Warden's
+// TLS listener that has sent nothing for IdleWaitAfter waits for its
+// socket (guardedConn.WaitReadable), not in crypto/tls's Read; what it
+// sends after that, a packet or several in one record, is read whole,
+// messages to it are delivered meanwhile, and its keepalive deadline still
+// ends a silent client.
+func TestIdleTLSClientWaitsOnItsSocket(t *testing.T) {
+	defer func(d time.Duration) { mqtt.IdleWaitAfter = d }(mqtt.IdleWaitAfter)
+	mqtt.IdleWaitAfter = 50 * time.Millisecond
+	s := startIdleServer(t, guardedKind, nil)
+
+	sub := s.dial(t, "sub")
+	subscribe(t, sub, "q/#")
+	pub := s.dial(t, "pub")
+	subscribe(t, pub, "to-pub/#")
+	stack := waitGoroutines(t, "(*guardedConn).WaitReadable", 2)
+	if strings.Contains(stack, "crypto/tls.(*Conn).Read") {
+		t.Fatalf("an idle reader waits in crypto/tls's Read:\n%s", stack)
+	}
+
+	// Delivered while the reader waits on the socket.
+	if err := s.srv.Publish("to-pub/1", []byte("down"), false, 0); err != nil {
+		t.Fatal(err)
+	}
+	if pk := readPacket(t, pub); string(pk.Payload) != "down" {
+		t.Fatalf("delivery to an idle client: %q", pk.Payload)
+	}
+	for round := range 3 {
+		waitGoroutines(t, "(*guardedConn).WaitReadable", 2)
+		var batch []byte
+		for i := range 3 {
+			batch = append(batch, encodePacket(t, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish},
+				TopicName: "q/x", Payload: []byte{byte(round), byte(i)}})...)
+		}
+		if _, err := pub.Write(batch); err != nil { // one TLS record
+			t.Fatal(err)
+		}
+		for i := range 3 {
+			if pk := readPacket(t, sub); !bytes.Equal(pk.Payload, []byte{byte(round), byte(i)}) {
+				t.Fatalf("round %d message %d: %x", round, i, pk.Payload)
+			}
+		}
+	}
+
+	// Keepalive 1 s: a silent client is cut at its keepalive deadline
+	// (mochi's is keepalive + keepalive/2 in whole seconds: 1 s), waiting
+	// on its socket or not.
+	silent := s.dialKeepAlive(t, "silent", 1)
+	start := time.Now()
+	_ = silent.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := silent.Read(make([]byte, 1)); err == nil || isTimeout(err) {
+		t.Fatalf("a silent client with keepalive 1 s: read %v, want the server's close", err)
+	}
+	if took := time.Since(start); took < time.Second || took > 3*time.Second {
+		t.Errorf("a silent client with keepalive 1 s was cut after %v, want about 1 s", took)
 	}
 }
