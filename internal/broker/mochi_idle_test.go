@@ -395,9 +395,7 @@ func TestPanicInEstablishedSessionIsContained(t *testing.T) {
 // messages to it are delivered meanwhile, and its keepalive deadline still
 // ends a silent client.
 func TestIdleTLSClientWaitsOnItsSocket(t *testing.T) {
-	defer func(d time.Duration) { mqtt.IdleWaitAfter = d }(mqtt.IdleWaitAfter)
-	mqtt.IdleWaitAfter = 50 * time.Millisecond
-	s := startIdleServer(t, guardedKind, nil)
+	s := startIdleServer(t, guardedKind, &mqtt.Options{IdleWaitAfter: 50 * time.Millisecond})
 
 	sub := s.dial(t, "sub")
 	subscribe(t, sub, "q/#")
@@ -443,5 +441,64 @@ func TestIdleTLSClientWaitsOnItsSocket(t *testing.T) {
 	}
 	if took := time.Since(start); took < time.Second || took > 3*time.Second {
 		t.Errorf("a silent client with keepalive 1 s was cut after %v, want about 1 s", took)
+	}
+}
+
+// splitConn writes each record in two halves with a pause between, so
+// that the server's TLS layer holds a partial record while the idle sweep
+// kicks its reader.
+type splitConn struct {
+	net.Conn
+	pause time.Duration
+}
+
+func (c splitConn) Write(p []byte) (int, error) {
+	if len(p) < 2 {
+		return c.Conn.Write(p)
+	}
+	n, err := c.Conn.Write(p[:len(p)/2])
+	if err != nil {
+		return n, err
+	}
+	time.Sleep(c.pause)
+	m, err := c.Conn.Write(p[len(p)/2:])
+	return n + m, err
+}
+
+// TestIdleKicksRaceWithPackets runs the idle sweep every millisecond
+// against a client whose TLS records arrive in halves a few milliseconds
+// apart: kicks land while a partial record is buffered, as a first byte
+// arrives and between packets, and every packet is still read whole and
+// in order (run with -race for the kick's locking).
+func TestIdleKicksRaceWithPackets(t *testing.T) {
+	s := startIdleServer(t, guardedKind, &mqtt.Options{IdleWaitAfter: 2 * time.Millisecond})
+	sub := s.dial(t, "sub")
+	subscribe(t, sub, "k/#")
+
+	raw, err := net.Dial("tcp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	pub := tls.Client(splitConn{Conn: raw, pause: 3 * time.Millisecond}, s.tls)
+	t.Cleanup(func() { pub.Close() })
+	writePacket(t, pub, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60, ClientIdentifier: "pub"}})
+	if pk := readPacket(t, pub); pk.FixedHeader.Type != packets.Connack {
+		t.Fatalf("pub: %v", pk.FixedHeader)
+	}
+	const n = 60
+	go func() {
+		for i := range n {
+			pk := packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "k/x", Payload: []byte{byte(i)}}
+			if _, err := pub.Write(encodePacket(t, pk)); err != nil {
+				return
+			}
+			time.Sleep(time.Duration(i%4) * 2 * time.Millisecond)
+		}
+	}()
+	for i := range n {
+		if pk := readPacket(t, sub); len(pk.Payload) != 1 || pk.Payload[0] != byte(i) {
+			t.Fatalf("message %d: %x", i, pk.Payload)
+		}
 	}
 }

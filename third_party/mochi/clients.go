@@ -68,6 +68,16 @@ func (cl *Clients) GetAll() map[string]*Client {
 	return m
 }
 
+// Range calls f for each client, under the read lock (f must not add or
+// delete clients). WARDEN PATCH (PATCHES.md, 13).
+func (cl *Clients) Range(f func(*Client)) {
+	cl.RLock()
+	defer cl.RUnlock()
+	for _, v := range cl.internal {
+		f(v)
+	}
+}
+
 // Get returns the value of a client if it exists.
 func (cl *Clients) Get(id string) (*Client, bool) {
 	cl.RLock()
@@ -135,10 +145,15 @@ type ClientConnection struct {
 	hasFirst bool          // WARDEN PATCH (PATCHES.md, 12): first holds the first byte of the next packet
 	first    [1]byte       // WARDEN PATCH (PATCHES.md, 12)
 	deadline time.Time     // WARDEN PATCH (PATCHES.md, 13): the keepalive deadline refreshDeadline last set
-	outbuf   *bytes.Buffer // a buffer for writing packets
-	Remote   string        // the remote address of the client
-	Listener string        // listener id of the client
-	Inline   bool          // if true, the client is the built-in 'inline' embedded client
+
+	// WARDEN PATCH (PATCHES.md, 13): the idle sweep's view of the reader.
+	waitState  atomic.Int32  // waitBusy, waitDeep or waitKicked
+	lastPacket atomic.Int64  // when the last packet started to arrive, in Unix nanoseconds
+	kickMu     sync.Mutex    // held by kickIdle while it moves the read deadline
+	outbuf     *bytes.Buffer // a buffer for writing packets
+	Remote     string        // the remote address of the client
+	Listener   string        // listener id of the client
+	Inline     bool          // if true, the client is the built-in 'inline' embedded client
 }
 
 // ClientProperties contains the properties which define the client behaviour.
@@ -357,8 +372,10 @@ func (cl *Client) ParseConnect(lid string, pk packets.Packet) {
 // refreshDeadline refreshes the read/write deadline for the net.Conn connection.
 func (cl *Client) refreshDeadline(keepalive uint16) {
 	var expiry time.Time // nil time can be used to disable deadline if keepalive = 0
+	now := time.Now()
+	cl.Net.lastPacket.Store(now.UnixNano()) // WARDEN PATCH (PATCHES.md, 13)
 	if keepalive > 0 {
-		expiry = time.Now().Add(time.Duration(keepalive+(keepalive/2)) * time.Second) // [MQTT-3.1.2-22]
+		expiry = now.Add(time.Duration(keepalive+(keepalive/2)) * time.Second) // [MQTT-3.1.2-22]
 	}
 
 	cl.Net.deadline = expiry // WARDEN PATCH (PATCHES.md, 13)
@@ -473,13 +490,10 @@ func (cl *Client) Read(packetHandler ReadFn) error {
 			return nil
 		}
 
-		// WARDEN PATCH (PATCHES.md, 13): the keepalive deadline is
-		// refreshed when a packet starts to arrive (awaitPacket keeps to
-		// the one set when the last did), and covers the rest of it.
+		cl.refreshDeadline(cl.State.Keepalive)
 		if err := cl.awaitPacket(); err != nil {
 			return err
 		}
-		cl.refreshDeadline(cl.State.Keepalive)
 		if err := cl.readNext(packetHandler); err != nil {
 			return err
 		}
@@ -519,18 +533,25 @@ func (cl *Client) awaitPacket() error {
 	}
 	w, shallow := cl.Net.Conn.(IdleWaiter)
 	for {
-		// WARDEN PATCH (PATCHES.md, 13): a client that sends nothing for
-		// IdleWaitAfter stops waiting in the connection's Read (under
-		// TLS, 2 KiB of record-layer frames) and waits for its socket
-		// to become readable in a few hundred bytes of frames instead.
+		// WARDEN PATCH (PATCHES.md, 13): a client that has sent nothing
+		// for Options.IdleWaitAfter is kicked out of the connection's Read (under
+		// TLS, 2 KiB of record-layer frames) by the server's idle sweep
+		// (kickIdle) and waits for its socket to become readable in a
+		// few hundred bytes of frames instead.
 		if shallow {
-			wait := time.Now().Add(IdleWaitAfter)
-			if !cl.Net.deadline.IsZero() && cl.Net.deadline.Before(wait) {
-				wait = cl.Net.deadline
-			}
-			_ = cl.Net.Conn.SetReadDeadline(wait)
+			cl.Net.waitState.Store(waitDeep)
 		}
 		n, err := cl.Net.Conn.Read(cl.Net.first[:]) // not io.ReadFull: its frame would be on the parked stack too
+		kicked := false
+		if shallow && !cl.Net.waitState.CompareAndSwap(waitDeep, waitBusy) {
+			// kickIdle moved the read deadline: wait until it is done
+			// doing so before anything else sets it.
+			kicked = true
+			cl.Net.kickMu.Lock()
+			cl.Net.waitState.Store(waitBusy)
+			cl.Net.kickMu.Unlock()
+			_ = cl.Net.Conn.SetReadDeadline(cl.Net.deadline)
+		}
 		if n == 1 {
 			cl.Net.hasFirst = true
 			return nil
@@ -538,14 +559,13 @@ func (cl *Client) awaitPacket() error {
 		if err == nil {
 			continue
 		}
-		if !shallow || !errors.Is(err, os.ErrDeadlineExceeded) ||
+		if !kicked || !errors.Is(err, os.ErrDeadlineExceeded) ||
 			!cl.Net.deadline.IsZero() && !time.Now().Before(cl.Net.deadline) {
 			return err // the keepalive deadline, or the connection's end
 		}
 		// Idle. A read timeout leaves a TLS connection usable (only a
 		// complete record would have been returned; a partial one stays
 		// buffered), so waiting on the socket misses nothing.
-		_ = cl.Net.Conn.SetReadDeadline(cl.Net.deadline)
 		if err := w.WaitReadable(); err != nil {
 			if errors.Is(err, errors.ErrUnsupported) {
 				shallow = false
@@ -553,6 +573,28 @@ func (cl *Client) awaitPacket() error {
 			}
 			return err
 		}
+	}
+}
+
+// States of a client's wait for a packet (ClientConnection.waitState).
+// WARDEN PATCH (PATCHES.md, 13).
+const (
+	waitBusy   int32 = iota // reading or handling a packet, or waiting on the socket
+	waitDeep                // waiting for a packet in the connection's Read
+	waitKicked              // kickIdle moved the read deadline to end that wait
+)
+
+// kickIdle ends the wait in the connection's Read of a client with an
+// IdleWaiter connection that has sent nothing since before idleSince, so
+// that it waits on its socket instead. WARDEN PATCH (PATCHES.md, 13).
+func (cl *Client) kickIdle(idleSince int64) {
+	if cl.Net.waitState.Load() != waitDeep || cl.Net.lastPacket.Load() > idleSince {
+		return
+	}
+	cl.Net.kickMu.Lock()
+	defer cl.Net.kickMu.Unlock()
+	if cl.Net.waitState.CompareAndSwap(waitDeep, waitKicked) {
+		_ = cl.Net.Conn.SetReadDeadline(time.Unix(1, 0))
 	}
 }
 
@@ -564,10 +606,9 @@ type IdleWaiter interface {
 	WaitReadable() error
 }
 
-// IdleWaitAfter is how long a client with an IdleWaiter connection waits
-// for a packet in the connection's Read before it waits on its socket
-// instead. WARDEN PATCH (PATCHES.md, 13).
-var IdleWaitAfter = 2 * time.Second
+// DefaultIdleWaitAfter is Options.IdleWaitAfter's default. WARDEN PATCH
+// (PATCHES.md, 13).
+const DefaultIdleWaitAfter = 2 * time.Second
 
 // ReadByte reads the next byte of the connection (the one awaitPacket
 // read, if it did). WARDEN PATCH (PATCHES.md, 12).

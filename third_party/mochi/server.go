@@ -128,6 +128,13 @@ type Options struct {
 	// (PATCHES.md, 11).
 	ServeClient func(cl *Client, serve func()) `yaml:"-" json:"-"`
 
+	// IdleWaitAfter is how long a client whose connection is an
+	// IdleWaiter may wait for a packet in the connection's Read before
+	// the idle sweep moves it to wait on its socket instead (after
+	// IdleWaitAfter to 1.5 times that). 0: DefaultIdleWaitAfter; negative:
+	// never. WARDEN PATCH (PATCHES.md, 13).
+	IdleWaitAfter time.Duration `yaml:"-" json:"-"`
+
 	// Logger specifies a custom configured implementation of log/slog to override
 	// the servers default logger configuration. If you wish to change the log level,
 	// of the default logger, you can do so by setting:
@@ -400,11 +407,38 @@ func (s *Server) Serve() error {
 	}
 
 	go s.eventLoop()                            // spin up event loop for issuing $SYS values and closing server.
+	go s.idleSweep()                            // WARDEN PATCH (PATCHES.md, 13)
 	s.Listeners.ServeAll(s.EstablishConnection) // start listening on all listeners.
 	s.publishSysTopics()                        // begin publishing $SYS system values.
 	s.hooks.OnStarted()
 
 	return nil
+}
+
+// idleSweep moves the readers of clients idle for Options.IdleWaitAfter
+// from their connection's Read to a wait on their socket
+// (Client.kickIdle), every half that time, until the server closes.
+// WARDEN PATCH (PATCHES.md, 13).
+func (s *Server) idleSweep() {
+	after := s.Options.IdleWaitAfter
+	if after == 0 {
+		after = DefaultIdleWaitAfter
+	}
+	every := after / 2
+	if every <= 0 {
+		return
+	}
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		select {
+		case <-s.done:
+			return
+		case now := <-t.C:
+			idleSince := now.Add(-after).UnixNano()
+			s.Clients.Range(func(cl *Client) { cl.kickIdle(idleSince) })
+		}
+	}
 }
 
 // eventLoop loops forever, running various server housekeeping methods at different intervals.
