@@ -65,7 +65,7 @@ func (l *Net) Serve(establish EstablishFn) {
 
 		if atomic.LoadUint32(&l.end) == 0 {
 			go func() {
-				err = establish(l.id, conn)
+				err := establish(l.id, conn) // WARDEN PATCH (PATCHES.md, 11): its own err, not the accept loop's
 				if err != nil {
 					l.log.Warn("", "error", err)
 				}

@@ -96,8 +96,9 @@ func (l *Websocket) handler(w http.ResponseWriter, r *http.Request) {
 	if err != nil {
 		return
 	}
-	defer c.Close()
-
+	// WARDEN PATCH (PATCHES.md, 11): establish returns once the session is
+	// established, and the client closes the connection when it ends (or
+	// when it is refused), so the handler must not close it on return.
 	err = l.establish(l.id, &wsConn{Conn: c.UnderlyingConn(), c: c})
 	if err != nil {
 		l.log.Warn("", "error", err)
