@@ -123,6 +123,8 @@ func encodePacket(t testing.TB, pk packets.Packet) []byte {
 		err = pk.PublishEncode(&buf)
 	case packets.Subscribe:
 		err = pk.SubscribeEncode(&buf)
+	case packets.Puback:
+		err = pk.PubackEncode(&buf)
 	default:
 		t.Fatalf("no encoder for %v", pk.FixedHeader.Type)
 	}

@@ -21,6 +21,7 @@ type Inflight struct {
 	maximumReceiveQuota int32                     // maximum allowed receive quota
 	maximumSendQuota    int32                     // maximum allowed send quota
 	immediate           int                       // WARDEN PATCH (PATCHES.md, 3): packets with Expiry < 0
+	waiting             []uint16                  // WARDEN PATCH (PATCHES.md, 16): IDs of packets with Expiry < 0, in the order parked (stale entries skipped)
 }
 
 // NewInflights returns a new instance of an Inflight packets map.
@@ -41,6 +42,9 @@ func (i *Inflight) Set(m packets.Packet) bool {
 	}
 	if m.Expiry < 0 {
 		i.immediate++
+		if !ok || old.Expiry >= 0 {
+			i.waiting = append(i.waiting, m.PacketID) // WARDEN PATCH (PATCHES.md, 16)
+		}
 	}
 	i.internal[m.PacketID] = m
 	return !ok
@@ -74,7 +78,8 @@ func (i *Inflight) Clone() *Inflight {
 	for k, v := range i.internal {
 		c.internal[k] = v
 	}
-	c.immediate = i.immediate // WARDEN PATCH (PATCHES.md, 3)
+	c.immediate = i.immediate                       // WARDEN PATCH (PATCHES.md, 3)
+	c.waiting = append([]uint16(nil), i.waiting...) // WARDEN PATCH (PATCHES.md, 16)
 	return c
 }
 
@@ -106,20 +111,31 @@ func (i *Inflight) getAll(immediate bool) []packets.Packet {
 // This typically occurs when the quota has been exhausted, and we need to wait until new quota
 // is free to continue sending.
 func (i *Inflight) NextImmediate() (packets.Packet, bool) {
-	i.RLock()
-	defer i.RUnlock()
-
 	// WARDEN PATCH (PATCHES.md, 3): this runs after every packet a client
 	// sends while it has messages in flight; without a packet waiting to
-	// be sent immediately there is nothing to scan and sort.
-	if i.immediate == 0 {
+	// be sent immediately there is nothing to look for.
+	i.RLock()
+	none := i.immediate == 0
+	i.RUnlock()
+	if none {
 		return packets.Packet{}, false
 	}
-	m := i.getAll(true) // WARDEN PATCH (PATCHES.md, 1): the lock is held
-	if len(m) > 0 {
-		return m[0], true
-	}
 
+	// WARDEN PATCH (PATCHES.md, 16): the packet parked first, from the
+	// queue of parked IDs. Upstream sorted the parked packets by the low
+	// 16 bits of their creation time in seconds: those parked within the
+	// same second came out in map order, not the order they were
+	// published in [MQTT-4.6.0-6].
+	i.Lock()
+	defer i.Unlock()
+	for len(i.waiting) > 0 {
+		m, ok := i.internal[i.waiting[0]]
+		if ok && m.Expiry < 0 {
+			return m, true // stays queued until sent (Set with Expiry >= 0 makes it stale)
+		}
+		i.waiting = i.waiting[1:]
+	}
+	i.waiting = nil
 	return packets.Packet{}, false
 }
 

@@ -555,11 +555,21 @@ func (s *Server) openSession(cl *Client, listener string) error {
 		if inflight > 0 {
 			cl.State.maxInflight = inflight
 			// ParseConnect clamped the client's Receive Maximum to the
-			// server-wide limit: clamp it to this client's instead.
-			if rm := pk.Properties.ReceiveMaximum; rm > 0 {
-				cl.Properties.Props.ReceiveMaximum = min(rm, inflight)
-				cl.State.Inflight.ResetSendQuota(int32(cl.Properties.Props.ReceiveMaximum))
+			// server-wide limit: clamp it to this client's instead, and
+			// to half of it (WARDEN PATCH, PATCHES.md, 16): messages
+			// beyond the send quota wait in flight (patch 6) until
+			// acknowledgements free it, and the other half of the store
+			// is where they wait. With the quota at the whole store, a
+			// client whose acknowledgements lagged (a reader service's,
+			// behind the readers of hundreds of devices) filled the store
+			// with sent messages and the next were dropped ("client store
+			// quota reached") instead of waiting.
+			rm := pk.Properties.ReceiveMaximum
+			if rm == 0 {
+				rm = math.MaxUint16 // absent: 65,535 (MQTT 5 §3.1.2.11.3)
 			}
+			cl.Properties.Props.ReceiveMaximum = min(rm, max(inflight/2, 1))
+			cl.State.Inflight.ResetSendQuota(int32(cl.Properties.Props.ReceiveMaximum))
 		}
 	}
 
