@@ -23,8 +23,9 @@ import (
 	"github.com/warden-iot/warden/internal/audit"
 )
 
-// idleServer is a mochi server allowing everything, on a plain or a TLS
-// listener, for the tests of patches 10-12 (PATCHES.md).
+// idleServer is a mochi server allowing everything, with the inline
+// client, on a plain or a TLS listener (startMochi's, and the tests of
+// patches 10-16, PATCHES.md).
 type idleServer struct {
 	srv  *mqtt.Server
 	addr string
@@ -162,9 +163,8 @@ func readPacket(t testing.TB, c net.Conn) packets.Packet {
 	if _, err := io.ReadFull(c, body); err != nil {
 		t.Fatal(err)
 	}
-	pk := packets.Packet{FixedHeader: fh, ProtocolVersion: 5}
 	fh.Remaining = n
-	pk.FixedHeader = fh
+	pk := packets.Packet{FixedHeader: fh, ProtocolVersion: 5}
 	switch fh.Type {
 	case packets.Connack:
 		err = pk.ConnackDecode(body)

@@ -189,7 +189,6 @@ type ClientState struct {
 	packetID        uint32             // the current highest packetID
 	open            context.Context    // indicate that the client is open for packet exchange
 	cancelOpen      context.CancelFunc // cancel function for open context
-	outboundQty     int32              // number of messages currently in the outbound queue
 	maxInflight     uint16             // WARDEN PATCH (PATCHES.md, 2): this client's in-flight limit; 0: the server's
 	Keepalive       uint16             // the number of seconds the connection can wait
 	ServerKeepalive bool               // keepalive was set by the server
@@ -263,7 +262,6 @@ func (cl *Client) queueOutbound(pk *packets.Packet) bool {
 	}
 	q.pks = append(q.pks, pk)
 	q.pending.Add(1)
-	atomic.AddInt32(&cl.State.outboundQty, 1)
 	start := !q.writing
 	q.writing = true
 	q.mu.Unlock()
@@ -288,7 +286,6 @@ func (cl *Client) drainOutbound() {
 	for {
 		q.mu.Lock()
 		if q.head == len(q.pks) || cl.Closed() {
-			dropped := int32(len(q.pks) - q.head)
 			q.pending.Store(0)
 			if cap(q.pks) > 16 { // a burst's array goes back; a small one is kept
 				q.pks = nil
@@ -299,9 +296,6 @@ func (cl *Client) drainOutbound() {
 			q.head = 0
 			q.writing = false
 			q.mu.Unlock()
-			if dropped > 0 {
-				atomic.AddInt32(&cl.State.outboundQty, -dropped)
-			}
 			return
 		}
 		pk := q.pks[q.head]
@@ -313,7 +307,6 @@ func (cl *Client) drainOutbound() {
 		if err := cl.WritePacket(*pk); err != nil {
 			cl.ops.log.Debug("failed publishing packet", "error", err, "client", cl.ID, "packet", pk)
 		}
-		atomic.AddInt32(&cl.State.outboundQty, -1)
 	}
 }
 
