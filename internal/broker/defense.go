@@ -63,9 +63,11 @@ type endCounter struct {
 
 // Serve serves the wrapped listener with an establish callback that
 // accounts for connections that never reached OnConnect, and that
-// contains a panic in a connection's goroutine (mochi reads, decodes and
-// processes each client's packets there) to that connection: a decoder
-// bug must cost the attacker its connection, not cost the fleet its broker.
+// contains a panic during a connection's set-up (CONNECT, authentication,
+// CONNACK) to that connection: a decoder bug must cost the attacker its
+// connection, not cost the fleet its broker. The established session's
+// packets are read on another goroutine, which Broker.serveClient guards
+// the same way (mochi PATCHES.md 11).
 func (l endCounter) Serve(establish listeners.EstablishFn) {
 	l.Listener.Serve(func(id string, c net.Conn) (err error) {
 		defer func() {
