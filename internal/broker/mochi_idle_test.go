@@ -504,3 +504,66 @@ func TestIdleKicksRaceWithPackets(t *testing.T) {
 		}
 	}
 }
+
+// slowEstablish delays each accepted connection's establish callback, as
+// a TLS handshake in progress does, and reports each acceptance.
+type slowEstablish struct {
+	listeners.Listener
+	delay    time.Duration
+	accepted chan struct{}
+}
+
+func (l slowEstablish) Serve(establish listeners.EstablishFn) {
+	l.Listener.Serve(func(id string, c net.Conn) error {
+		l.accepted <- struct{}{}
+		time.Sleep(l.delay)
+		return establish(id, c)
+	})
+}
+
+// A connection accepted before the server closed, whose set-up reaches
+// mochi only after Close has returned, is refused rather than served by
+// a closed server; mochi used to count it in its WaitGroup after Close's
+// Wait had returned (PATCHES.md 18; the race detector reported it in CI).
+func TestCloseRefusesConnectionsStillArriving(t *testing.T) {
+	srv := mqtt.New(&mqtt.Options{Logger: slog.New(slog.DiscardHandler)})
+	if err := srv.AddHook(new(allowAll), nil); err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	slow := slowEstablish{Listener: listeners.NewNet("t", ln), delay: 200 * time.Millisecond, accepted: make(chan struct{}, 1)}
+	if err := srv.AddListener(slow); err != nil {
+		t.Fatal(err)
+	}
+	if err := srv.Serve(); err != nil {
+		t.Fatal(err)
+	}
+
+	c, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60, ClientIdentifier: "late"}})
+	<-slow.accepted
+	if err := srv.Close(); err != nil {
+		t.Fatal(err)
+	}
+
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 16)
+	n, err := c.Read(buf)
+	if err == nil {
+		t.Fatalf("a closed server answered a connection it had not yet set up: % x", buf[:n])
+	}
+	if ne, ok := err.(net.Error); ok && ne.Timeout() {
+		t.Fatal("a closed server left an arriving connection open")
+	}
+	if _, ok := srv.Clients.Get("late"); ok {
+		t.Fatal("a closed server registered a session")
+	}
+}

@@ -168,6 +168,38 @@ type Server struct {
 	hooks        *Hooks               // hooks contains hooks for extra functionality such as auth and persistent storage
 	inlineClient *Client              // inlineClient is a special client used for inline subscriptions and inline Publish
 	sessions     sessionLocks         // WARDEN PATCH (PATCHES.md, 7): serialises taking over and cleaning up a client ID
+	attach       attachGate           // WARDEN PATCH (PATCHES.md, 18): orders connections' ClientsWg.Add before Close's Wait
+}
+
+// attachGate orders every connection's ClientsWg.Add(1) before Close's
+// ClientsWg.Wait, as sync.WaitGroup requires of an Add that takes the
+// counter from zero. WARDEN PATCH (PATCHES.md, 18). Upstream added to the
+// group from the connection's goroutine with nothing ordering it against
+// Close: a connection whose TLS handshake finished while the server
+// closed could be counted after Wait had returned and be served by a
+// closed server (the race detector reported it in a CI run). A
+// connection that arrives after Close has shut the gate is refused.
+type attachGate struct {
+	mu     sync.RWMutex
+	closed bool
+}
+
+// enter counts a connection in wg unless the gate is shut.
+func (g *attachGate) enter(wg *sync.WaitGroup) bool {
+	g.mu.RLock()
+	defer g.mu.RUnlock()
+	if g.closed {
+		return false
+	}
+	wg.Add(1)
+	return true
+}
+
+// shut refuses the connections that arrive from now on.
+func (g *attachGate) shut() {
+	g.mu.Lock()
+	g.closed = true
+	g.mu.Unlock()
 }
 
 // sessionLocks serialise, per client ID, a new connection taking over the
@@ -483,7 +515,10 @@ func (s *Server) EstablishConnection(listener string, c net.Conn) error {
 // under that stack for the life of the connection, and the collector
 // halves a stack at most once per cycle; the new goroutine starts small.
 func (s *Server) attachClient(cl *Client, listener string) error {
-	s.Listeners.ClientsWg.Add(1)
+	if !s.attach.enter(&s.Listeners.ClientsWg) { // WARDEN PATCH (PATCHES.md, 18)
+		cl.Stop(packets.ErrServerShuttingDown)
+		return packets.ErrServerShuttingDown
+	}
 
 	if err := s.openSession(cl, listener); err != nil {
 		cl.Stop(nil)
@@ -1663,6 +1698,7 @@ func (s *Server) publishSysTopics() {
 // Close attempts to gracefully shut down the server, all listeners, clients, and stores.
 func (s *Server) Close() error {
 	close(s.done)
+	s.attach.shut() // WARDEN PATCH (PATCHES.md, 18)
 	s.Log.Info("gracefully stopping server")
 	s.Listeners.CloseAll(s.closeListenerClients)
 	s.hooks.OnStopped()
