@@ -278,12 +278,25 @@ func TestParkedMessagesAreNotStranded(t *testing.T) {
 	}
 	wg.Wait()
 	timeout := time.After(10 * time.Second)
+	var next [publishers]int
 	for i := range publishers * each {
 		select {
-		case <-msgs:
+		case m := <-msgs:
+			p, n := int(m.Payload[0]), int(m.Payload[1])
+			if n != next[p] {
+				t.Fatalf("publisher %d's message %d arrived when %d was due", p, n, next[p])
+			}
+			next[p]++
 		case <-timeout:
 			t.Fatalf("delivered %d of %d QoS 1 messages; the rest stayed parked (in flight: %d)", i, publishers*each, cl.State.Inflight.Len())
 		}
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for cl.State.Inflight.Len() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if got := cl.State.Inflight.Len(); got != 0 {
+		t.Errorf("%d messages still in flight after every PUBACK", got)
 	}
 }
 

@@ -75,3 +75,70 @@ func TestInflightImmediateCount(t *testing.T) {
 		t.Fatalf("NextImmediate = %v %v, want 300", p.PacketID, ok)
 	}
 }
+
+// TestOutboundQuotaIsTakenWithTheDecision guards patch 19: a packet is
+// stored and either given a unit of send quota or parked in one step, a
+// packet never overtakes one parked before it, and ReleaseParked sends
+// parked packets in order while quota lasts, leaving parked those the
+// outbound queue refuses.
+func TestOutboundQuotaIsTakenWithTheDecision(t *testing.T) {
+	in := mqtt.NewInflights()
+	in.ResetSendQuota(2)
+	for id := uint16(1); id <= 5; id++ {
+		isNew, parked := in.SetOutbound(packets.Packet{PacketID: id}, true)
+		if !isNew || parked != (id > 2) {
+			t.Fatalf("packet %d: new %v parked %v with a quota of 2", id, isNew, parked)
+		}
+	}
+	var sent []uint16
+	send := func(p *packets.Packet) bool { sent = append(sent, p.PacketID); p.Expiry = 0; return true }
+	in.ReleaseParked(send)
+	if len(sent) != 0 {
+		t.Fatalf("released %v with no quota left", sent)
+	}
+
+	in.Delete(1) // PUBACK for 1
+	in.IncreaseSendQuota()
+	if _, parked := in.SetOutbound(packets.Packet{PacketID: 6}, true); !parked {
+		t.Fatal("packet 6 took the quota freed for packet 3, parked before it")
+	}
+	in.ReleaseParked(send)
+	if len(sent) != 1 || sent[0] != 3 {
+		t.Fatalf("released %v, want [3]", sent)
+	}
+	if p, _ := in.Get(3); p.Expiry != 0 {
+		t.Fatalf("released packet 3 stored with expiry %d, want it marked sent", p.Expiry)
+	}
+
+	in.Delete(2)
+	in.Delete(3)
+	in.IncreaseSendQuota()
+	in.IncreaseSendQuota()
+	in.ReleaseParked(func(*packets.Packet) bool { return false }) // outbound queue full
+	if p, _ := in.Get(4); p.Expiry >= 0 {
+		t.Fatal("packet 4, refused by the outbound queue, is no longer parked")
+	}
+	sent = nil
+	in.ReleaseParked(send)
+	if len(sent) != 2 || sent[0] != 4 || sent[1] != 5 {
+		t.Fatalf("released %v, want [4 5]", sent)
+	}
+	in.Delete(4) // PUBACK for 4 without a release yet
+	in.IncreaseSendQuota()
+	in.Delete(5)
+	in.IncreaseSendQuota()
+	sent = nil
+	in.ReleaseParked(send)
+	if len(sent) != 1 || sent[0] != 6 {
+		t.Fatalf("released %v, want [6]", sent)
+	}
+	if _, parked := in.SetOutbound(packets.Packet{PacketID: 7}, true); parked {
+		t.Fatal("packet 7 parked with quota left and nothing parked")
+	}
+	if _, parked := in.SetOutbound(packets.Packet{PacketID: 8}, true); !parked {
+		t.Fatal("packet 8 sent beyond the quota")
+	}
+	if _, parked := in.SetOutbound(packets.Packet{PacketID: 9}, false); parked {
+		t.Fatal("a packet parked without flow control")
+	}
+}

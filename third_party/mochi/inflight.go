@@ -139,6 +139,78 @@ func (i *Inflight) NextImmediate() (packets.Packet, bool) {
 	return packets.Packet{}, false
 }
 
+// SetOutbound stores a new outbound QoS 1 or 2 packet and takes a unit of
+// send quota for it, or, under flow control (a send quota was set), parks
+// it (Expiry -1) when there is no quota left or earlier packets are
+// parked, which must go first. It reports whether the packet ID was new
+// and whether the packet was parked. WARDEN PATCH (PATCHES.md, 19): the
+// decision and the quota taken are one step under the lock. Upstream read
+// the quota, stored the packet, decremented the quota and parked it in
+// four: a PUBACK returning the last unit of quota between the read and
+// the parking found nothing to release and left the packet parked until
+// the client's next packet, and two publishers sharing the last unit
+// both sent.
+func (i *Inflight) SetOutbound(m packets.Packet, flowControl bool) (isNew, parked bool) {
+	i.Lock()
+	defer i.Unlock()
+
+	old, ok := i.internal[m.PacketID]
+	if ok && old.Expiry < 0 {
+		i.immediate--
+	}
+	if flowControl && (i.immediate > 0 || atomic.LoadInt32(&i.sendQuota) <= 0) {
+		m.Expiry = -1
+		i.immediate++
+		if !ok || old.Expiry >= 0 {
+			i.waiting = append(i.waiting, m.PacketID)
+		}
+		parked = true
+	} else if flowControl && !ok {
+		atomic.AddInt32(&i.sendQuota, -1) // only decremented under the lock, after a check: never below 0
+	}
+	i.internal[m.PacketID] = m
+	return !ok, parked
+}
+
+// ReleaseParked hands parked packets to send, in the order they were
+// parked, while there is send quota, taking a unit for each and storing
+// it as sent with the expiry set by send. It stops at the first packet
+// send refuses (a full outbound queue: the packet stays parked for the
+// next release). send runs under the lock, so packets released
+// concurrently and packets sent by SetOutbound's callers keep their
+// order. WARDEN PATCH (PATCHES.md, 19).
+func (i *Inflight) ReleaseParked(send func(*packets.Packet) bool) {
+	i.RLock()
+	none := i.immediate == 0
+	i.RUnlock()
+	if none {
+		return
+	}
+
+	i.Lock()
+	defer i.Unlock()
+	for len(i.waiting) > 0 {
+		id := i.waiting[0]
+		m, ok := i.internal[id]
+		if !ok || m.Expiry >= 0 {
+			i.waiting = i.waiting[1:] // stale: acknowledged, dropped or resent meanwhile
+			continue
+		}
+		if atomic.LoadInt32(&i.sendQuota) <= 0 {
+			return
+		}
+		out := m
+		if !send(&out) {
+			return
+		}
+		i.waiting = i.waiting[1:]
+		i.immediate--
+		i.internal[id] = out
+		atomic.AddInt32(&i.sendQuota, -1)
+	}
+	i.waiting = nil
+}
+
 // Delete removes an in-flight message from the map. Returns true if the message existed.
 func (i *Inflight) Delete(id uint16) bool {
 	i.Lock()

@@ -904,27 +904,31 @@ func (s *Server) processPacket(cl *Client, pk packets.Packet) error {
 		return err
 	}
 
-	if cl.State.Inflight.Len() > 0 && atomic.LoadInt32(&cl.State.Inflight.sendQuota) > 0 {
-		next, ok := cl.State.Inflight.NextImmediate()
-		if ok {
-			_ = cl.WritePacket(next)
-			// WARDEN PATCH (PATCHES.md, 6): the packet is now sent and
-			// unacknowledged: it stays in flight (for its PUBACK, which
-			// returns the quota taken here, and for redelivery if the
-			// connection drops) with the expiry an unparked packet has.
-			// Upstream deleted it, leaking a unit of send quota per parked
-			// packet until delivery stopped, and losing it on reconnect.
-			next.Expiry = 0
-			if expiry := minimum(s.Options.Capabilities.MaximumMessageExpiryInterval,
-				int64(next.Properties.MessageExpiryInterval)); expiry > 0 {
-				next.Expiry = next.Created + expiry
-			}
-			cl.State.Inflight.Set(next)
-			cl.State.Inflight.DecreaseSendQuota()
-		}
-	}
-
+	s.releaseParked(cl)
 	return nil
+}
+
+// releaseParked sends the client's parked QoS 1 and 2 packets its send
+// quota allows, in the order parked. WARDEN PATCH (PATCHES.md, 19): runs
+// after each packet the client sends (as upstream's NextImmediate, which
+// sent one packet per acknowledgement) and after a publish parks a
+// packet; the packets go through the client's outbound queue instead of
+// being written on the reader's goroutine.
+func (s *Server) releaseParked(cl *Client) {
+	cl.State.Inflight.ReleaseParked(func(next *packets.Packet) bool {
+		// WARDEN PATCH (PATCHES.md, 6): the packet is now sent and
+		// unacknowledged: it stays in flight (for its PUBACK, which
+		// returns the quota taken here, and for redelivery if the
+		// connection drops) with the expiry an unparked packet has.
+		// Upstream deleted it, leaking a unit of send quota per parked
+		// packet until delivery stopped, and losing it on reconnect.
+		next.Expiry = 0
+		if expiry := minimum(s.Options.Capabilities.MaximumMessageExpiryInterval,
+			int64(next.Properties.MessageExpiryInterval)); expiry > 0 {
+			next.Expiry = next.Created + expiry
+		}
+		return cl.queueOutbound(next)
+	})
 }
 
 // processConnect processes a Connect packet. The packet cannot be used to establish
@@ -1284,17 +1288,18 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		}
 
 		out.PacketID = uint16(i) // [MQTT-2.2.1-4]
-		sentQuota := atomic.LoadInt32(&cl.State.Inflight.sendQuota)
 
-		if ok := cl.State.Inflight.Set(out); ok { // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
+		// WARDEN PATCH (PATCHES.md, 19): stored and either given a unit
+		// of send quota or parked in one step.
+		flowControl := atomic.LoadInt32(&cl.State.Inflight.maximumSendQuota) > 0
+		isNew, parked := cl.State.Inflight.SetOutbound(out, flowControl) // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
+		if isNew {
 			atomic.AddInt64(&s.Info.Inflight, 1)
 			s.hooks.OnQosPublish(cl, out, out.Created, 0)
-			cl.State.Inflight.DecreaseSendQuota()
 		}
-
-		if sentQuota == 0 && atomic.LoadInt32(&cl.State.Inflight.maximumSendQuota) > 0 {
+		if parked {
 			out.Expiry = -1
-			cl.State.Inflight.Set(out)
+			s.releaseParked(cl) // quota returned since the decision is not left unused
 			return out, nil
 		}
 	}
@@ -1309,6 +1314,7 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		if out.FixedHeader.Qos > 0 {
 			cl.State.Inflight.Delete(out.PacketID) // packet was dropped due to irregular circumstances, so rollback inflight.
 			cl.State.Inflight.IncreaseSendQuota()
+			s.releaseParked(cl) // WARDEN PATCH (PATCHES.md, 19)
 		}
 		return out, packets.ErrPendingClientWritesExceeded
 	}
