@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"os/signal"
+	"runtime/pprof"
 	"strings"
 	"syscall"
 	"time"
@@ -18,7 +19,7 @@ import (
 
 func (c *cli) benchCmd() *cobra.Command {
 	var o bench.RunOptions
-	var scenarios, jsonOut string
+	var scenarios, jsonOut, selfProfile string
 	cmd := &cobra.Command{
 		Use:   "bench [--devices N] [--scenarios idle,storm,...] [--json FILE]",
 		Short: "Measure Warden against a bare TLS server and Mosquitto on this machine",
@@ -87,6 +88,17 @@ a second run skips provisioning. The open-file limit (20,000 here) bounds
 			}
 			ctx, stop := signal.NotifyContext(cmd.Context(), os.Interrupt, syscall.SIGTERM)
 			defer stop()
+			if selfProfile != "" {
+				f, err := os.Create(selfProfile)
+				if err != nil {
+					return fmt.Errorf("--self-profile: %w", err)
+				}
+				defer f.Close()
+				if err := pprof.StartCPUProfile(f); err != nil {
+					return fmt.Errorf("--self-profile: %w", err)
+				}
+				defer pprof.StopCPUProfile()
+			}
 			start := time.Now()
 			results, err := bench.Run(ctx, o)
 			if len(results) > 0 {
@@ -126,7 +138,8 @@ a second run skips provisioning. The open-file limit (20,000 here) bounds
 	f.DurationVar(&o.Settle, "idle-settle", 5*time.Second, "how long idle waits before each memory reading (longer: the Go runtime has collected and returned more of the connection set-up's garbage, as a server in steady state has)")
 	f.StringVar(&o.Mosquitto, "mosquitto", "", "mosquitto executable (default: on PATH or /usr/sbin/mosquitto)")
 	f.StringVar(&jsonOut, "json", "", "also write the results to this JSON file")
-	f.StringVar(&o.ProfileDir, "profiles", "", "turn Go profiling on in the Warden under test and write its heap after idle and its CPU during the storm and the QoS 1 throughput run to this directory, each as NAME.pb.gz (go tool pprof) and a flame graph NAME.svg")
+	f.StringVar(&selfProfile, "self-profile", "", "write the load generator's own CPU profile for the whole run to this file (go tool pprof): where the benchmark's half of the two cores goes")
+	f.StringVar(&o.ProfileDir, "profiles", "", "turn Go profiling on in the Warden under test and write its heap after idle and its CPU during the storm, the QoS 1 throughput run and the paced load to this directory, each as NAME.pb.gz (go tool pprof) and a flame graph NAME.svg")
 	cmd.AddCommand(c.benchTLSServerCmd(), benchControlGroupCmd())
 	return cmd
 }

@@ -55,6 +55,23 @@ func (p *profiler) cpu(ctx context.Context, name, title string, d time.Duration)
 	return done
 }
 
+// allocs profiles the allocations of the next d in the background (a
+// delta profile, weighted by bytes allocated); wait for the returned
+// channel before reading the files.
+func (p *profiler) allocs(ctx context.Context, name, title string, d time.Duration) <-chan struct{} {
+	done := make(chan struct{})
+	if p == nil {
+		close(done)
+		return done
+	}
+	secs := max(int(d/time.Second), 1)
+	go func() {
+		defer close(done)
+		p.save(ctx, fmt.Sprintf("/debug/pprof/allocs?seconds=%d", secs), name, title, "alloc_space")
+	}()
+	return done
+}
+
 // save fetches one profile and writes it with its flame graph. A failure
 // is reported in the log and does not fail the benchmark: profiles are
 // what explains a figure, not the figure.

@@ -64,8 +64,10 @@ type RunOptions struct {
 	// ProfileDir, if set, turns http.pprof on in the Warden under test and
 	// writes its profiles there, each as NAME.pb.gz and a flame graph
 	// NAME.svg: the heap after idle (warden-idle-heap), the CPU during the
-	// storm (warden-storm-cpu) and during the QoS 1, 64-byte throughput
-	// run (warden-throughput-qos1-cpu).
+	// storm (warden-storm-cpu), during the QoS 1, 64-byte throughput run
+	// (warden-throughput-qos1-cpu, and its allocations,
+	// warden-throughput-qos1-allocs) and during the paced load
+	// (warden-paced-cpu).
 	ProfileDir string
 	// Settle is how long the idle scenario lets the server's memory settle
 	// before each reading (default 5s).
@@ -304,13 +306,16 @@ func (o *RunOptions) runBroker(ctx context.Context, t Target, fleetDir string, i
 		for _, qos := range []byte{0, 1} {
 			for _, size := range []int{64, 256} {
 				fmt.Fprintf(o.Log, "%s: throughput, %d devices, QoS %d, %d B\n", t.Name, o.ThroughputDevices, qos, size)
-				profiled := notProfiled()
+				profiled, allocated := notProfiled(), notProfiled()
 				if qos == 1 && size == 64 {
-					profiled = prof.cpu(ctx, "warden-throughput-qos1-cpu", fmt.Sprintf("Warden CPU, %d devices publishing QoS 1, 64 B, relayed to a reader", o.ThroughputDevices),
-						max(o.Duration-time.Second, time.Second))
+					what := fmt.Sprintf("%d devices publishing QoS 1, 64 B, relayed to a reader", o.ThroughputDevices)
+					d := max(o.Duration-time.Second, time.Second)
+					profiled = prof.cpu(ctx, "warden-throughput-qos1-cpu", "Warden CPU, "+what, d)
+					allocated = prof.allocs(ctx, "warden-throughput-qos1-allocs", "Warden allocations, "+what, d)
 				}
 				r, err := Throughput(ctx, t, ids, clients, cons, ThroughputOptions{QoS: qos, Size: size, Window: o.Window, Duration: o.Duration})
 				<-profiled
+				<-allocated
 				if err != nil {
 					return results, fmt.Errorf("throughput: %w", err)
 				}
@@ -349,7 +354,10 @@ func (o *RunOptions) runBroker(ctx context.Context, t Target, fleetDir string, i
 		}
 		clients = cs
 		fmt.Fprintf(o.Log, "%s: paced, %d devices, %.0f msg/s QoS 1\n", t.Name, o.PacedDevices, o.PacedRate)
+		profiled := prof.cpu(ctx, "warden-paced-cpu", fmt.Sprintf("Warden CPU, %d devices publishing %.0f msg/s QoS 1 in all, relayed to a reader", o.PacedDevices, o.PacedRate),
+			max(o.Duration-time.Second, time.Second))
 		r, err := Throughput(ctx, t, ids, clients, cons, ThroughputOptions{QoS: 1, Size: 64, Rate: o.PacedRate, Duration: o.Duration})
+		<-profiled
 		if err != nil {
 			return results, fmt.Errorf("paced: %w", err)
 		}

@@ -172,6 +172,8 @@ func readPacket(t testing.TB, c net.Conn) packets.Packet {
 		err = pk.PublishDecode(body)
 	case packets.Suback:
 		err = pk.SubackDecode(body)
+	case packets.Puback:
+		err = pk.PubackDecode(body)
 	}
 	if err != nil {
 		t.Fatal(err)

@@ -85,3 +85,59 @@ func TestLaggingReaderWaitsInsteadOfDropping(t *testing.T) {
 		t.Errorf("%d messages dropped for the in-flight limit", d)
 	}
 }
+
+// TestOwnPacketIDsDoNotCollideWithTheClients guards mochi patch 20
+// (PATCHES.md): a client publishing QoS 1 with the packet ID of a
+// message the server has sent it and not yet had acknowledged must not
+// cost that message its place in flight. Upstream deleted it (and stored
+// its PUBACK in its place): the client's PUBACK then found nothing and
+// never returned the send quota, so with a Receive Maximum of 1 nothing
+// reached the client again.
+func TestOwnPacketIDsDoNotCollideWithTheClients(t *testing.T) {
+	s := startIdleServer(t, plainKind, nil)
+	c, err := net.Dial("tcp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	one := uint16(1)
+	writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
+		Properties: packets.Properties{ReceiveMaximum: one},
+		Connect:    packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60, ClientIdentifier: "both-ways"}})
+	if pk := readPacket(t, c); pk.FixedHeader.Type != packets.Connack || pk.ReasonCode != 0 {
+		t.Fatalf("connect: %+v", pk.FixedHeader)
+	}
+	writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "down/#", Qos: 1}}})
+	if pk := readPacket(t, c); pk.FixedHeader.Type != packets.Suback {
+		t.Fatalf("subscribe: %+v", pk.FixedHeader)
+	}
+
+	for round := range 3 {
+		if err := s.srv.Publish("down/x", []byte{byte(round)}, false, 1); err != nil {
+			t.Fatal(err)
+		}
+		down := readPacket(t, c)
+		if down.FixedHeader.Type != packets.Publish || len(down.Payload) != 1 || down.Payload[0] != byte(round) {
+			t.Fatalf("round %d: %+v %x instead of the downlink", round, down.FixedHeader, down.Payload)
+		}
+		// The client's own publish, with the ID the server chose for its.
+		writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: down.PacketID,
+			TopicName: "up/x", Payload: []byte("telemetry")})
+		if ack := readPacket(t, c); ack.FixedHeader.Type != packets.Puback || ack.PacketID != down.PacketID {
+			t.Fatalf("round %d: %+v instead of the PUBACK of the client's publish", round, ack.FixedHeader)
+		}
+		writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: down.PacketID})
+	}
+	cl, ok := s.srv.Clients.Get("both-ways")
+	if !ok {
+		t.Fatal("client not registered")
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for cl.State.Inflight.Len() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := cl.State.Inflight.Len(); n != 0 {
+		t.Fatalf("%d packets left in flight after every flow completed (a QoS 1 PUBACK is not state to keep)", n)
+	}
+}
