@@ -152,7 +152,7 @@ func (l *guardedListener) deliver(c net.Conn) {
 func (l *guardedListener) handshake(raw net.Conn) {
 	ctx, cancel := context.WithTimeout(l.ctx, l.deadline)
 	ac := &admittedConn{Conn: raw, ctx: ctx, admit: l.admit}
-	gc := &guardedConn{Conn: tls.Server(ac, l.tls), listener: l}
+	gc := &guardedConn{Conn: tls.Server(ac, l.tls), listener: l, under: ac}
 	if sc, ok := raw.(syscall.Conn); ok {
 		gc.raw, _ = sc.SyscallConn()
 	}
@@ -204,7 +204,15 @@ type guardedConn struct {
 	listener *guardedListener
 	raw      syscall.RawConn // the socket under TLS, for WaitReadable; nil if it has none
 	peek     [1]byte
+	under    *admittedConn // the connection under TLS
 }
+
+// SetBeforeRead has fn called before each read of the socket under TLS,
+// that is once every record TLS holds has been read (mochi's
+// BeforeReader, PATCHES.md 22: the session's acknowledgements are
+// written then). Called by the session's reader goroutine, the only one
+// that reads the connection.
+func (c *guardedConn) SetBeforeRead(fn func()) { c.under.beforeRead = fn }
 
 // admission hands out the tokens a TLS handshake holds while it computes:
 // key exchange, signature and certificate verification. A reconnect storm
@@ -228,14 +236,18 @@ func newAdmission(n int, waiting prometheus.Gauge) *admission {
 // until finish; after that it is a plain pass-through.
 type admittedConn struct {
 	net.Conn
-	ctx   context.Context // the handshake's
-	admit *admission
-	held  bool
-	done  bool
+	ctx        context.Context // the handshake's
+	admit      *admission
+	held       bool
+	done       bool
+	beforeRead func() // after the handshake: see guardedConn.SetBeforeRead
 }
 
 func (c *admittedConn) Read(p []byte) (int, error) {
 	if c.done || c.admit == nil {
+		if c.beforeRead != nil {
+			c.beforeRead()
+		}
 		return c.Conn.Read(p)
 	}
 	return c.admittedRead(p)

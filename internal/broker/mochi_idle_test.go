@@ -569,3 +569,99 @@ func TestCloseRefusesConnectionsStillArriving(t *testing.T) {
 		t.Fatal("a closed server registered a session")
 	}
 }
+
+// recordCounter counts the TLS records the client reads from the
+// server, and holds back what the client writes while hold is set.
+type recordCounter struct {
+	net.Conn
+	mu      sync.Mutex
+	hdr     []byte
+	left    int
+	records int
+	hold    bool
+	held    []byte
+}
+
+func (r *recordCounter) Read(p []byte) (int, error) {
+	n, err := r.Conn.Read(p)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	for _, b := range p[:n] {
+		if r.left > 0 {
+			r.left--
+			continue
+		}
+		r.hdr = append(r.hdr, b)
+		if len(r.hdr) == 5 {
+			r.left = int(r.hdr[3])<<8 | int(r.hdr[4])
+			r.hdr = r.hdr[:0]
+			r.records++
+		}
+	}
+	return n, err
+}
+
+func (r *recordCounter) Write(p []byte) (int, error) {
+	if r.hold {
+		r.held = append(r.held, p...)
+		return len(p), nil
+	}
+	return r.Conn.Write(p)
+}
+
+func (r *recordCounter) count() int {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.records
+}
+
+// TestAcksOfPacketsArrivingTogetherLeaveTogether guards mochi patch 22
+// (PATCHES.md): the PUBACKs of QoS 1 publishes that arrive together (ten
+// TLS records in one TCP write) leave in one write, in order, instead of
+// one TLS record and one system call each; and the PUBACK of a publish
+// that arrives alone is written before the reader waits for more, not
+// held until the next packet.
+func TestAcksOfPacketsArrivingTogetherLeaveTogether(t *testing.T) {
+	s := startIdleServer(t, guardedKind, nil)
+	raw, err := net.Dial("tcp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rc := &recordCounter{Conn: raw}
+	c := tls.Client(rc, s.tls)
+	t.Cleanup(func() { c.Close() })
+	writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
+		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60, ClientIdentifier: "burst"}})
+	if pk := readPacket(t, c); pk.FixedHeader.Type != packets.Connack || pk.ReasonCode != 0 {
+		t.Fatalf("connect: %+v", pk.FixedHeader)
+	}
+
+	const n = 10
+	rc.hold = true
+	for id := uint16(1); id <= n; id++ {
+		writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: id,
+			TopicName: "up/x", Payload: []byte{byte(id)}})
+	}
+	rc.hold = false
+	before := rc.count()
+	if _, err := raw.Write(rc.held); err != nil {
+		t.Fatal(err)
+	}
+	for id := uint16(1); id <= n; id++ {
+		if ack := readPacket(t, c); ack.FixedHeader.Type != packets.Puback || ack.PacketID != id {
+			t.Fatalf("%+v id %d instead of the PUBACK of publish %d", ack.FixedHeader, ack.PacketID, id)
+		}
+	}
+	if records := rc.count() - before; records > 2 {
+		t.Errorf("the PUBACKs of %d publishes that arrived together came in %d TLS records, want them together", n, records)
+	}
+
+	start := time.Now()
+	writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 99, TopicName: "up/x", Payload: []byte("alone")})
+	if ack := readPacket(t, c); ack.FixedHeader.Type != packets.Puback || ack.PacketID != 99 {
+		t.Fatalf("%+v instead of the PUBACK of a publish that came alone", ack.FixedHeader)
+	}
+	if d := time.Since(start); d > time.Second {
+		t.Errorf("the PUBACK of a publish that came alone took %v: held back until the next packet?", d)
+	}
+}

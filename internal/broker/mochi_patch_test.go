@@ -85,7 +85,7 @@ func TestOutboundQuotaIsTakenWithTheDecision(t *testing.T) {
 	in := mqtt.NewInflights()
 	in.ResetSendQuota(2)
 	for id := uint16(1); id <= 5; id++ {
-		isNew, parked := in.SetOutbound(packets.Packet{PacketID: id}, true)
+		isNew, parked := in.SetOutbound(&packets.Packet{PacketID: id}, true)
 		if !isNew || parked != (id > 2) {
 			t.Fatalf("packet %d: new %v parked %v with a quota of 2", id, isNew, parked)
 		}
@@ -99,7 +99,7 @@ func TestOutboundQuotaIsTakenWithTheDecision(t *testing.T) {
 
 	in.Delete(1) // PUBACK for 1
 	in.IncreaseSendQuota()
-	if _, parked := in.SetOutbound(packets.Packet{PacketID: 6}, true); !parked {
+	if _, parked := in.SetOutbound(&packets.Packet{PacketID: 6}, true); !parked {
 		t.Fatal("packet 6 took the quota freed for packet 3, parked before it")
 	}
 	in.ReleaseParked(send)
@@ -132,13 +132,13 @@ func TestOutboundQuotaIsTakenWithTheDecision(t *testing.T) {
 	if len(sent) != 1 || sent[0] != 6 {
 		t.Fatalf("released %v, want [6]", sent)
 	}
-	if _, parked := in.SetOutbound(packets.Packet{PacketID: 7}, true); parked {
+	if _, parked := in.SetOutbound(&packets.Packet{PacketID: 7}, true); parked {
 		t.Fatal("packet 7 parked with quota left and nothing parked")
 	}
-	if _, parked := in.SetOutbound(packets.Packet{PacketID: 8}, true); !parked {
+	if _, parked := in.SetOutbound(&packets.Packet{PacketID: 8}, true); !parked {
 		t.Fatal("packet 8 sent beyond the quota")
 	}
-	if _, parked := in.SetOutbound(packets.Packet{PacketID: 9}, false); parked {
+	if _, parked := in.SetOutbound(&packets.Packet{PacketID: 9}, false); parked {
 		t.Fatal("a packet parked without flow control")
 	}
 }

@@ -151,6 +151,12 @@ type ClientConnection struct {
 	lastPacket atomic.Int64  // when the last packet started to arrive, in Unix nanoseconds
 	kickMu     sync.Mutex    // held by kickIdle while it moves the read deadline
 	outbuf     *bytes.Buffer // a buffer for writing packets
+
+	// WARDEN PATCH (PATCHES.md, 22): acknowledgements the reader owes,
+	// written with the next packet or before the next read of the socket.
+	acks        *bytes.Buffer // encoded, not yet written; under the client's lock
+	acksPending atomic.Bool   // acks holds something (read without the lock)
+	deferAcks   bool          // the connection tells the client before it reads its socket
 	Remote     string        // the remote address of the client
 	Listener   string        // listener id of the client
 	Inline     bool          // if true, the client is the built-in 'inline' embedded client
@@ -767,8 +773,63 @@ func (cl *Client) ReadPacket(fh *packets.FixedHeader) (pk packets.Packet, err er
 	return
 }
 
+// BeforeReader is a connection that calls a function before each read
+// from its socket (for a TLS connection: of the socket under TLS, which
+// it reads only once every record it holds has been read). WARDEN PATCH
+// (PATCHES.md, 22).
+type BeforeReader interface {
+	SetBeforeRead(fn func())
+}
+
+// deferAcksOnRead lets the client's acknowledgements wait for the next
+// packet written or the next read of the socket, whichever comes first,
+// if its connection tells it before it reads its socket; otherwise each
+// is written at once. WARDEN PATCH (PATCHES.md, 22).
+func (cl *Client) deferAcksOnRead() {
+	if br, ok := cl.Net.Conn.(BeforeReader); ok && !cl.Net.Inline {
+		br.SetBeforeRead(cl.flushAcks)
+		cl.Net.deferAcks = true
+	}
+}
+
+// writeAck writes an acknowledgement the reader owes for a packet it
+// received. On a connection deferAcksOnRead set up, it is added to the
+// acknowledgements written with the next packet or before the next read
+// of the socket: the acknowledgements of packets that arrived together
+// leave in one write. WARDEN PATCH (PATCHES.md, 22).
+func (cl *Client) writeAck(pk packets.Packet) error {
+	return cl.writePacket(pk, cl.Net.deferAcks)
+}
+
+// flushAcks writes the acknowledgements writeAck deferred. WARDEN PATCH
+// (PATCHES.md, 22): called by the connection before it reads its socket.
+func (cl *Client) flushAcks() {
+	if !cl.Net.acksPending.Load() {
+		return
+	}
+	cl.Lock()
+	defer cl.Unlock()
+	if cl.Net.acks == nil {
+		return
+	}
+	_, err := cl.Net.acks.WriteTo(cl.Net.Conn)
+	writeBufPool.Put(cl.Net.acks)
+	cl.Net.acks = nil
+	cl.Net.acksPending.Store(false)
+	if err != nil {
+		cl.ops.log.Debug("failed writing acknowledgements", "error", err, "client", cl.ID)
+	}
+}
+
 // WritePacket encodes and writes a packet to the client.
 func (cl *Client) WritePacket(pk packets.Packet) error {
+	return cl.writePacket(pk, false)
+}
+
+// writePacket is WritePacket; deferred adds the encoded packet to the
+// acknowledgements writeAck defers instead of writing it. WARDEN PATCH
+// (PATCHES.md, 22).
+func (cl *Client) writePacket(pk packets.Packet, deferred bool) error {
 	if cl.Closed() {
 		return ErrConnectionClosed
 	}
@@ -851,6 +912,26 @@ func (cl *Client) WritePacket(pk packets.Packet) error {
 	n, err := func() (int64, error) {
 		cl.Lock()
 		defer cl.Unlock()
+		// WARDEN PATCH (PATCHES.md, 22): deferred acknowledgements wait in
+		// acks; owed ones go out first, in the same write as this packet.
+		if deferred {
+			if cl.Net.acks == nil {
+				cl.Net.acks = writeBufPool.Get()
+				cl.Net.acksPending.Store(true)
+			}
+			n, _ := cl.Net.acks.Write(buf.Bytes())
+			return int64(n), nil
+		}
+		if cl.Net.acks != nil {
+			if cl.Net.outbuf == nil {
+				cl.Net.outbuf = cl.Net.acks
+			} else {
+				_, _ = cl.Net.outbuf.Write(cl.Net.acks.Bytes())
+				writeBufPool.Put(cl.Net.acks)
+			}
+			cl.Net.acks = nil
+			cl.Net.acksPending.Store(false)
+		}
 		if cl.outboundPending() == 0 {
 			if cl.Net.outbuf == nil {
 				return buf.WriteTo(cl.Net.Conn)

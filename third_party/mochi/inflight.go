@@ -15,7 +15,7 @@ import (
 // Inflight is a map of InflightMessage keyed on packet id.
 type Inflight struct {
 	sync.RWMutex
-	internal            map[uint16]packets.Packet // internal contains the inflight packets
+	internal            map[uint16]*packets.Packet // internal contains the inflight packets; WARDEN PATCH (PATCHES.md, 21): by pointer, never changed once stored
 	receiveQuota        int32                     // remaining inbound qos quota for flow control
 	sendQuota           int32                     // remaining outbound qos quota for flow control
 	maximumReceiveQuota int32                     // maximum allowed receive quota
@@ -27,7 +27,7 @@ type Inflight struct {
 // NewInflights returns a new instance of an Inflight packets map.
 func NewInflights() *Inflight {
 	return &Inflight{
-		internal: map[uint16]packets.Packet{},
+		internal: map[uint16]*packets.Packet{},
 	}
 }
 
@@ -46,7 +46,7 @@ func (i *Inflight) Set(m packets.Packet) bool {
 			i.waiting = append(i.waiting, m.PacketID) // WARDEN PATCH (PATCHES.md, 16)
 		}
 	}
-	i.internal[m.PacketID] = m
+	i.internal[m.PacketID] = &m
 	return !ok
 }
 
@@ -56,7 +56,7 @@ func (i *Inflight) Get(id uint16) (packets.Packet, bool) {
 	defer i.RUnlock()
 
 	if m, ok := i.internal[id]; ok {
-		return m, true
+		return *m, true
 	}
 
 	return packets.Packet{}, false
@@ -96,7 +96,7 @@ func (i *Inflight) getAll(immediate bool) []packets.Packet {
 	m := []packets.Packet{}
 	for _, v := range i.internal {
 		if !immediate || (immediate && v.Expiry < 0) {
-			m = append(m, v)
+			m = append(m, *v)
 		}
 	}
 
@@ -131,7 +131,7 @@ func (i *Inflight) NextImmediate() (packets.Packet, bool) {
 	for len(i.waiting) > 0 {
 		m, ok := i.internal[i.waiting[0]]
 		if ok && m.Expiry < 0 {
-			return m, true // stays queued until sent (Set with Expiry >= 0 makes it stale)
+			return *m, true // stays queued until sent (Set with Expiry >= 0 makes it stale)
 		}
 		i.waiting = i.waiting[1:]
 	}
@@ -149,8 +149,10 @@ func (i *Inflight) NextImmediate() (packets.Packet, bool) {
 // four: a PUBACK returning the last unit of quota between the read and
 // the parking found nothing to release and left the packet parked until
 // the client's next packet, and two publishers sharing the last unit
-// both sent.
-func (i *Inflight) SetOutbound(m packets.Packet, flowControl bool) (isNew, parked bool) {
+// both sent. WARDEN PATCH (PATCHES.md, 21): m itself is stored, and may
+// be queued for writing as well (one allocation for both); the caller
+// must not change it once it is stored.
+func (i *Inflight) SetOutbound(m *packets.Packet, flowControl bool) (isNew, parked bool) {
 	i.Lock()
 	defer i.Unlock()
 
@@ -199,13 +201,13 @@ func (i *Inflight) ReleaseParked(send func(*packets.Packet) bool) {
 		if atomic.LoadInt32(&i.sendQuota) <= 0 {
 			return
 		}
-		out := m
+		out := *m // a copy: the parked packet is not changed (PATCHES.md, 21)
 		if !send(&out) {
 			return
 		}
 		i.waiting = i.waiting[1:]
 		i.immediate--
-		i.internal[id] = out
+		i.internal[id] = &out
 		atomic.AddInt32(&i.sendQuota, -1)
 	}
 	i.waiting = nil

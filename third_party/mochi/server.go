@@ -642,6 +642,7 @@ func (s *Server) serveClient(cl *Client, listener string) {
 	defer s.Listeners.ClientsWg.Done()
 	defer cl.Stop(nil)
 
+	cl.deferAcksOnRead() // WARDEN PATCH (PATCHES.md, 22)
 	err := cl.Read(s.receivePacket)
 	if err != nil {
 		s.sendLWT(cl)
@@ -1160,7 +1161,11 @@ func (s *Server) processPublish(cl *Client, pk packets.Packet) error {
 		}
 	}
 
-	err = cl.WritePacket(ack)
+	if pk.FixedHeader.Qos == 1 {
+		err = cl.writeAck(ack) // WARDEN PATCH (PATCHES.md, 22): leaves with the next write or before the next read
+	} else {
+		err = cl.WritePacket(ack)
+	}
 	if err != nil {
 		return err
 	}
@@ -1298,13 +1303,14 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		// WARDEN PATCH (PATCHES.md, 19): stored and either given a unit
 		// of send quota or parked in one step.
 		flowControl := atomic.LoadInt32(&cl.State.Inflight.maximumSendQuota) > 0
-		isNew, parked := cl.State.Inflight.SetOutbound(out, flowControl) // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
+		// WARDEN PATCH (PATCHES.md, 21): out itself is stored, and queued
+		// below; it is not changed from here on.
+		isNew, parked := cl.State.Inflight.SetOutbound(&out, flowControl) // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
 		if isNew {
 			atomic.AddInt64(&s.Info.Inflight, 1)
 			s.hooks.OnQosPublish(cl, out, out.Created, 0)
 		}
 		if parked {
-			out.Expiry = -1
 			s.releaseParked(cl) // quota returned since the decision is not left unused
 			return out, nil
 		}
