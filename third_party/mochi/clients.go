@@ -157,9 +157,9 @@ type ClientConnection struct {
 	acks        *bytes.Buffer // encoded, not yet written; under the client's lock
 	acksPending atomic.Bool   // acks holds something (read without the lock)
 	deferAcks   bool          // the connection tells the client before it reads its socket
-	Remote     string        // the remote address of the client
-	Listener   string        // listener id of the client
-	Inline     bool          // if true, the client is the built-in 'inline' embedded client
+	Remote      string        // the remote address of the client
+	Listener    string        // listener id of the client
+	Inline      bool          // if true, the client is the built-in 'inline' embedded client
 }
 
 // ClientProperties contains the properties which define the client behaviour.

@@ -16,12 +16,12 @@ import (
 type Inflight struct {
 	sync.RWMutex
 	internal            map[uint16]*packets.Packet // internal contains the inflight packets; WARDEN PATCH (PATCHES.md, 21): by pointer, never changed once stored
-	receiveQuota        int32                     // remaining inbound qos quota for flow control
-	sendQuota           int32                     // remaining outbound qos quota for flow control
-	maximumReceiveQuota int32                     // maximum allowed receive quota
-	maximumSendQuota    int32                     // maximum allowed send quota
-	immediate           int                       // WARDEN PATCH (PATCHES.md, 3): packets with Expiry < 0
-	waiting             []uint16                  // WARDEN PATCH (PATCHES.md, 16): IDs of packets with Expiry < 0, in the order parked (stale entries skipped)
+	receiveQuota        int32                      // remaining inbound qos quota for flow control
+	sendQuota           int32                      // remaining outbound qos quota for flow control
+	maximumReceiveQuota int32                      // maximum allowed receive quota
+	maximumSendQuota    int32                      // maximum allowed send quota
+	immediate           int                        // WARDEN PATCH (PATCHES.md, 3): packets with Expiry < 0
+	waiting             []uint16                   // WARDEN PATCH (PATCHES.md, 16): IDs of packets with Expiry < 0, in the order parked (stale entries skipped)
 }
 
 // NewInflights returns a new instance of an Inflight packets map.
