@@ -142,3 +142,24 @@ func TestOutboundQuotaIsTakenWithTheDecision(t *testing.T) {
 		t.Fatal("a packet parked without flow control")
 	}
 }
+
+// TestHooksProvideWhatTheySaid guards patch 23: mochi asks each hook once,
+// when it is added, which events it provides, and answers from that:
+// every event fits the 64-bit set, and the answers are the hooks' own.
+func TestHooksProvideWhatTheySaid(t *testing.T) {
+	if mqtt.StoredSysInfo >= 64 {
+		t.Fatalf("mochi has %d hook events; the provided set holds 64", mqtt.StoredSysInfo+1)
+	}
+	b, _ := newTestBroker(t, newTestPKI(t), 2)
+	for _, hook := range []mqtt.Hook{new(allowAll), b.hook} {
+		var hooks mqtt.Hooks
+		if err := hooks.Add(hook, nil); err != nil {
+			t.Fatal(err)
+		}
+		for ev := byte(0); ev <= mqtt.StoredSysInfo+1; ev++ {
+			if got, want := hooks.Provides(ev), hook.Provides(ev); got != want {
+				t.Errorf("%s: event %d provided %v, the hook says %v", hook.ID(), ev, got, want)
+			}
+		}
+	}
+}

@@ -163,12 +163,38 @@ func (h *Hooks) Add(hook Hook, config any) error {
 		i = []Hook{}
 	}
 
-	i = append(i, hook)
+	i = append(i, newProvidedHook(hook)) // WARDEN PATCH (PATCHES.md, 23)
 	h.internal.Store(i)
 	atomic.AddInt64(&h.qty, 1)
 	h.wg.Add(1)
 
 	return nil
+}
+
+// providedHook is a hook with the events it provides asked once, when it
+// is added. WARDEN PATCH (PATCHES.md, 23): every event asks every hook
+// whether it provides it, and hooks answer by searching a list
+// (bytes.Contains in Warden's and the bolt store's): 3.4% of the broker's
+// CPU under a QoS 1 load. A hook's answers must not change once it is
+// added; every hook here answers from a fixed list.
+type providedHook struct {
+	Hook
+	provides uint64 // bit b: provides event b
+}
+
+func newProvidedHook(hook Hook) providedHook {
+	p := providedHook{Hook: hook}
+	for b := byte(0); b < 64; b++ {
+		if hook.Provides(b) {
+			p.provides |= 1 << b
+		}
+	}
+	return p
+}
+
+// Provides answers from the bits read when the hook was added.
+func (p providedHook) Provides(b byte) bool {
+	return b < 64 && p.provides&(1<<b) != 0
 }
 
 // GetAll returns a slice of all the hooks.
