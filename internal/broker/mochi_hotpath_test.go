@@ -418,3 +418,35 @@ func (*allowAll) Provides(b byte) bool {
 }
 func (*allowAll) OnConnectAuthenticate(*mqtt.Client, packets.Packet) bool { return true }
 func (*allowAll) OnACLCheck(*mqtt.Client, string, bool) bool              { return true }
+
+// TestPooledSubscriberSetsStartEmpty guards patch 24: the set a message's
+// subscribers are gathered into is reused for the next message, emptied:
+// a subscriber of one topic never receives the next message on another.
+func TestPooledSubscriberSetsStartEmpty(t *testing.T) {
+	s := startIdleServer(t, plainKind, nil)
+	a, b := s.dial(t, "a"), s.dial(t, "b")
+	subscribe(t, a, "a/#")
+	subscribe(t, b, "b/#")
+	const n = 50
+	for i := range n {
+		for _, topic := range []string{"a/x", "b/x"} {
+			if err := s.srv.Publish(topic, []byte{byte(i)}, false, 0); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	for _, c := range []struct {
+		conn  net.Conn
+		topic string
+	}{{a, "a/x"}, {b, "b/x"}} {
+		for i := range n {
+			if pk := readPacket(t, c.conn); pk.TopicName != c.topic || pk.Payload[0] != byte(i) {
+				t.Fatalf("subscriber of %s got %s %x as message %d", c.topic, pk.TopicName, pk.Payload, i)
+			}
+		}
+		_ = c.conn.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+		if _, err := c.conn.Read(make([]byte, 1)); err == nil {
+			t.Fatalf("subscriber of %s got more than its %d messages", c.topic, n)
+		}
+	}
+}

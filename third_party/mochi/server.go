@@ -1210,7 +1210,11 @@ func (s *Server) publishToSubscribers(pk packets.Packet) {
 		}
 	}
 
-	subscribers := s.Topics.Subscribers(pk.TopicName)
+	// WARDEN PATCH (PATCHES.md, 24): the matching subscribers are gathered
+	// into a pooled set whose maps are kept, emptied, between messages.
+	pooled := subscribersPool.Get().(*Subscribers)
+	defer pooled.release()
+	subscribers := s.Topics.scanSubscribers(pk.TopicName, 0, nil, pooled)
 	if len(subscribers.Shared) > 0 {
 		subscribers = s.hooks.OnSelectSubscribers(subscribers, pk)
 		if len(subscribers.SharedSelected) == 0 {
