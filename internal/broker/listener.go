@@ -130,7 +130,7 @@ func (l *guardedListener) acceptLoop() {
 		}
 		_ = c.SetDeadline(time.Now().Add(l.deadline))
 		if l.tls == nil { // the plain listener: CONNECT must still arrive in time
-			l.deliver(c)
+			l.deliver(&plainConn{Conn: c})
 			continue
 		}
 		go l.handshake(c)
@@ -194,6 +194,26 @@ func (b *Broker) GuardHTTPS(raw net.Listener, name string, cfg *tls.Config) net.
 	l := newGuardedListener(raw, name, cfg, b.opts.Limits.ConnectTimeout, limiter, b.admit, b)
 	l.https = true
 	return l
+}
+
+// plainConn is a connection of the plain listener (envelope devices). Its
+// session's acknowledgements wait for the next read of the socket, as on
+// a TLS connection (mochi's BeforeReader, PATCHES.md 22): mochi reads it
+// through a buffer, which reads the socket only once it is empty.
+type plainConn struct {
+	net.Conn
+	beforeRead func()
+}
+
+// SetBeforeRead has fn called before each read of the socket. Called by
+// the session's reader goroutine, the only one that reads the connection.
+func (c *plainConn) SetBeforeRead(fn func()) { c.beforeRead = fn }
+
+func (c *plainConn) Read(p []byte) (int, error) {
+	if c.beforeRead != nil {
+		c.beforeRead()
+	}
+	return c.Conn.Read(p)
 }
 
 // guardedConn is a server-side TLS connection whose handshake has

@@ -11,6 +11,8 @@ import (
 	"runtime/pprof"
 	"strings"
 	"sync"
+	"sync/atomic"
+	"syscall"
 	"testing"
 	"time"
 
@@ -27,19 +29,50 @@ import (
 // client, on a plain or a TLS listener (startMochi's, and the tests of
 // patches 10-16, PATCHES.md).
 type idleServer struct {
-	srv  *mqtt.Server
-	addr string
-	tls  *tls.Config // the client's, nil on the plain listener
+	srv    *mqtt.Server
+	addr   string
+	tls    *tls.Config   // the client's, nil on the plain listeners
+	writes *atomic.Int64 // writes to the server's sockets (guarded kinds)
 }
 
 // Listener kinds of startIdleServer: a plain socket, crypto/tls's
 // listener, and Warden's guarded mutual-TLS listener (whose connections
 // can wait for their socket, PATCHES.md 13).
 const (
-	plainKind   = "plain"
-	tlsKind     = "tls"
-	guardedKind = "guarded"
+	plainKind        = "plain"
+	tlsKind          = "tls"
+	guardedKind      = "guarded"
+	guardedPlainKind = "guarded-plain" // Warden's plain listener, for envelope devices
 )
+
+// writeCounter counts the writes to its connections' sockets.
+type writeCounter struct {
+	net.Listener
+	n *atomic.Int64
+}
+
+func (l writeCounter) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return countedConn{Conn: c, n: l.n}, nil
+}
+
+type countedConn struct {
+	net.Conn
+	n *atomic.Int64
+}
+
+func (c countedConn) Write(p []byte) (int, error) {
+	c.n.Add(1)
+	return c.Conn.Write(p)
+}
+
+// SyscallConn exposes the socket, for guardedConn.WaitReadable.
+func (c countedConn) SyscallConn() (syscall.RawConn, error) {
+	return c.Conn.(syscall.Conn).SyscallConn()
+}
 
 func startIdleServer(t *testing.T, kind string, opts *mqtt.Options, hooks ...mqtt.Hook) idleServer {
 	t.Helper()
@@ -71,8 +104,13 @@ func startIdleServer(t *testing.T, kind string, opts *mqtt.Options, hooks ...mqt
 		if err != nil {
 			t.Fatal(err)
 		}
-		ln = newGuardedListener(ln, "mqtts", cfg, 3*time.Second, nil, b.admit, b)
+		s.writes = new(atomic.Int64)
+		ln = newGuardedListener(writeCounter{ln, s.writes}, "mqtts", cfg, 3*time.Second, nil, b.admit, b)
 		s.tls = &tls.Config{RootCAs: pki.roots, ServerName: "127.0.0.1", Certificates: []tls.Certificate{pki.client}}
+	case guardedPlainKind:
+		b, _ := newTestBroker(t, newTestPKI(t), 2)
+		s.writes = new(atomic.Int64)
+		ln = newGuardedListener(writeCounter{ln, s.writes}, "mqtt", nil, 3*time.Second, nil, b.admit, b)
 	}
 	if err := srv.AddListener(listeners.NewNet("t", ln)); err != nil {
 		t.Fatal(err)
@@ -570,98 +608,75 @@ func TestCloseRefusesConnectionsStillArriving(t *testing.T) {
 	}
 }
 
-// recordCounter counts the TLS records the client reads from the
-// server, and holds back what the client writes while hold is set.
-type recordCounter struct {
+// holdConn holds back what the client writes while hold is set.
+type holdConn struct {
 	net.Conn
-	mu      sync.Mutex
-	hdr     []byte
-	left    int
-	records int
-	hold    bool
-	held    []byte
+	hold bool
+	held []byte
 }
 
-func (r *recordCounter) Read(p []byte) (int, error) {
-	n, err := r.Conn.Read(p)
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	for _, b := range p[:n] {
-		if r.left > 0 {
-			r.left--
-			continue
-		}
-		r.hdr = append(r.hdr, b)
-		if len(r.hdr) == 5 {
-			r.left = int(r.hdr[3])<<8 | int(r.hdr[4])
-			r.hdr = r.hdr[:0]
-			r.records++
-		}
-	}
-	return n, err
-}
-
-func (r *recordCounter) Write(p []byte) (int, error) {
-	if r.hold {
-		r.held = append(r.held, p...)
+func (h *holdConn) Write(p []byte) (int, error) {
+	if h.hold {
+		h.held = append(h.held, p...)
 		return len(p), nil
 	}
-	return r.Conn.Write(p)
-}
-
-func (r *recordCounter) count() int {
-	r.mu.Lock()
-	defer r.mu.Unlock()
-	return r.records
+	return h.Conn.Write(p)
 }
 
 // TestAcksOfPacketsArrivingTogetherLeaveTogether guards mochi patch 22
-// (PATCHES.md): the PUBACKs of QoS 1 publishes that arrive together (ten
-// TLS records in one TCP write) leave in one write, in order, instead of
-// one TLS record and one system call each; and the PUBACK of a publish
-// that arrives alone is written before the reader waits for more, not
-// held until the next packet.
+// (PATCHES.md), on Warden's TLS and plain listeners: the PUBACKs of QoS 1
+// publishes that arrive together (in one TCP write) leave in one write
+// of the socket, in order, instead of one each; and the PUBACK of a
+// publish that arrives alone is written before the reader waits for
+// more, not held until the next packet.
 func TestAcksOfPacketsArrivingTogetherLeaveTogether(t *testing.T) {
-	s := startIdleServer(t, guardedKind, nil)
-	raw, err := net.Dial("tcp", s.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	rc := &recordCounter{Conn: raw}
-	c := tls.Client(rc, s.tls)
-	t.Cleanup(func() { c.Close() })
-	writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
-		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60, ClientIdentifier: "burst"}})
-	if pk := readPacket(t, c); pk.FixedHeader.Type != packets.Connack || pk.ReasonCode != 0 {
-		t.Fatalf("connect: %+v", pk.FixedHeader)
-	}
+	for _, kind := range []string{guardedKind, guardedPlainKind} {
+		t.Run(kind, func(t *testing.T) {
+			s := startIdleServer(t, kind, nil)
+			raw, err := net.Dial("tcp", s.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			hc := &holdConn{Conn: raw}
+			var c net.Conn = hc
+			if s.tls != nil {
+				c = tls.Client(hc, s.tls)
+			}
+			t.Cleanup(func() { c.Close() })
+			writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
+				Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60, ClientIdentifier: "burst"}})
+			if pk := readPacket(t, c); pk.FixedHeader.Type != packets.Connack || pk.ReasonCode != 0 {
+				t.Fatalf("connect: %+v", pk.FixedHeader)
+			}
 
-	const n = 10
-	rc.hold = true
-	for id := uint16(1); id <= n; id++ {
-		writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: id,
-			TopicName: "up/x", Payload: []byte{byte(id)}})
-	}
-	rc.hold = false
-	before := rc.count()
-	if _, err := raw.Write(rc.held); err != nil {
-		t.Fatal(err)
-	}
-	for id := uint16(1); id <= n; id++ {
-		if ack := readPacket(t, c); ack.FixedHeader.Type != packets.Puback || ack.PacketID != id {
-			t.Fatalf("%+v id %d instead of the PUBACK of publish %d", ack.FixedHeader, ack.PacketID, id)
-		}
-	}
-	if records := rc.count() - before; records > 2 {
-		t.Errorf("the PUBACKs of %d publishes that arrived together came in %d TLS records, want them together", n, records)
-	}
+			const n = 10
+			hc.hold = true
+			for id := uint16(1); id <= n; id++ {
+				writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: id,
+					TopicName: "up/x", Payload: []byte{byte(id)}})
+			}
+			hc.hold = false
+			before := s.writes.Load()
+			if _, err := raw.Write(hc.held); err != nil {
+				t.Fatal(err)
+			}
+			for id := uint16(1); id <= n; id++ {
+				if ack := readPacket(t, c); ack.FixedHeader.Type != packets.Puback || ack.PacketID != id {
+					t.Fatalf("%+v id %d instead of the PUBACK of publish %d", ack.FixedHeader, ack.PacketID, id)
+				}
+			}
+			if writes := s.writes.Load() - before; writes > 2 {
+				t.Errorf("the PUBACKs of %d publishes that arrived together took %d writes, want them together", n, writes)
+			}
 
-	start := time.Now()
-	writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 99, TopicName: "up/x", Payload: []byte("alone")})
-	if ack := readPacket(t, c); ack.FixedHeader.Type != packets.Puback || ack.PacketID != 99 {
-		t.Fatalf("%+v instead of the PUBACK of a publish that came alone", ack.FixedHeader)
-	}
-	if d := time.Since(start); d > time.Second {
-		t.Errorf("the PUBACK of a publish that came alone took %v: held back until the next packet?", d)
+			start := time.Now()
+			writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: 99, TopicName: "up/x", Payload: []byte("alone")})
+			if ack := readPacket(t, c); ack.FixedHeader.Type != packets.Puback || ack.PacketID != 99 {
+				t.Fatalf("%+v instead of the PUBACK of a publish that came alone", ack.FixedHeader)
+			}
+			if d := time.Since(start); d > time.Second {
+				t.Errorf("the PUBACK of a publish that came alone took %v: held back until the next packet?", d)
+			}
+		})
 	}
 }
