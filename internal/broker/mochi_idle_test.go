@@ -164,6 +164,8 @@ func encodePacket(t testing.TB, pk packets.Packet) []byte {
 		err = pk.SubscribeEncode(&buf)
 	case packets.Puback:
 		err = pk.PubackEncode(&buf)
+	case packets.Pingreq:
+		err = pk.PingreqEncode(&buf)
 	default:
 		t.Fatalf("no encoder for %v", pk.FixedHeader.Type)
 	}
@@ -678,5 +680,32 @@ func TestAcksOfPacketsArrivingTogetherLeaveTogether(t *testing.T) {
 				t.Errorf("the PUBACK of a publish that came alone took %v: held back until the next packet?", d)
 			}
 		})
+	}
+}
+
+// TestKeepaliveDeadline guards mochi patch 25: a client is cut one and a
+// half keepalives after its last packet (give or take the eighth of that
+// window by which the deadline may lag), never sooner, however often it
+// sends. Upstream computed the deadline in whole seconds: with a
+// keepalive of 1 s it cut a client 1 s after its last packet.
+func TestKeepaliveDeadline(t *testing.T) {
+	t.Parallel() // five seconds of mostly waiting
+	s := startIdleServer(t, plainKind, nil)
+	c := s.dialKeepAlive(t, "pinger", 1)
+	for range 4 { // every 0.9 s, within the keepalive: never cut
+		time.Sleep(900 * time.Millisecond)
+		writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Pingreq}})
+		if pk := readPacket(t, c); pk.FixedHeader.Type != packets.Pingresp {
+			t.Fatalf("%+v instead of PINGRESP", pk.FixedHeader)
+		}
+	}
+	last := time.Now()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the server sent something instead of closing the silent connection")
+	}
+	silent := time.Since(last)
+	if silent < 1300*time.Millisecond || silent > 2500*time.Millisecond {
+		t.Fatalf("a client with a keepalive of 1 s was cut %v after its last packet, want 1.5 s (at least 1.375 s)", silent)
 	}
 }
