@@ -141,3 +141,80 @@ func TestOwnPacketIDsDoNotCollideWithTheClients(t *testing.T) {
 		t.Fatalf("%d packets left in flight after every flow completed (a QoS 1 PUBACK is not state to keep)", n)
 	}
 }
+
+// TestResumedSessionResendsInOrderWithinItsQuota guards mochi patch 26
+// (PATCHES.md): a client that resumes its session gets its
+// unacknowledged messages again, marked as duplicates, in the order they
+// were first sent, and the messages that were waiting for its Receive
+// Maximum after them, as that allows: each exactly once, never more than
+// its Receive Maximum unacknowledged. Upstream resent them by creation
+// second (map order within a second) and sent the waiting ones too,
+// beyond the Receive Maximum, and again later.
+func TestResumedSessionResendsInOrderWithinItsQuota(t *testing.T) {
+	s := startIdleServer(t, plainKind, nil)
+	connect := func() net.Conn {
+		c, err := net.Dial("tcp", s.addr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		two := uint16(2)
+		writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
+			Properties: packets.Properties{ReceiveMaximum: two, SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true},
+			Connect:    packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: false, Keepalive: 60, ClientIdentifier: "resumer"}})
+		if pk := readPacket(t, c); pk.FixedHeader.Type != packets.Connack || pk.ReasonCode != 0 {
+			t.Fatalf("connect: %+v", pk.FixedHeader)
+		}
+		return c
+	}
+	c := connect()
+	writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "r/#", Qos: 1}}})
+	if pk := readPacket(t, c); pk.FixedHeader.Type != packets.Suback {
+		t.Fatalf("subscribe: %+v", pk.FixedHeader)
+	}
+	const n = 8
+	for i := range n {
+		if err := s.srv.Publish("r/x", []byte{byte(i)}, false, 1); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for i := range 2 { // the Receive Maximum's worth, not acknowledged
+		if pk := readPacket(t, c); pk.FixedHeader.Type != packets.Publish || pk.Payload[0] != byte(i) {
+			t.Fatalf("message %d: %+v %x", i, pk.FixedHeader, pk.Payload)
+		}
+	}
+	c.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if cl, ok := s.srv.Clients.Get("resumer"); ok && cl.Closed() || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+
+	c = connect()
+	for i := range n {
+		pk := readPacket(t, c)
+		if pk.FixedHeader.Type != packets.Publish || pk.Payload[0] != byte(i) {
+			t.Fatalf("after resuming, message %d: %+v %x (resent out of order, or beyond the Receive Maximum)", i, pk.FixedHeader, pk.Payload)
+		}
+		if pk.FixedHeader.Dup != (i < 2) {
+			t.Errorf("message %d: DUP %v, want it set only on the two sent before", i, pk.FixedHeader.Dup)
+		}
+		if i%2 == 1 { // acknowledge in pairs: never more than two outstanding
+			_ = c.SetReadDeadline(time.Now().Add(100 * time.Millisecond))
+			if _, err := c.Read(make([]byte, 1)); err == nil {
+				t.Fatalf("a third message came with two unacknowledged (Receive Maximum 2)")
+			}
+			_ = c.SetReadDeadline(time.Time{})
+			for _, id := range []uint16{pk.PacketID - 1, pk.PacketID} {
+				writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: id})
+			}
+		}
+	}
+	_ = c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("a message came twice")
+	}
+}

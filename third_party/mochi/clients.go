@@ -436,9 +436,19 @@ func (cl *Client) ResendInflightMessages(force bool) error {
 		return nil
 	}
 
+	// WARDEN PATCH (PATCHES.md, 26): in the order first sent
+	// [MQTT-4.6.0-1]; packets parked for want of send quota were never
+	// sent and wait for it still (Server.releaseParked sends them after);
+	// each publish sent again takes a unit of the quota it holds until
+	// acknowledged. Upstream sent parked packets too, beyond the client's
+	// Receive Maximum, and released them again later.
 	for _, tk := range cl.State.Inflight.GetAll(false) {
+		if tk.Expiry < 0 {
+			continue
+		}
 		if tk.FixedHeader.Type == packets.Publish {
 			tk.FixedHeader.Dup = true // [MQTT-3.3.1-1] [MQTT-3.3.1-3]
+			cl.State.Inflight.TakeSendQuota()
 		}
 
 		cl.ops.hooks.OnQosPublish(cl, tk, tk.Created, 0)

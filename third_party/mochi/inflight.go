@@ -22,6 +22,20 @@ type Inflight struct {
 	maximumSendQuota    int32                      // maximum allowed send quota
 	immediate           int                        // WARDEN PATCH (PATCHES.md, 3): packets with Expiry < 0
 	waiting             []uint16                   // WARDEN PATCH (PATCHES.md, 16): IDs of packets with Expiry < 0, in the order parked (stale entries skipped)
+	order               map[uint16]uint64          // WARDEN PATCH (PATCHES.md, 26): each packet's place in the order stored (nil until the first)
+	stored              uint64                     // WARDEN PATCH (PATCHES.md, 26): packets stored so far
+}
+
+// place records that packet id is newly stored, after every packet
+// stored before it; a packet replaced under its ID (a PUBREL in place of
+// its PUBLISH, a parked packet sent) keeps its place. WARDEN PATCH
+// (PATCHES.md, 26). Called with the lock held.
+func (i *Inflight) place(id uint16) {
+	if i.order == nil {
+		i.order = map[uint16]uint64{}
+	}
+	i.stored++
+	i.order[id] = i.stored
 }
 
 // NewInflights returns a new instance of an Inflight packets map.
@@ -45,6 +59,9 @@ func (i *Inflight) Set(m packets.Packet) bool {
 		if !ok || old.Expiry >= 0 {
 			i.waiting = append(i.waiting, m.PacketID) // WARDEN PATCH (PATCHES.md, 16)
 		}
+	}
+	if !ok {
+		i.place(m.PacketID) // WARDEN PATCH (PATCHES.md, 26)
 	}
 	i.internal[m.PacketID] = &m
 	return !ok
@@ -80,6 +97,13 @@ func (i *Inflight) Clone() *Inflight {
 	}
 	c.immediate = i.immediate                       // WARDEN PATCH (PATCHES.md, 3)
 	c.waiting = append([]uint16(nil), i.waiting...) // WARDEN PATCH (PATCHES.md, 16)
+	if i.order != nil {                             // WARDEN PATCH (PATCHES.md, 26)
+		c.order = make(map[uint16]uint64, len(i.order))
+		for k, v := range i.order {
+			c.order[k] = v
+		}
+	}
+	c.stored = i.stored
 	return c
 }
 
@@ -100,8 +124,11 @@ func (i *Inflight) getAll(immediate bool) []packets.Packet {
 		}
 	}
 
-	sort.Slice(m, func(i, j int) bool {
-		return uint16(m[i].Created) < uint16(m[j].Created)
+	// WARDEN PATCH (PATCHES.md, 26): in the order stored. Upstream sorted
+	// by the low 16 bits of the creation second: packets of the same
+	// second came in map order, and the order turned over every 18 hours.
+	sort.Slice(m, func(a, b int) bool {
+		return i.order[m[a].PacketID] < i.order[m[b].PacketID]
 	})
 
 	return m
@@ -170,8 +197,22 @@ func (i *Inflight) SetOutbound(m *packets.Packet, flowControl bool) (isNew, park
 	} else if flowControl && !ok {
 		atomic.AddInt32(&i.sendQuota, -1) // only decremented under the lock, after a check: never below 0
 	}
+	if !ok {
+		i.place(m.PacketID) // WARDEN PATCH (PATCHES.md, 26)
+	}
 	i.internal[m.PacketID] = m
 	return !ok, parked
+}
+
+// TakeSendQuota takes a unit of send quota if there is one, for a packet
+// sent again (a resumed session's unacknowledged publishes). WARDEN PATCH
+// (PATCHES.md, 26).
+func (i *Inflight) TakeSendQuota() {
+	i.Lock()
+	defer i.Unlock()
+	if atomic.LoadInt32(&i.sendQuota) > 0 {
+		atomic.AddInt32(&i.sendQuota, -1)
+	}
 }
 
 // ReleaseParked hands parked packets to send, in the order they were
@@ -223,6 +264,7 @@ func (i *Inflight) Delete(id uint16) bool {
 		i.immediate--
 	}
 	delete(i.internal, id)
+	delete(i.order, id) // WARDEN PATCH (PATCHES.md, 26)
 
 	return ok
 }

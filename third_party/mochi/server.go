@@ -629,6 +629,7 @@ func (s *Server) openSession(cl *Client, listener string) error {
 		if err != nil {
 			return s.endSession(cl, listener, fmt.Errorf("resend inflight: %w", err))
 		}
+		s.releaseParked(cl) // WARDEN PATCH (PATCHES.md, 26): then what waited for quota, as quota allows
 	}
 
 	s.hooks.OnSessionEstablished(cl, pk)
