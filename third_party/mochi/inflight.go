@@ -265,6 +265,9 @@ func (i *Inflight) Delete(id uint16) bool {
 	}
 	delete(i.internal, id)
 	delete(i.order, id) // WARDEN PATCH (PATCHES.md, 26)
+	if len(i.order) == 0 {
+		i.order = nil // an idle session holds no map
+	}
 
 	return ok
 }
