@@ -3,6 +3,7 @@ package broker
 import (
 	"fmt"
 	"net"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -151,7 +152,8 @@ func TestOwnPacketIDsDoNotCollideWithTheClients(t *testing.T) {
 // second (map order within a second) and sent the waiting ones too,
 // beyond the Receive Maximum, and again later.
 func TestResumedSessionResendsInOrderWithinItsQuota(t *testing.T) {
-	s := startIdleServer(t, plainKind, nil)
+	dropped := new(droppedRecorder)
+	s := startIdleServer(t, plainKind, nil, dropped)
 	connect := func() net.Conn {
 		c, err := net.Dial("tcp", s.addr)
 		if err != nil {
@@ -194,6 +196,9 @@ func TestResumedSessionResendsInOrderWithinItsQuota(t *testing.T) {
 	}
 
 	c = connect()
+	if n := dropped.n.Load(); n != 0 {
+		t.Fatalf("taking the session over reported %d in-flight messages dropped (the session store deletes them)", n)
+	}
 	for i := range n {
 		pk := readPacket(t, c)
 		if pk.FixedHeader.Type != packets.Publish || pk.Payload[0] != byte(i) {
@@ -217,4 +222,16 @@ func TestResumedSessionResendsInOrderWithinItsQuota(t *testing.T) {
 	if _, err := c.Read(make([]byte, 1)); err == nil {
 		t.Fatal("a message came twice")
 	}
+}
+
+// droppedRecorder counts the in-flight messages mochi reports dropped.
+type droppedRecorder struct {
+	mqtt.HookBase
+	n atomic.Int64
+}
+
+func (*droppedRecorder) ID() string           { return "dropped-recorder" }
+func (*droppedRecorder) Provides(b byte) bool { return b == mqtt.OnQosDropped }
+func (d *droppedRecorder) OnQosDropped(*mqtt.Client, packets.Packet) {
+	d.n.Add(1)
 }

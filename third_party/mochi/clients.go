@@ -468,6 +468,18 @@ func (cl *Client) ResendInflightMessages(force bool) error {
 	return nil
 }
 
+// forgetInflights empties the in-flight store of a client whose session
+// a new client of the same ID took over with a copy of it (Clone). WARDEN
+// PATCH (PATCHES.md, 26): ClearInflights, used here upstream, reported
+// each packet dropped (OnQosDropped), which made the session store
+// delete what the new client now holds under the same keys: a restart
+// before they were acknowledged lost them.
+func (cl *Client) forgetInflights() {
+	for _, tk := range cl.State.Inflight.GetAll(false) {
+		cl.State.Inflight.Delete(tk.PacketID)
+	}
+}
+
 // ClearInflights deletes all inflight messages for the client, e.g. for a disconnected user with a clean session.
 func (cl *Client) ClearInflights() {
 	for _, tk := range cl.State.Inflight.GetAll(false) {
