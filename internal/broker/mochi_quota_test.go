@@ -235,3 +235,53 @@ func (*droppedRecorder) Provides(b byte) bool { return b == mqtt.OnQosDropped }
 func (d *droppedRecorder) OnQosDropped(*mqtt.Client, packets.Packet) {
 	d.n.Add(1)
 }
+
+// TestMessageExpiryDropsOnlyWhatWasNotSent guards mochi patch 27
+// (PATCHES.md): a message that expires while it waits for the client's
+// send quota is dropped; one already sent stays in flight until the
+// client acknowledges it, and that acknowledgement returns the quota.
+// Upstream expired the sent message instead: its PUBACK found nothing,
+// the quota never came back, and with a Receive Maximum of 1 the client
+// received nothing more (the waiting message, which never expired, was
+// stuck too).
+func TestMessageExpiryDropsOnlyWhatWasNotSent(t *testing.T) {
+	t.Parallel() // three seconds of waiting for the expiry sweep
+	s := startIdleServer(t, plainKind, nil)
+	c, err := net.Dial("tcp", s.addr)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	one := uint16(1)
+	writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
+		Properties: packets.Properties{ReceiveMaximum: one},
+		Connect:    packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60, ClientIdentifier: "slow"}})
+	if pk := readPacket(t, c); pk.FixedHeader.Type != packets.Connack {
+		t.Fatalf("connect: %+v", pk.FixedHeader)
+	}
+	writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
+		Filters: packets.Subscriptions{{Filter: "e/#", Qos: 1}}})
+	if pk := readPacket(t, c); pk.FixedHeader.Type != packets.Suback {
+		t.Fatalf("subscribe: %+v", pk.FixedHeader)
+	}
+	pub := s.dial(t, "pub")
+	publish := func(id uint16, payload string, expiry uint32) {
+		writePacket(t, pub, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: id, TopicName: "e/x",
+			Payload: []byte(payload), Properties: packets.Properties{MessageExpiryInterval: expiry}})
+		if ack := readPacket(t, pub); ack.FixedHeader.Type != packets.Puback {
+			t.Fatalf("publish %s: %+v", payload, ack.FixedHeader)
+		}
+	}
+	publish(1, "sent", 1)
+	sent := readPacket(t, c)
+	if string(sent.Payload) != "sent" {
+		t.Fatalf("%q instead of the first message", sent.Payload)
+	}
+	publish(2, "waiting", 1) // parked: the quota of 1 is taken
+	time.Sleep(3 * time.Second) // both messages' expiry passes; the server's sweep runs every second
+	writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: sent.PacketID})
+	publish(3, "after", 0)
+	if pk := readPacket(t, c); string(pk.Payload) != "after" {
+		t.Fatalf("%q instead of the message published after the acknowledgement (the expired waiting one must not come; the quota must)", pk.Payload)
+	}
+}

@@ -493,8 +493,22 @@ func (cl *Client) ClearInflights() {
 // ClearExpiredInflights deletes any inflight messages which have expired.
 func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 	deleted := []uint16{}
+	// WARDEN PATCH (PATCHES.md, 27): a message's expiry drops it only
+	// while it waits for send quota (parked, Expiry -1: its expiry is
+	// Created plus its interval); once sent, its delivery has started and
+	// it stays until acknowledged [MQTT-3.3.2-5]. Upstream expired sent
+	// messages, whose PUBACK then found nothing and never returned the
+	// send quota, and never expired parked ones.
 	for _, tk := range cl.State.Inflight.GetAll(false) {
-		expired := tk.ProtocolVersion == 5 && tk.Expiry > 0 && tk.Expiry < now // [MQTT-3.3.2-5]
+		parked := tk.Expiry < 0
+		expired := false
+		if parked && tk.Properties.MessageExpiryInterval > 0 {
+			interval := int64(tk.Properties.MessageExpiryInterval)
+			if maximumExpiry > 0 {
+				interval = min(interval, maximumExpiry)
+			}
+			expired = tk.Created+interval < now // [MQTT-3.3.2-5]
+		}
 
 		// If the maximum message expiry interval is set (greater than 0), and the message
 		// retention period exceeds the maximum expiry, the message will be forcibly removed.
@@ -505,6 +519,11 @@ func (cl *Client) ClearExpiredInflights(now, maximumExpiry int64) []uint16 {
 				cl.ops.hooks.OnQosDropped(cl, tk)
 				atomic.AddInt64(&cl.ops.info.Inflight, -1)
 				deleted = append(deleted, tk.PacketID)
+				if !parked && tk.FixedHeader.Type == packets.Publish {
+					// WARDEN PATCH (PATCHES.md, 27): its unit of send quota
+					// comes back; no acknowledgement will return it.
+					cl.State.Inflight.IncreaseSendQuota()
+				}
 			}
 		}
 	}

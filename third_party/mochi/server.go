@@ -1971,6 +1971,7 @@ func (s *Server) clearExpiredInflights(now int64) {
 			for _, id := range deleted {
 				s.hooks.OnQosDropped(client, packets.Packet{PacketID: id})
 			}
+			s.releaseParked(client) // WARDEN PATCH (PATCHES.md, 27): quota an enforced expiry returned
 		}
 	}
 }
