@@ -277,7 +277,7 @@ func TestMessageExpiryDropsOnlyWhatWasNotSent(t *testing.T) {
 	if string(sent.Payload) != "sent" {
 		t.Fatalf("%q instead of the first message", sent.Payload)
 	}
-	publish(2, "waiting", 1) // parked: the quota of 1 is taken
+	publish(2, "waiting", 1)    // parked: the quota of 1 is taken
 	time.Sleep(3 * time.Second) // both messages' expiry passes; the server's sweep runs every second
 	writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: sent.PacketID})
 	publish(3, "after", 0)
