@@ -8,6 +8,7 @@ import (
 	"net/http"
 	"os"
 	"path/filepath"
+	"sync"
 	"time"
 )
 
@@ -15,9 +16,17 @@ import (
 // http.pprof) while a scenario runs, and writes each as NAME.pb.gz (for
 // `go tool pprof`) and NAME.svg (a flame graph, FlameGraph) into dir.
 type profiler struct {
-	dir  string
-	base string // http://host:port of Warden's http listener
-	log  io.Writer
+	dir   string
+	base  string // http://host:port of Warden's http listener
+	log   io.Writer
+	logMu *sync.Mutex // profiles are taken concurrently (CPU and allocations at once)
+}
+
+// logf writes one line to the log, one profile at a time.
+func (p *profiler) logf(format string, args ...any) {
+	p.logMu.Lock()
+	defer p.logMu.Unlock()
+	fmt.Fprintf(p.log, format, args...)
 }
 
 func newProfiler(dir string, p *Proc, log io.Writer) (*profiler, error) {
@@ -27,7 +36,7 @@ func newProfiler(dir string, p *Proc, log io.Writer) (*profiler, error) {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		return nil, fmt.Errorf("profiles: %w", err)
 	}
-	return &profiler{dir: dir, base: "http://" + p.HTTPAddr, log: log}, nil
+	return &profiler{dir: dir, base: "http://" + p.HTTPAddr, log: log, logMu: new(sync.Mutex)}, nil
 }
 
 // heap writes the live heap now (after a collection), weighted by bytes
@@ -76,7 +85,7 @@ func (p *profiler) allocs(ctx context.Context, name, title string, d time.Durati
 // is reported in the log and does not fail the benchmark: profiles are
 // what explains a figure, not the figure.
 func (p *profiler) save(ctx context.Context, path, name, title, sampleType string) {
-	fail := func(err error) { fmt.Fprintf(p.log, "profile %s: %v (the benchmark goes on)\n", name, err) }
+	fail := func(err error) { p.logf("profile %s: %v (the benchmark goes on)\n", name, err) }
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, p.base+path, nil)
 	if err != nil {
 		fail(err)
@@ -110,5 +119,5 @@ func (p *profiler) save(ctx context.Context, path, name, title, sampleType strin
 		fail(err)
 		return
 	}
-	fmt.Fprintf(p.log, "profile %s written to %s (.pb.gz and .svg)\n", name, filepath.Join(p.dir, name))
+	p.logf("profile %s written to %s (.pb.gz and .svg)\n", name, filepath.Join(p.dir, name))
 }
