@@ -51,23 +51,20 @@ func (p *profiler) heap(ctx context.Context, name, title string) {
 // cpu profiles the next d in the background; wait for the returned
 // channel before reading the files.
 func (p *profiler) cpu(ctx context.Context, name, title string, d time.Duration) <-chan struct{} {
-	done := make(chan struct{})
-	if p == nil {
-		close(done)
-		return done
-	}
-	secs := max(int(d/time.Second), 1)
-	go func() {
-		defer close(done)
-		p.save(ctx, fmt.Sprintf("/debug/pprof/profile?seconds=%d", secs), name, title, "cpu")
-	}()
-	return done
+	return p.during(ctx, "/debug/pprof/profile", name, title, "cpu", d)
 }
 
 // allocs profiles the allocations of the next d in the background (a
 // delta profile, weighted by bytes allocated); wait for the returned
 // channel before reading the files.
 func (p *profiler) allocs(ctx context.Context, name, title string, d time.Duration) <-chan struct{} {
+	return p.during(ctx, "/debug/pprof/allocs", name, title, "alloc_space", d)
+}
+
+// during fetches the profile at path over the next d (whole seconds, at
+// least one) in the background, and closes the returned channel once it
+// is written.
+func (p *profiler) during(ctx context.Context, path, name, title, sampleType string, d time.Duration) <-chan struct{} {
 	done := make(chan struct{})
 	if p == nil {
 		close(done)
@@ -76,7 +73,7 @@ func (p *profiler) allocs(ctx context.Context, name, title string, d time.Durati
 	secs := max(int(d/time.Second), 1)
 	go func() {
 		defer close(done)
-		p.save(ctx, fmt.Sprintf("/debug/pprof/allocs?seconds=%d", secs), name, title, "alloc_space")
+		p.save(ctx, fmt.Sprintf("%s?seconds=%d", path, secs), name, title, sampleType)
 	}()
 	return done
 }

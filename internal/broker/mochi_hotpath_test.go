@@ -241,12 +241,7 @@ func TestSendQuotaDoesNotLeak(t *testing.T) {
 			t.Fatalf("delivered %d of %d QoS 1 messages with Receive Maximum 2, then stalled (send quota leaked)", i, n)
 		}
 	}
-	// Every PUBACK has been processed once nothing is left in flight.
-	deadline := time.Now().Add(5 * time.Second)
-	for cl.State.Inflight.Len() > 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if got := cl.State.Inflight.Len(); got != 0 {
+	if got := inflightAfterAcks(cl); got != 0 {
 		t.Errorf("%d messages still in flight after every PUBACK", got)
 	}
 }
@@ -291,11 +286,7 @@ func TestParkedMessagesAreNotStranded(t *testing.T) {
 			t.Fatalf("delivered %d of %d QoS 1 messages; the rest stayed parked (in flight: %d)", i, publishers*each, cl.State.Inflight.Len())
 		}
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for cl.State.Inflight.Len() > 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if got := cl.State.Inflight.Len(); got != 0 {
+	if got := inflightAfterAcks(cl); got != 0 {
 		t.Errorf("%d messages still in flight after every PUBACK", got)
 	}
 }

@@ -131,6 +131,13 @@ func (s idleServer) dial(t *testing.T, id string) net.Conn {
 
 func (s idleServer) dialKeepAlive(t *testing.T, id string, keepalive uint16) net.Conn {
 	t.Helper()
+	return s.dialWith(t, packets.ConnectParams{Clean: true, Keepalive: keepalive, ClientIdentifier: id}, packets.Properties{})
+}
+
+// dialWith connects a raw MQTT 5 client with the CONNECT params and
+// properties given and returns the connection after a successful CONNACK.
+func (s idleServer) dialWith(t *testing.T, params packets.ConnectParams, props packets.Properties) net.Conn {
+	t.Helper()
 	var c net.Conn
 	var err error
 	if s.tls != nil {
@@ -142,10 +149,11 @@ func (s idleServer) dialKeepAlive(t *testing.T, id string, keepalive uint16) net
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { c.Close() })
+	params.ProtocolName = []byte("MQTT")
 	writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
-		Connect: packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: keepalive, ClientIdentifier: id}})
+		Connect: params, Properties: props})
 	if pk := readPacket(t, c); pk.FixedHeader.Type != packets.Connack || pk.ReasonCode != 0 {
-		t.Fatalf("%s: %v instead of a successful CONNACK", id, pk.FixedHeader)
+		t.Fatalf("%s: %v instead of a successful CONNACK", params.ClientIdentifier, pk.FixedHeader)
 	}
 	return c
 }
@@ -231,10 +239,17 @@ func (r byteReader) ReadByte() (byte, error) {
 
 func subscribe(t *testing.T, c net.Conn, filter string) {
 	t.Helper()
+	subscribeAt(t, c, filter, 0)
+}
+
+// subscribeAt subscribes to filter at qos and waits for a successful
+// SUBACK.
+func subscribeAt(t *testing.T, c net.Conn, filter string, qos byte) {
+	t.Helper()
 	writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
-		Filters: packets.Subscriptions{{Filter: filter}}})
-	if pk := readPacket(t, c); pk.FixedHeader.Type != packets.Suback || len(pk.ReasonCodes) != 1 || pk.ReasonCodes[0] != 0 {
-		t.Fatalf("subscribe %s: %+v", filter, pk)
+		Filters: packets.Subscriptions{{Filter: filter, Qos: qos}}})
+	if pk := readPacket(t, c); pk.FixedHeader.Type != packets.Suback || len(pk.ReasonCodes) != 1 || pk.ReasonCodes[0] != qos {
+		t.Fatalf("subscribe %s at QoS %d: %v %v", filter, qos, pk.FixedHeader, pk.ReasonCodes)
 	}
 }
 

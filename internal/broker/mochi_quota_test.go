@@ -96,23 +96,8 @@ func TestLaggingReaderWaitsInsteadOfDropping(t *testing.T) {
 // reached the client again.
 func TestOwnPacketIDsDoNotCollideWithTheClients(t *testing.T) {
 	s := startIdleServer(t, plainKind, nil)
-	c, err := net.Dial("tcp", s.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close()
-	one := uint16(1)
-	writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
-		Properties: packets.Properties{ReceiveMaximum: one},
-		Connect:    packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60, ClientIdentifier: "both-ways"}})
-	if pk := readPacket(t, c); pk.FixedHeader.Type != packets.Connack || pk.ReasonCode != 0 {
-		t.Fatalf("connect: %+v", pk.FixedHeader)
-	}
-	writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
-		Filters: packets.Subscriptions{{Filter: "down/#", Qos: 1}}})
-	if pk := readPacket(t, c); pk.FixedHeader.Type != packets.Suback {
-		t.Fatalf("subscribe: %+v", pk.FixedHeader)
-	}
+	c := s.dialWith(t, packets.ConnectParams{Clean: true, Keepalive: 60, ClientIdentifier: "both-ways"}, packets.Properties{ReceiveMaximum: 1})
+	subscribeAt(t, c, "down/#", 1)
 
 	for round := range 3 {
 		if err := s.srv.Publish("down/x", []byte{byte(round)}, false, 1); err != nil {
@@ -134,11 +119,7 @@ func TestOwnPacketIDsDoNotCollideWithTheClients(t *testing.T) {
 	if !ok {
 		t.Fatal("client not registered")
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for cl.State.Inflight.Len() > 0 && time.Now().Before(deadline) {
-		time.Sleep(10 * time.Millisecond)
-	}
-	if n := cl.State.Inflight.Len(); n != 0 {
+	if n := inflightAfterAcks(cl); n != 0 {
 		t.Fatalf("%d packets left in flight after every flow completed (a QoS 1 PUBACK is not state to keep)", n)
 	}
 }
@@ -155,26 +136,11 @@ func TestResumedSessionResendsInOrderWithinItsQuota(t *testing.T) {
 	dropped := new(droppedRecorder)
 	s := startIdleServer(t, plainKind, nil, dropped)
 	connect := func() net.Conn {
-		c, err := net.Dial("tcp", s.addr)
-		if err != nil {
-			t.Fatal(err)
-		}
-		t.Cleanup(func() { c.Close() })
-		two := uint16(2)
-		writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
-			Properties: packets.Properties{ReceiveMaximum: two, SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true},
-			Connect:    packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: false, Keepalive: 60, ClientIdentifier: "resumer"}})
-		if pk := readPacket(t, c); pk.FixedHeader.Type != packets.Connack || pk.ReasonCode != 0 {
-			t.Fatalf("connect: %+v", pk.FixedHeader)
-		}
-		return c
+		return s.dialWith(t, packets.ConnectParams{Clean: false, Keepalive: 60, ClientIdentifier: "resumer"},
+			packets.Properties{ReceiveMaximum: 2, SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true})
 	}
 	c := connect()
-	writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
-		Filters: packets.Subscriptions{{Filter: "r/#", Qos: 1}}})
-	if pk := readPacket(t, c); pk.FixedHeader.Type != packets.Suback {
-		t.Fatalf("subscribe: %+v", pk.FixedHeader)
-	}
+	subscribeAt(t, c, "r/#", 1)
 	const n = 8
 	for i := range n {
 		if err := s.srv.Publish("r/x", []byte{byte(i)}, false, 1); err != nil {
@@ -247,23 +213,8 @@ func (d *droppedRecorder) OnQosDropped(*mqtt.Client, packets.Packet) {
 func TestMessageExpiryDropsOnlyWhatWasNotSent(t *testing.T) {
 	t.Parallel() // three seconds of waiting for the expiry sweep
 	s := startIdleServer(t, plainKind, nil)
-	c, err := net.Dial("tcp", s.addr)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Close() })
-	one := uint16(1)
-	writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Connect}, ProtocolVersion: 5,
-		Properties: packets.Properties{ReceiveMaximum: one},
-		Connect:    packets.ConnectParams{ProtocolName: []byte("MQTT"), Clean: true, Keepalive: 60, ClientIdentifier: "slow"}})
-	if pk := readPacket(t, c); pk.FixedHeader.Type != packets.Connack {
-		t.Fatalf("connect: %+v", pk.FixedHeader)
-	}
-	writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Subscribe, Qos: 1}, PacketID: 1,
-		Filters: packets.Subscriptions{{Filter: "e/#", Qos: 1}}})
-	if pk := readPacket(t, c); pk.FixedHeader.Type != packets.Suback {
-		t.Fatalf("subscribe: %+v", pk.FixedHeader)
-	}
+	c := s.dialWith(t, packets.ConnectParams{Clean: true, Keepalive: 60, ClientIdentifier: "slow"}, packets.Properties{ReceiveMaximum: 1})
+	subscribeAt(t, c, "e/#", 1)
 	pub := s.dial(t, "pub")
 	publish := func(id uint16, payload string, expiry uint32) {
 		writePacket(t, pub, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: id, TopicName: "e/x",
@@ -284,4 +235,15 @@ func TestMessageExpiryDropsOnlyWhatWasNotSent(t *testing.T) {
 	if pk := readPacket(t, c); string(pk.Payload) != "after" {
 		t.Fatalf("%q instead of the message published after the acknowledgement (the expired waiting one must not come; the quota must)", pk.Payload)
 	}
+}
+
+// inflightAfterAcks is how many packets cl still has in flight once the
+// acknowledgements sent to the server have been processed (it waits up
+// to 5 s for the count to reach zero).
+func inflightAfterAcks(cl *mqtt.Client) int {
+	deadline := time.Now().Add(5 * time.Second)
+	for cl.State.Inflight.Len() > 0 && time.Now().Before(deadline) {
+		time.Sleep(10 * time.Millisecond)
+	}
+	return cl.State.Inflight.Len()
 }
