@@ -174,6 +174,8 @@ func encodePacket(t testing.TB, pk packets.Packet) []byte {
 		err = pk.PubackEncode(&buf)
 	case packets.Pingreq:
 		err = pk.PingreqEncode(&buf)
+	case packets.Disconnect:
+		err = pk.DisconnectEncode(&buf)
 	default:
 		t.Fatalf("no encoder for %v", pk.FixedHeader.Type)
 	}
@@ -677,6 +679,7 @@ func TestAcksOfPacketsArrivingTogetherLeaveTogether(t *testing.T) {
 			if _, err := raw.Write(hc.held); err != nil {
 				t.Fatal(err)
 			}
+			hc.held = nil
 			for id := uint16(1); id <= n; id++ {
 				if ack := readPacket(t, c); ack.FixedHeader.Type != packets.Puback || ack.PacketID != id {
 					t.Fatalf("%+v id %d instead of the PUBACK of publish %d", ack.FixedHeader, ack.PacketID, id)
@@ -693,6 +696,25 @@ func TestAcksOfPacketsArrivingTogetherLeaveTogether(t *testing.T) {
 			}
 			if d := time.Since(start); d > time.Second {
 				t.Errorf("the PUBACK of a publish that came alone took %v: held back until the next packet?", d)
+			}
+
+			// Publishes and a DISCONNECT together: every publish is
+			// acknowledged before the server closes.
+			hc.hold = true
+			for id := uint16(100); id < 103; id++ {
+				writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: id,
+					TopicName: "up/x", Payload: []byte{byte(id)}})
+			}
+			writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Disconnect}})
+			hc.hold = false
+			if _, err := raw.Write(hc.held); err != nil {
+				t.Fatal(err)
+			}
+			hc.held = nil
+			for id := uint16(100); id < 103; id++ {
+				if ack := readPacket(t, c); ack.FixedHeader.Type != packets.Puback || ack.PacketID != id {
+					t.Fatalf("%+v id %d instead of the PUBACK of publish %d, sent before DISCONNECT", ack.FixedHeader, ack.PacketID, id)
+				}
 			}
 		})
 	}

@@ -645,6 +645,7 @@ func (s *Server) serveClient(cl *Client, listener string) {
 
 	cl.deferAcksOnRead() // WARDEN PATCH (PATCHES.md, 22)
 	err := cl.Read(s.receivePacket)
+	cl.flushAcks() // WARDEN PATCH (PATCHES.md, 22): the packets before a bad one are acknowledged
 	if err != nil {
 		s.sendLWT(cl)
 		cl.Stop(err)
@@ -1617,6 +1618,7 @@ func (s *Server) processAuth(cl *Client, pk packets.Packet) error {
 
 // processDisconnect processes a Disconnect packet.
 func (s *Server) processDisconnect(cl *Client, pk packets.Packet) error {
+	cl.flushAcks() // WARDEN PATCH (PATCHES.md, 22): what came before the DISCONNECT is acknowledged
 	if pk.Properties.SessionExpiryIntervalFlag {
 		if pk.Properties.SessionExpiryInterval > 0 && cl.Properties.Props.SessionExpiryInterval == 0 {
 			return packets.ErrProtocolViolationZeroNonZeroExpiry
