@@ -247,3 +247,51 @@ func inflightAfterAcks(cl *mqtt.Client) int {
 	}
 	return cl.State.Inflight.Len()
 }
+
+// TestOfflineSessionKeepsMessagesUnsent guards the offline half of mochi
+// patch 27: messages for a session whose client is away wait as not yet
+// sent: one whose expiry passes meanwhile is dropped, and the others
+// arrive when the client resumes, once each and not marked as
+// duplicates. Upstream stored them as sent: the expired one came anyway,
+// and every one came marked DUP.
+func TestOfflineSessionKeepsMessagesUnsent(t *testing.T) {
+	t.Parallel() // three seconds of waiting for the expiry sweep
+	s := startIdleServer(t, plainKind, nil)
+	connect := func() net.Conn {
+		return s.dialWith(t, packets.ConnectParams{Clean: false, Keepalive: 60, ClientIdentifier: "away"},
+			packets.Properties{SessionExpiryInterval: 300, SessionExpiryIntervalFlag: true})
+	}
+	c := connect()
+	subscribeAt(t, c, "o/#", 1)
+	c.Close()
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if cl, ok := s.srv.Clients.Get("away"); ok && cl.Closed() || time.Now().After(deadline) {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	pub := s.dial(t, "pub")
+	for i, expiry := range []uint32{1, 0} {
+		writePacket(t, pub, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: uint16(i + 1), TopicName: "o/x",
+			Payload: []byte{byte(i)}, Properties: packets.Properties{MessageExpiryInterval: expiry}})
+		if ack := readPacket(t, pub); ack.FixedHeader.Type != packets.Puback {
+			t.Fatalf("publish %d: %+v", i, ack.FixedHeader)
+		}
+	}
+	time.Sleep(3 * time.Second) // the first message's expiry passes; the sweep runs every second
+
+	c = connect()
+	pk := readPacket(t, c)
+	if pk.FixedHeader.Type != packets.Publish || len(pk.Payload) != 1 || pk.Payload[0] != 1 {
+		t.Fatalf("after resuming: %+v %x, want only the message that had not expired", pk.FixedHeader, pk.Payload)
+	}
+	if pk.FixedHeader.Dup {
+		t.Error("a message never sent before came marked as a duplicate")
+	}
+	writePacket(t, c, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Puback}, PacketID: pk.PacketID})
+	_ = c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, err := c.Read(make([]byte, 1)); err == nil {
+		t.Fatal("more than the one message came after resuming")
+	}
+}

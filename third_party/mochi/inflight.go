@@ -180,6 +180,19 @@ func (i *Inflight) NextImmediate() (packets.Packet, bool) {
 // be queued for writing as well (one allocation for both); the caller
 // must not change it once it is stored.
 func (i *Inflight) SetOutbound(m *packets.Packet, flowControl bool) (isNew, parked bool) {
+	return i.setOutbound(m, flowControl, false)
+}
+
+// ParkOutbound stores a new outbound QoS 1 or 2 packet parked, whatever
+// the quota: for a session whose client is offline, the packet waits
+// unsent (and its expiry runs) until the client resumes the session.
+// WARDEN PATCH (PATCHES.md, 27). It reports whether the packet ID was new.
+func (i *Inflight) ParkOutbound(m *packets.Packet) (isNew bool) {
+	isNew, _ = i.setOutbound(m, true, true)
+	return isNew
+}
+
+func (i *Inflight) setOutbound(m *packets.Packet, flowControl, park bool) (isNew, parked bool) {
 	i.Lock()
 	defer i.Unlock()
 
@@ -187,7 +200,7 @@ func (i *Inflight) SetOutbound(m *packets.Packet, flowControl bool) (isNew, park
 	if ok && old.Expiry < 0 {
 		i.immediate--
 	}
-	if flowControl && (i.immediate > 0 || atomic.LoadInt32(&i.sendQuota) <= 0) {
+	if park || flowControl && (i.immediate > 0 || atomic.LoadInt32(&i.sendQuota) <= 0) {
 		m.Expiry = -1
 		i.immediate++
 		if !ok || old.Expiry >= 0 {
@@ -232,6 +245,9 @@ func (i *Inflight) ReleaseParked(send func(*packets.Packet) bool) {
 
 	i.Lock()
 	defer i.Unlock()
+	// Without flow control (no send quota set) packets are parked only
+	// while their client is offline (ParkOutbound), and all go out.
+	flowControl := atomic.LoadInt32(&i.maximumSendQuota) > 0
 	for len(i.waiting) > 0 {
 		id := i.waiting[0]
 		m, ok := i.internal[id]
@@ -239,7 +255,7 @@ func (i *Inflight) ReleaseParked(send func(*packets.Packet) bool) {
 			i.waiting = i.waiting[1:] // stale: acknowledged, dropped or resent meanwhile
 			continue
 		}
-		if atomic.LoadInt32(&i.sendQuota) <= 0 {
+		if flowControl && atomic.LoadInt32(&i.sendQuota) <= 0 {
 			return
 		}
 		out := *m // a copy: the parked packet is not changed (PATCHES.md, 21)
@@ -249,7 +265,9 @@ func (i *Inflight) ReleaseParked(send func(*packets.Packet) bool) {
 		i.waiting = i.waiting[1:]
 		i.immediate--
 		i.internal[id] = &out
-		atomic.AddInt32(&i.sendQuota, -1)
+		if flowControl {
+			atomic.AddInt32(&i.sendQuota, -1)
+		}
 	}
 	i.waiting = nil
 }

@@ -919,6 +919,9 @@ func (s *Server) processPacket(cl *Client, pk packets.Packet) error {
 // being written on the reader's goroutine.
 func (s *Server) releaseParked(cl *Client) {
 	cl.State.Inflight.ReleaseParked(func(next *packets.Packet) bool {
+		if cl.Closed() {
+			return false // WARDEN PATCH (PATCHES.md, 27): stays parked for the session's return
+		}
 		// WARDEN PATCH (PATCHES.md, 6): the packet is now sent and
 		// unacknowledged: it stays in flight (for its PUBACK, which
 		// returns the quota taken here, and for redelivery if the
@@ -1311,10 +1314,24 @@ func (s *Server) publishToClient(cl *Client, sub packets.Subscription, pk packet
 		flowControl := atomic.LoadInt32(&cl.State.Inflight.maximumSendQuota) > 0
 		// WARDEN PATCH (PATCHES.md, 21): out itself is stored, and queued
 		// below; it is not changed from here on.
-		isNew, parked := cl.State.Inflight.SetOutbound(&out, flowControl) // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
+		var isNew, parked bool
+		offline := cl.Net.Conn == nil || cl.Closed()
+		if offline {
+			// WARDEN PATCH (PATCHES.md, 27): kept for the session's
+			// return as a message not yet sent: its expiry runs, and it
+			// goes out in order, within the quota, when the client
+			// resumes. Upstream stored it as sent: it never expired, and
+			// came back as a duplicate.
+			isNew, parked = cl.State.Inflight.ParkOutbound(&out), true
+		} else {
+			isNew, parked = cl.State.Inflight.SetOutbound(&out, flowControl) // [MQTT-4.3.2-3] [MQTT-4.3.3-3]
+		}
 		if isNew {
 			atomic.AddInt64(&s.Info.Inflight, 1)
 			s.hooks.OnQosPublish(cl, out, out.Created, 0)
+		}
+		if offline {
+			return out, packets.CodeDisconnect
 		}
 		if parked {
 			s.releaseParked(cl) // quota returned since the decision is not left unused
