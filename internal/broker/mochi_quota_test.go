@@ -153,13 +153,7 @@ func TestResumedSessionResendsInOrderWithinItsQuota(t *testing.T) {
 		}
 	}
 	c.Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if cl, ok := s.srv.Clients.Get("resumer"); ok && cl.Closed() || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitOffline(s.srv, "resumer")
 
 	c = connect()
 	if n := dropped.n.Load(); n != 0 {
@@ -264,13 +258,7 @@ func TestOfflineSessionKeepsMessagesUnsent(t *testing.T) {
 	c := connect()
 	subscribeAt(t, c, "o/#", 1)
 	c.Close()
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if cl, ok := s.srv.Clients.Get("away"); ok && cl.Closed() || time.Now().After(deadline) {
-			break
-		}
-		time.Sleep(10 * time.Millisecond)
-	}
+	waitOffline(s.srv, "away")
 	pub := s.dial(t, "pub")
 	for i, expiry := range []uint32{1, 0} {
 		writePacket(t, pub, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1}, PacketID: uint16(i + 1), TopicName: "o/x",
@@ -293,5 +281,17 @@ func TestOfflineSessionKeepsMessagesUnsent(t *testing.T) {
 	_ = c.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
 	if _, err := c.Read(make([]byte, 1)); err == nil {
 		t.Fatal("more than the one message came after resuming")
+	}
+}
+
+// waitOffline waits up to 5 s for the server to see that client id's
+// connection has closed (its session stays).
+func waitOffline(srv *mqtt.Server, id string) {
+	deadline := time.Now().Add(5 * time.Second)
+	for time.Now().Before(deadline) {
+		if cl, ok := srv.Clients.Get(id); ok && cl.Closed() {
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
 	}
 }
