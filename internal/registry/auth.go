@@ -78,13 +78,16 @@ func (r *Registry) Authenticate(ctx context.Context, leaf *x509.Certificate) (id
 	}
 
 	serial := pki.SerialHex(leaf.SerialNumber)
-	cred, err := r.st.CredentialBySerial(ctx, serial)
+	// One read gives the credential and its subject's state together
+	// (store.Admission): this runs for every connection.
+	a, err := r.st.Admission(ctx, serial)
 	if errors.Is(err, store.ErrNotFound) {
 		return refuse(ReasonUnknownCredential, err)
 	}
 	if err != nil {
 		return identity.Principal{}, fmt.Errorf("authenticate %s: %w", p, err)
 	}
+	cred := a.Credential
 	// The fingerprint check matters even though TLS verified the chain: a
 	// second certificate with a registered serial (a CA bug, or a re-issue
 	// that reused one) must not inherit the first one's standing. Serials
@@ -106,40 +109,22 @@ func (r *Registry) Authenticate(ctx context.Context, leaf *x509.Certificate) (id
 			leaf.NotBefore.UTC().Format(time.RFC3339), leaf.NotAfter.UTC().Format(time.RFC3339), now.UTC().Format(time.RFC3339)))
 	}
 
-	switch kind {
-	case identity.KindDevice:
-		d, err := r.st.GetDevice(ctx, id)
-		if errors.Is(err, store.ErrNotFound) {
-			return refuse(ReasonUnknownDevice, err)
-		}
-		if err != nil {
-			return identity.Principal{}, fmt.Errorf("authenticate %s: %w", p, err)
-		}
-		switch d.State {
-		case store.StateActive:
-			return p, nil
-		case store.StateDisabled:
-			return refuse(ReasonDeviceDisabled, stateError(d.State, d.StateReason))
-		default:
-			return refuse(ReasonDeviceRevoked, stateError(d.State, d.StateReason))
-		}
-	default: // identity.KindService; FromURIs admits no other kind
-		sv, err := r.st.GetService(ctx, id)
-		if errors.Is(err, store.ErrNotFound) {
-			return refuse(ReasonUnknownService, err)
-		}
-		if err != nil {
-			return identity.Principal{}, fmt.Errorf("authenticate %s: %w", p, err)
-		}
-		p.Role = sv.Role
-		switch sv.State {
-		case store.StateActive:
-			return p, nil
-		case store.StateDisabled:
-			return refuse(ReasonServiceDisabled, stateError(sv.State, sv.StateReason))
-		default:
-			return refuse(ReasonServiceRevoked, stateError(sv.State, sv.StateReason))
-		}
+	// FromURIs admits no kinds but device, service and claim, and claims
+	// were refused above.
+	unknown, disabled, revoked := ReasonUnknownDevice, ReasonDeviceDisabled, ReasonDeviceRevoked
+	if kind == identity.KindService {
+		unknown, disabled, revoked = ReasonUnknownService, ReasonServiceDisabled, ReasonServiceRevoked
+		p.Role = a.Role
+	}
+	switch a.SubjectState {
+	case store.StateActive:
+		return p, nil
+	case "":
+		return refuse(unknown, fmt.Errorf("%s %q: %w", kind, id, store.ErrNotFound))
+	case store.StateDisabled:
+		return refuse(disabled, stateError(a.SubjectState, a.SubjectStateReason))
+	default:
+		return refuse(revoked, stateError(a.SubjectState, a.SubjectStateReason))
 	}
 }
 

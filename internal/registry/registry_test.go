@@ -1015,6 +1015,13 @@ type stateOverride struct {
 	state store.DeviceState // "" means not found
 }
 
+// Admission is the lookup Authenticate makes.
+func (s stateOverride) Admission(ctx context.Context, serial string) (store.Admission, error) {
+	a, err := s.Store.Admission(ctx, serial)
+	a.SubjectState = s.state
+	return a, err
+}
+
 func (s stateOverride) GetDevice(ctx context.Context, id string) (store.Device, error) {
 	if s.state == "" {
 		return store.Device{}, fmt.Errorf("device %q: %w", id, store.ErrNotFound)

@@ -72,6 +72,19 @@ type Credential struct {
 // Revoked reports whether the credential has been revoked.
 func (c Credential) Revoked() bool { return !c.RevokedAt.IsZero() }
 
+// Admission is a credential and the state of its subject, read together
+// for the check every connection makes (Store.Admission). Credential has
+// no CSR or Certificate: the check needs the fingerprint only.
+type Admission struct {
+	Credential Credential
+	// SubjectState is the device's or service's state; "" when no such
+	// subject exists.
+	SubjectState       DeviceState
+	SubjectStateReason string
+	// Role is a service's role; "" for a device.
+	Role string
+}
+
 // Service is a registered back-end service that connects to the broker.
 type Service struct {
 	Name        string
@@ -212,6 +225,12 @@ type Store interface {
 	AddCredential(ctx context.Context, c Credential) error
 	// CredentialBySerial returns ErrNotFound if the serial is unknown.
 	CredentialBySerial(ctx context.Context, serial string) (Credential, error)
+	// Admission returns, in one read, what authenticating a certificate
+	// with this serial needs: its credential (without the CSR and the
+	// certificate) and the state of the credential's subject, as one
+	// snapshot. ErrNotFound if the serial is unknown; a credential whose
+	// subject does not exist comes back with Admission.SubjectState "".
+	Admission(ctx context.Context, serial string) (Admission, error)
 	// Credentials returns a subject's credentials, newest first.
 	Credentials(ctx context.Context, kind identity.Kind, id string) ([]Credential, error)
 	// RevokedCredentials returns every revoked credential, for the CRL.

@@ -140,8 +140,10 @@ func TestReadPoolConcurrent(t *testing.T) {
 }
 
 // BenchmarkAuthLookup is the store's part of authenticating one MQTT
-// connection: the credential by serial, then the device. "uncached"
-// prepares each statement per call, as the store did before the cache.
+// connection. "admission" is the one joined read the registry makes
+// (Store.Admission); "cached" the two it made before (the credential by
+// serial, then the device with its tags); "uncached" those two with each
+// statement prepared per call, as the store did before the cache.
 func BenchmarkAuthLookup(b *testing.B) {
 	ctx := context.Background()
 	st, err := Open(ctx, b.TempDir()+"/warden.db")
@@ -168,6 +170,17 @@ func BenchmarkAuthLookup(b *testing.B) {
 			}
 		}
 	}
+	b.Run("admission", func(b *testing.B) {
+		b.ReportAllocs()
+		i := 0
+		for b.Loop() {
+			id := "dev-" + strconv.Itoa(i%n)
+			i++
+			if a, err := st.Admission(ctx, serialOf(id)); err != nil || a.SubjectState != store.StateActive {
+				b.Fatalf("admission %s: %+v, %v", id, a, err)
+			}
+		}
+	})
 	b.Run("cached", func(b *testing.B) { run(b, st.ro) })
 	b.Run("uncached", func(b *testing.B) { run(b, st.ro.db) })
 }

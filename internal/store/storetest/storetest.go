@@ -41,6 +41,7 @@ func Run(t *testing.T, open func(t *testing.T) store.Store) {
 		{"SetDeviceTags", testSetDeviceTags},
 		{"AddCredential", testAddCredential},
 		{"CredentialBySerial", testCredentialBySerial},
+		{"Admission", testAdmission},
 		{"CredentialsNewestFirst", testCredentialsNewestFirst},
 		{"RevokedCredentials", testRevokedCredentials},
 		{"Services", testServices},
@@ -746,6 +747,77 @@ func testCredentialBySerial(t *testing.T, st store.Store) {
 		t.Fatal(err)
 	}
 	checkCredential(t, got, sc)
+}
+
+// checkAdmission compares an Admission with the credential it should
+// carry (less its blobs) and the subject's state, reason and role.
+func checkAdmission(t *testing.T, got store.Admission, c store.Credential, state store.DeviceState, reason, role string) {
+	t.Helper()
+	c.CSR, c.Certificate = nil, nil
+	checkCredential(t, got.Credential, c)
+	if len(got.Credential.CSR) != 0 || len(got.Credential.Certificate) != 0 {
+		t.Errorf("Admission(%s) read the CSR or certificate", c.Serial)
+	}
+	if got.SubjectState != state || got.SubjectStateReason != reason || got.Role != role {
+		t.Errorf("Admission(%s) subject = %q %q role %q, want %q %q role %q", c.Serial,
+			got.SubjectState, got.SubjectStateReason, got.Role, state, reason, role)
+	}
+}
+
+func testAdmission(t *testing.T, st store.Store) {
+	ctx := context.Background()
+	// A device and a service with the same name: each credential must be
+	// joined with its own kind of subject.
+	dc := mustCreateDevice(t, st, device("shared"))
+	sv := store.Service{Name: "shared", Role: identity.RoleCommander, State: store.StateActive, CreatedAt: base}
+	sc := credential(identity.KindService, "shared", base)
+	if err := st.CreateService(ctx, sv, sc); err != nil {
+		t.Fatal(err)
+	}
+	a, err := st.Admission(ctx, strings.ToUpper(dc.Serial))
+	if err != nil {
+		t.Fatalf("Admission(device, uppercase): %v", err)
+	}
+	checkAdmission(t, a, dc, store.StateActive, "", "")
+	if a, err = st.Admission(ctx, sc.Serial); err != nil {
+		t.Fatal(err)
+	}
+	checkAdmission(t, a, sc, store.StateActive, "", identity.RoleCommander)
+
+	// Each change of state shows in the next read.
+	at := base.Add(time.Hour)
+	if _, err := st.SetDeviceState(ctx, "shared", store.StateDisabled, "lost", at); err != nil {
+		t.Fatal(err)
+	}
+	if a, err = st.Admission(ctx, dc.Serial); err != nil {
+		t.Fatal(err)
+	}
+	checkAdmission(t, a, dc, store.StateDisabled, "lost", "")
+	if _, _, err := st.RevokeDevice(ctx, "shared", "stolen", at); err != nil {
+		t.Fatal(err)
+	}
+	if a, err = st.Admission(ctx, dc.Serial); err != nil {
+		t.Fatal(err)
+	}
+	dc.RevokedAt, dc.RevocationReason = at, "stolen"
+	checkAdmission(t, a, dc, store.StateRevoked, "stolen", "")
+	// The service of the same name is untouched; then revoked too.
+	if a, err = st.Admission(ctx, sc.Serial); err != nil {
+		t.Fatal(err)
+	}
+	checkAdmission(t, a, sc, store.StateActive, "", identity.RoleCommander)
+	if _, _, err := st.RevokeService(ctx, "shared", "retired", at); err != nil {
+		t.Fatal(err)
+	}
+	if a, err = st.Admission(ctx, sc.Serial); err != nil {
+		t.Fatal(err)
+	}
+	sc.RevokedAt, sc.RevocationReason = at, "retired"
+	checkAdmission(t, a, sc, store.StateRevoked, "retired", identity.RoleCommander)
+
+	if _, err := st.Admission(ctx, "00"); !errors.Is(err, store.ErrNotFound) {
+		t.Errorf("Admission(missing) = %v, want ErrNotFound", err)
+	}
 }
 
 func testCredentialsNewestFirst(t *testing.T, st store.Store) {
