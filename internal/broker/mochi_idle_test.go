@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"crypto/tls"
+	"errors"
 	"fmt"
 	"io"
 	"log/slog"
@@ -407,14 +408,42 @@ func (r *recordedEvents) Record(_ context.Context, e audit.Event) {
 	r.events = append(r.events, e)
 }
 
+// disconnects records the OnDisconnect calls a server makes.
+type disconnects struct {
+	mqtt.HookBase
+	mu   sync.Mutex
+	errs map[string]error
+}
+
+func (*disconnects) ID() string           { return "disconnects" }
+func (*disconnects) Provides(b byte) bool { return b == mqtt.OnDisconnect }
+func (h *disconnects) OnDisconnect(cl *mqtt.Client, err error, _ bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if h.errs == nil {
+		h.errs = map[string]error{}
+	}
+	h.errs[cl.ID] = err
+}
+
+func (h *disconnects) of(id string) (error, bool) {
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	err, ok := h.errs[id]
+	return err, ok
+}
+
 // TestPanicInEstablishedSessionIsContained: patch 11 reads an established
 // client's packets on a goroutine the broker starts (Broker.serveClient),
 // so a panic there must still cost only that connection: it is closed,
-// counted as reason="panic" and audited, and the broker serves others.
+// counted as reason="panic" and audited, its session ends as any other
+// (OnDisconnect, which Warden's connection gauge follows, and the
+// clean-up: patch 28), and the broker serves others.
 func TestPanicInEstablishedSessionIsContained(t *testing.T) {
 	rec := new(recordedEvents)
 	b := &Broker{metrics: newMetrics(prometheus.NewRegistry()), log: slog.New(slog.DiscardHandler), audit: rec}
-	s := startIdleServer(t, tlsKind, &mqtt.Options{ServeClient: b.serveClient}, &panicOn{topic: "boom"})
+	ended := new(disconnects)
+	s := startIdleServer(t, tlsKind, &mqtt.Options{ServeClient: b.serveClient}, &panicOn{topic: "boom"}, ended)
 
 	victim := s.dial(t, "victim")
 	writePacket(t, victim, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish}, TopicName: "boom", Payload: []byte("x")})
@@ -438,6 +467,17 @@ func TestPanicInEstablishedSessionIsContained(t *testing.T) {
 	rec.mu.Unlock()
 	if n := testutil.ToFloat64(b.metrics.forcedDisconnects.WithLabelValues("panic")); n != 1 {
 		t.Errorf("forced disconnects for panic = %v, want 1", n)
+	}
+	// The session ended: OnDisconnect with the panic's cause, and the
+	// client, its subscriptions and its count gone from the server.
+	if err, ok := ended.of("victim"); !ok || !errors.Is(err, mqtt.ErrSessionAborted) {
+		t.Errorf("OnDisconnect(victim) = %v (called: %t), want ErrSessionAborted", err, ok)
+	}
+	if _, ok := s.srv.Clients.Get("victim"); ok {
+		t.Error("the client whose reading panicked is still registered")
+	}
+	if n := atomic.LoadInt64(&s.srv.Info.ClientsConnected); n != 0 {
+		t.Errorf("ClientsConnected = %d after the only client's session ended", n)
 	}
 
 	sub := s.dial(t, "sub")

@@ -642,6 +642,18 @@ func (s *Server) openSession(cl *Client, listener string) error {
 func (s *Server) serveClient(cl *Client, listener string) {
 	defer s.Listeners.ClientsWg.Done()
 	defer cl.Stop(nil)
+	// WARDEN PATCH (PATCHES.md, 28): a panic while reading or handling a
+	// packet (contained by the embedding application's ServeClient)
+	// still ends the session: its will, its connection, OnDisconnect and
+	// the clean-up run as for any error.
+	ended := false
+	defer func() {
+		if !ended {
+			s.sendLWT(cl)
+			cl.Stop(ErrSessionAborted)
+			_ = s.endSession(cl, listener, ErrSessionAborted)
+		}
+	}()
 
 	cl.deferAcksOnRead() // WARDEN PATCH (PATCHES.md, 22)
 	err := cl.Read(s.receivePacket)
@@ -652,8 +664,14 @@ func (s *Server) serveClient(cl *Client, listener string) {
 	} else {
 		cl.Properties.Will = Will{} // [MQTT-3.14.4-3] [MQTT-3.1.2-10]
 	}
+	ended = true
 	_ = s.endSession(cl, listener, err)
 }
+
+// ErrSessionAborted is the cause a session ends with when a panic
+// interrupted its reading or handling of a packet. WARDEN PATCH
+// (PATCHES.md, 28).
+var ErrSessionAborted = errors.New("session aborted by a panic while handling a packet")
 
 // endSession runs the end of an established session: OnDisconnect, and
 // the clean-up of a session that does not outlive its connection. It
