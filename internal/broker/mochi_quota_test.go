@@ -295,3 +295,58 @@ func waitOffline(srv *mqtt.Server, id string) {
 		time.Sleep(10 * time.Millisecond)
 	}
 }
+
+// TestExpirySweepsFindWhatExpires guards mochi patch 29 (PATCHES.md):
+// the once-a-second sweeps pick out expired retained messages and
+// expired offline sessions without copying the server's maps, and still
+// find exactly those.
+func TestExpirySweepsFindWhatExpires(t *testing.T) {
+	t.Parallel() // three seconds of waiting for the sweeps
+	s := startIdleServer(t, plainKind, nil)
+	for _, sess := range []struct {
+		id     string
+		expiry uint32
+	}{{"gone", 1}, {"kept", 300}} {
+		c := s.dialWith(t, packets.ConnectParams{Clean: false, Keepalive: 60, ClientIdentifier: sess.id},
+			packets.Properties{SessionExpiryInterval: sess.expiry, SessionExpiryIntervalFlag: true})
+		subscribeAt(t, c, "s/"+sess.id, 1)
+		c.Close()
+		waitOffline(s.srv, sess.id)
+	}
+	pub := s.dial(t, "pub")
+	for i, m := range []struct {
+		topic  string
+		expiry uint32
+	}{{"r/short", 1}, {"r/long", 0}} {
+		writePacket(t, pub, packets.Packet{FixedHeader: packets.FixedHeader{Type: packets.Publish, Qos: 1, Retain: true}, PacketID: uint16(i + 1),
+			TopicName: m.topic, Payload: []byte(m.topic), Properties: packets.Properties{MessageExpiryInterval: m.expiry}})
+		if ack := readPacket(t, pub); ack.FixedHeader.Type != packets.Puback {
+			t.Fatalf("publish %s: %+v", m.topic, ack.FixedHeader)
+		}
+	}
+	for _, topic := range []string{"r/short", "r/long"} {
+		if _, ok := s.srv.Topics.Retained.Get(topic); !ok {
+			t.Fatalf("%s is not retained", topic)
+		}
+	}
+	time.Sleep(3 * time.Second) // the short expiries pass; the sweeps run every second
+
+	if _, ok := s.srv.Clients.Get("gone"); ok {
+		t.Error("the session whose expiry passed is still there")
+	}
+	if _, ok := s.srv.Clients.Get("kept"); !ok {
+		t.Error("the session that had not expired is gone")
+	}
+	if subs := s.srv.Topics.Subscribers("s/gone"); len(subs.Subscriptions) != 0 {
+		t.Errorf("the expired session's subscription is still indexed: %v", subs.Subscriptions)
+	}
+	sub := s.dial(t, "sub")
+	subscribeAt(t, sub, "r/#", 0)
+	if pk := readPacket(t, sub); string(pk.Payload) != "r/long" {
+		t.Fatalf("retained %q, want only r/long", pk.Payload)
+	}
+	_ = sub.SetReadDeadline(time.Now().Add(200 * time.Millisecond))
+	if _, err := sub.Read(make([]byte, 1)); err == nil {
+		t.Fatal("the expired retained message was delivered too")
+	}
+}

@@ -1959,51 +1959,57 @@ func (s *Server) loadRetained(v []storage.Message) {
 // clearExpiredClients deletes all clients which have been disconnected for longer
 // than their given expiry intervals.
 func (s *Server) clearExpiredClients(dt int64) {
-	for id, client := range s.Clients.GetAll() {
+	// WARDEN PATCH (PATCHES.md, 29): the expired clients are picked out
+	// under the read lock; upstream copied the whole client map first.
+	expired := s.Clients.Collect(func(client *Client) bool {
 		disconnected := client.StopTime()
 		if disconnected == 0 {
-			continue
+			return false
 		}
-
 		expire := s.Options.Capabilities.MaximumSessionExpiryInterval
 		if client.Properties.ProtocolVersion == 5 && client.Properties.Props.SessionExpiryIntervalFlag {
 			expire = client.Properties.Props.SessionExpiryInterval
 		}
-
-		if disconnected+int64(expire) < dt {
-			// WARDEN PATCH (PATCHES.md, 7): not if the ID reconnected
-			// since the snapshot, and with its subscriptions, which
-			// upstream left in the topic index for good.
-			unlock := s.sessions.lock(id)
-			if !client.IsTakenOver() && s.Clients.DeleteIf(client) {
-				s.hooks.OnClientExpired(client)
-				s.UnsubscribeClient(client)
-			}
-			unlock()
+		return disconnected+int64(expire) < dt
+	})
+	for _, client := range expired {
+		// WARDEN PATCH (PATCHES.md, 7): not if the ID reconnected
+		// since the snapshot, and with its subscriptions, which
+		// upstream left in the topic index for good.
+		unlock := s.sessions.lock(client.ID)
+		if !client.IsTakenOver() && s.Clients.DeleteIf(client) {
+			s.hooks.OnClientExpired(client)
+			s.UnsubscribeClient(client)
 		}
+		unlock()
 	}
 }
 
 // clearExpiredRetainedMessage deletes retained messages from topics if they have expired.
 func (s *Server) clearExpiredRetainedMessages(now int64) {
-	for filter, pk := range s.Topics.Retained.GetAll() {
+	// WARDEN PATCH (PATCHES.md, 29): picked out under the read lock;
+	// upstream copied every retained message to a new map first.
+	expired := s.Topics.Retained.Collect(func(pk *packets.Packet) bool {
 		expired := pk.ProtocolVersion == 5 && pk.Expiry > 0 && pk.Expiry < now // [MQTT-3.3.2-5]
 
 		// If the maximum message expiry interval is set (greater than 0), and the message
 		// retention period exceeds the maximum expiry, the message will be forcibly removed.
 		enforced := s.Options.Capabilities.MaximumMessageExpiryInterval > 0 &&
 			now-pk.Created > s.Options.Capabilities.MaximumMessageExpiryInterval
-
-		if expired || enforced {
-			s.Topics.Retained.Delete(filter)
-			s.hooks.OnRetainedExpired(filter)
-		}
+		return expired || enforced
+	})
+	for _, filter := range expired {
+		s.Topics.Retained.Delete(filter)
+		s.hooks.OnRetainedExpired(filter)
 	}
 }
 
 // clearExpiredInflights deletes any inflight messages which have expired.
 func (s *Server) clearExpiredInflights(now int64) {
-	for _, client := range s.Clients.GetAll() {
+	// WARDEN PATCH (PATCHES.md, 29): only the clients with messages in
+	// flight, picked out under the read lock; upstream copied the whole
+	// client map first.
+	for _, client := range s.Clients.Collect(func(cl *Client) bool { return cl.State.Inflight.Len() > 0 }) {
 		if deleted := client.ClearExpiredInflights(now, s.Options.Capabilities.MaximumMessageExpiryInterval); len(deleted) > 0 {
 			for _, id := range deleted {
 				s.hooks.OnQosDropped(client, packets.Packet{PacketID: id})

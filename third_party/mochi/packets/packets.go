@@ -93,6 +93,23 @@ func (p *Packets) GetAll() map[string]Packet {
 	return m
 }
 
+// Collect returns the IDs of the packets match reports true for, asked
+// under the read lock with a copy of each packet on the stack: the
+// retained-message expiry sweep looks at every message once a second
+// this way, where copying the map (GetAll) copied every message to the
+// heap. WARDEN PATCH (third_party/mochi/PATCHES.md, 29).
+func (p *Packets) Collect(match func(pk *Packet) bool) []string {
+	p.RLock()
+	defer p.RUnlock()
+	var out []string
+	for k, v := range p.internal {
+		if match(&v) {
+			out = append(out, k)
+		}
+	}
+	return out
+}
+
 // Get returns a specific packet in the map by packet id.
 func (p *Packets) Get(id string) (val Packet, ok bool) {
 	p.RLock()
