@@ -2010,10 +2010,10 @@ func (s *Server) clearExpiredInflights(now int64) {
 	// flight, picked out under the read lock; upstream copied the whole
 	// client map first.
 	for _, client := range s.Clients.Collect(func(cl *Client) bool { return cl.State.Inflight.Len() > 0 }) {
+		// WARDEN PATCH (PATCHES.md, 30): ClearExpiredInflights reports
+		// each dropped message to OnQosDropped itself; upstream reported
+		// each again here, as an empty packet with its ID.
 		if deleted := client.ClearExpiredInflights(now, s.Options.Capabilities.MaximumMessageExpiryInterval); len(deleted) > 0 {
-			for _, id := range deleted {
-				s.hooks.OnQosDropped(client, packets.Packet{PacketID: id})
-			}
 			s.releaseParked(client) // WARDEN PATCH (PATCHES.md, 27): quota an enforced expiry returned
 		}
 	}
