@@ -252,3 +252,31 @@ func TestPathEscaping(t *testing.T) {
 		t.Fatalf("database not at the literal path: %v", err)
 	}
 }
+
+// The owner filter of ListDevices (the app's "my devices") is answered
+// from the devices_owner_id index (migration 7), not by reading every
+// device in ID order. The statement is ListDevices' own for that filter.
+func TestListDevicesByOwnerUsesItsIndex(t *testing.T) {
+	st := openTemp(t)
+	rows, err := st.ro.db.QueryContext(context.Background(),
+		`EXPLAIN QUERY PLAN SELECT `+deviceColumns+` FROM devices WHERE owner = $1 ORDER BY id LIMIT $2`, "user-1", 100)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer rows.Close()
+	var plan []string
+	for rows.Next() {
+		var id, parent, unused int
+		var detail string
+		if err := rows.Scan(&id, &parent, &unused, &detail); err != nil {
+			t.Fatal(err)
+		}
+		plan = append(plan, detail)
+	}
+	if err := rows.Err(); err != nil {
+		t.Fatal(err)
+	}
+	if len(plan) != 1 || !strings.Contains(plan[0], "USING INDEX devices_owner_id (owner=?)") {
+		t.Errorf("query plan %q, want one search of devices_owner_id by owner (and no sort)", plan)
+	}
+}
