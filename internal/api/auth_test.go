@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/warden-iot/warden/internal/apierror"
 	"github.com/warden-iot/warden/internal/apitoken"
 	"github.com/warden-iot/warden/internal/audit"
 	"github.com/warden-iot/warden/internal/store"
@@ -57,8 +58,12 @@ func TestUnauthorizedIsUniform(t *testing.T) {
 	}
 	var first string
 	for _, tc := range cases {
-		for _, path := range []string{"/v1/whoami", "/v1/devices/dev-b1", "/v1/no-such-endpoint"} {
-			w := f.do(req{method: "GET", path: path, token: tc.header})
+		// POST /v1/claims is onboarding's, not this package's: it answers
+		// the same bytes.
+		for _, call := range []struct{ method, path string }{{"GET", "/v1/whoami"}, {"GET", "/v1/devices/dev-b1"},
+			{"GET", "/v1/no-such-endpoint"}, {"POST", "/v1/claims"}} {
+			path := call.path
+			w := f.do(req{method: call.method, path: path, token: tc.header})
 			if w.Code != http.StatusUnauthorized {
 				t.Errorf("%s on %s: %d %s, want 401", tc.name, path, w.Code, w.Body)
 				continue
@@ -321,6 +326,35 @@ func TestTokenUsesBounded(t *testing.T) {
 		u.note(c, addr, now)
 		if len(u.last) > 2 {
 			t.Fatalf("%d entries, bound 2", len(u.last))
+		}
+	}
+}
+
+// POST /v1/claims (served by onboarding) answers its errors as the rest
+// of the API does: JSON with the API's codes.
+func TestClaimsErrorsAreAPIErrors(t *testing.T) {
+	f := newFixture(t, fixtureOptions{})
+	for _, tc := range []struct {
+		name   string
+		r      req
+		status int
+		code   string
+	}{
+		{"viewer", req{method: "POST", path: "/v1/claims", token: "viewer"}, http.StatusForbidden, codeForbidden},
+		{"not JSON", req{method: "POST", path: "/v1/claims", token: "app", body: "ttl=5"}, http.StatusBadRequest, codeInvalid},
+		{"unknown field", req{method: "POST", path: "/v1/claims", token: "app", body: `{"ttl":5}`}, http.StatusBadRequest, codeInvalid},
+		{"ttl too long", req{method: "POST", path: "/v1/claims", token: "app", body: `{"ttl_seconds":601}`}, http.StatusBadRequest, codeInvalid},
+	} {
+		w := f.do(tc.r)
+		if w.Code != tc.status || w.Header().Get("Content-Type") != "application/json" || errorCode(t, w) != tc.code {
+			t.Errorf("%s: %d %s %q, want %d with code %q", tc.name, w.Code, w.Header().Get("Content-Type"), w.Body, tc.status, tc.code)
+		}
+	}
+	// The package's codes are the API's.
+	for got, want := range map[string]string{apierror.CodeInvalid: codeInvalid, apierror.CodeUnauthorized: codeUnauthorized,
+		apierror.CodeForbidden: codeForbidden, apierror.CodeNotFound: codeNotFound, apierror.CodeInternal: codeInternal} {
+		if got != want {
+			t.Errorf("apierror code %q, the API's %q", got, want)
 		}
 	}
 }

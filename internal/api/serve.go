@@ -12,6 +12,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/warden-iot/warden/internal/apierror"
 	"github.com/warden-iot/warden/internal/apitoken"
 	"github.com/warden-iot/warden/internal/audit"
 	"github.com/warden-iot/warden/internal/store"
@@ -43,8 +44,9 @@ func (c *call) actor() string {
 }
 
 // unauthorizedBody is the one answer to every request without a valid
-// token, whatever was wrong with it, byte for byte.
-var unauthorizedBody = []byte(`{"error":{"code":"unauthorized","message":"a valid API token is required"}}` + "\n")
+// token, whatever was wrong with it, byte for byte (POST /v1/claims, served
+// by onboarding, answers the same).
+var unauthorizedBody = apierror.UnauthorizedBody
 
 // statusWriter remembers the status for the request metric.
 type statusWriter struct {

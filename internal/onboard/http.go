@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/warden-iot/warden/enrollproto"
+	"github.com/warden-iot/warden/internal/apierror"
 	"github.com/warden-iot/warden/internal/identity"
 	"github.com/warden-iot/warden/internal/registry"
 	"github.com/warden-iot/warden/internal/store"
@@ -191,19 +192,20 @@ type ClaimResponse struct {
 }
 
 func (s *Service) serveClaims(w http.ResponseWriter, r *http.Request, o HTTPOptions) {
+	// Errors here answer as the rest of the API (/v1/...) does: JSON with
+	// a stable code (docs/openapi.yaml).
 	w.Header().Set("Cache-Control", "no-store")
 	if o.Tokens == nil || o.TokenHeader == nil || s.claimKey == nil {
-		http.Error(w, "app claiming is not enabled on this server", http.StatusNotFound)
+		apierror.Write(w, http.StatusNotFound, apierror.CodeNotFound, "app claiming is not enabled on this server")
 		return
 	}
 	tok, err := o.Tokens.Authenticate(r.Context(), o.TokenHeader(r))
 	if err != nil {
-		w.Header().Set("WWW-Authenticate", `Bearer realm="warden"`)
-		http.Error(w, "invalid or expired API token", http.StatusUnauthorized)
+		apierror.WriteUnauthorized(w)
 		return
 	}
 	if tok.Role == "viewer" {
-		http.Error(w, "this token's role (viewer) may not mint claim tokens", http.StatusForbidden)
+		apierror.Write(w, http.StatusForbidden, apierror.CodeForbidden, "this token's role (viewer) may not mint claim tokens")
 		return
 	}
 	var in struct {
@@ -213,19 +215,19 @@ func (s *Service) serveClaims(w http.ResponseWriter, r *http.Request, o HTTPOpti
 		dec := json.NewDecoder(io.LimitReader(r.Body, 4096))
 		dec.DisallowUnknownFields()
 		if err := dec.Decode(&in); err != nil && !errors.Is(err, io.EOF) {
-			http.Error(w, `body must be JSON: {"ttl_seconds": N} (optional, at most 600)`, http.StatusBadRequest)
+			apierror.Write(w, http.StatusBadRequest, apierror.CodeInvalid, `body must be JSON: {"ttl_seconds": N} (optional, at most 600)`)
 			return
 		}
 	}
 	ttl := time.Duration(in.TTLSeconds) * time.Second
 	if in.TTLSeconds < 0 || ttl > DefaultClaimTTL {
-		http.Error(w, "ttl_seconds must be between 1 and 600", http.StatusBadRequest)
+		apierror.Write(w, http.StatusBadRequest, apierror.CodeInvalid, "ttl_seconds must be between 1 and 600")
 		return
 	}
 	token, c, err := s.MintClaim(r.Context(), tok.User, "token:"+tok.ID, ttl)
 	if err != nil {
 		s.log.Error("mint claim token", "error", err)
-		internalError(w)
+		apierror.Write(w, http.StatusInternalServerError, apierror.CodeInternal, "internal error; the server log has the details")
 		return
 	}
 	w.Header().Set("Content-Type", "application/json")
