@@ -103,8 +103,12 @@ func TestUnauthorizedIsUniform(t *testing.T) {
 	if !strings.Contains(logs, `"token":"`+rec.ID+`"`) {
 		t.Errorf("the log does not name the revoked token's ID: %s", logs)
 	}
-	if n := len(f.audit.find("api.request", "denied", "unauthorized")); n != len(cases)*3+1 {
-		t.Errorf("%d unauthorized requests audited, want %d", n, len(cases)*3+1)
+	// Every refusal is audited, those of POST /v1/claims too (Guard).
+	if n := len(f.audit.find("api.request", "denied", "unauthorized")); n != len(cases)*4+1 {
+		t.Errorf("%d unauthorized requests audited, want %d", n, len(cases)*4+1)
+	}
+	if n := f.counter("POST /v1/claims", "401"); n != float64(len(cases)) {
+		t.Errorf("warden_api_requests_total{POST /v1/claims,401} = %v, want %d", n, len(cases))
 	}
 	if n := f.counter("GET /v1/whoami", "401"); n != float64(len(cases)+1) {
 		t.Errorf("warden_api_requests_total{GET /v1/whoami,401} = %v, want %d", n, len(cases)+1)

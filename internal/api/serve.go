@@ -43,11 +43,6 @@ func (c *call) actor() string {
 	return "token:" + c.tok.ID
 }
 
-// unauthorizedBody is the one answer to every request without a valid
-// token, whatever was wrong with it, byte for byte (POST /v1/claims, served
-// by onboarding, answers the same).
-var unauthorizedBody = apierror.UnauthorizedBody
-
 // statusWriter remembers the status for the request metric.
 type statusWriter struct {
 	http.ResponseWriter
@@ -220,6 +215,13 @@ func matchPath(pattern, path string) bool {
 // unauthorized answers a request without a valid token. hint is the token
 // ID if the token had the shape of one (never the secret).
 func (c *call) unauthorized(hint string) {
+	c.recordUnauthorized(hint)
+	apierror.WriteUnauthorized(c.w)
+}
+
+// recordUnauthorized logs and audits a request refused for want of a
+// valid token.
+func (c *call) recordUnauthorized(hint string) {
 	attrs := []any{"route", c.label, "remote", c.r.RemoteAddr, "reason", "unauthorized"}
 	ev := audit.Event{Action: "api.request", Outcome: "denied", Reason: "unauthorized", Remote: c.r.RemoteAddr,
 		Details: map[string]string{"route": c.label}}
@@ -229,11 +231,6 @@ func (c *call) unauthorized(hint string) {
 	}
 	c.a.log.Info("API request refused", attrs...)
 	c.a.audit.Record(c.ctx(), ev)
-	h := c.w.Header()
-	h.Set("Content-Type", "application/json")
-	h.Set("WWW-Authenticate", `Bearer realm="warden"`)
-	c.w.WriteHeader(http.StatusUnauthorized)
-	_, _ = c.w.Write(unauthorizedBody)
 }
 
 // refuse answers 403 or 429 (wait > 0 sets Retry-After), logs it and
@@ -363,7 +360,11 @@ func (a *API) Guard(route string, h http.Handler) http.Handler {
 		}
 		h.ServeHTTP(sw, r)
 		if sw.status == http.StatusUnauthorized {
+			// Refused for its token by the handler: counted towards the
+			// address's throttle, logged and audited as the API's own.
 			a.failures.take(addr, a.now())
+			c := &call{a: a, w: sw, r: r, label: route}
+			c.recordUnauthorized(tokenHint(apitoken.FromRequest(r)))
 		}
 	})
 }
