@@ -2,10 +2,12 @@ package api
 
 import (
 	"encoding/base64"
+	"encoding/hex"
 	"net/http"
 	"strconv"
 	"time"
 
+	"github.com/warden-iot/warden/firmware"
 	"github.com/warden-iot/warden/internal/admin"
 	"github.com/warden-iot/warden/internal/identity"
 	"github.com/warden-iot/warden/internal/ota"
@@ -300,7 +302,11 @@ func (a *API) uploadImage(c *call) (any, error) {
 	// request; where the connection supports it, give this one longer.
 	_ = http.NewResponseController(c.w).SetReadDeadline(time.Now().Add(maxUploadTime))
 	img, err := a.admin.UploadImage(c.ctx(), st, c.r.Body)
-	c.done("firmware:"+img.SHA256, err, map[string]string{"model": img.Model, "version": img.Version})
+	subject, details := "firmware:"+img.SHA256, map[string]string{"model": img.Model, "version": img.Version}
+	if err != nil && img.SHA256 == "" {
+		subject, details = refusedUpload(st)
+	}
+	c.done(subject, err, details)
 	if err != nil {
 		return nil, err
 	}
@@ -418,4 +424,17 @@ func isHexDigest(s string) bool {
 		}
 	}
 	return true
+}
+
+// refusedUpload names an upload refused before an image was stored by
+// what its release statement claims, unverified (details "claimed":
+// "true"): the image digest, model, version and signing key, so that the
+// audit record says which release was refused.
+func refusedUpload(statement []byte) (subject string, details map[string]string) {
+	ss, err := firmware.ParseStatement(statement)
+	if err != nil {
+		return "firmware:unreadable-statement", nil
+	}
+	return "firmware:" + hex.EncodeToString(ss.Statement.ImageSHA256[:]), map[string]string{
+		"model": ss.Statement.Model, "version": ss.Statement.Version.String(), "key": ss.KeyID, "claimed": "true"}
 }

@@ -4,6 +4,7 @@ import (
 	"crypto"
 	"crypto/x509"
 	"encoding/base64"
+	"encoding/hex"
 	"encoding/json"
 	"encoding/pem"
 	"net/http"
@@ -11,7 +12,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/warden-iot/warden/firmware"
 	"github.com/warden-iot/warden/internal/admin"
+	"github.com/warden-iot/warden/internal/audit"
 	"github.com/warden-iot/warden/internal/pki"
 	"github.com/warden-iot/warden/internal/rotation"
 	"github.com/warden-iot/warden/internal/store"
@@ -362,6 +365,30 @@ func TestUploadImage(t *testing.T) {
 	}
 	if evs := f.audit.find("api.request", "done", ""); len(evs) != 1 || evs[0].Subject != "firmware:"+out.SHA256 || evs[0].Details["version"] != "2.0.0+1" {
 		t.Errorf("audit %+v", evs)
+	}
+	// A refused upload is audited under the release its statement claims.
+	otherStmt, err := firmware.ParseStatement(other)
+	if err != nil {
+		t.Fatal(err)
+	}
+	claimed := "firmware:" + hex.EncodeToString(otherStmt.Statement.ImageSHA256[:])
+	var refused []audit.Event
+	for _, ev := range f.audit.find("api.request", "failed", "") {
+		if ev.Details["route"] == "POST /v1/firmware/images" {
+			refused = append(refused, ev)
+		}
+	}
+	found := false
+	for _, ev := range refused {
+		if ev.Subject == "" || ev.Subject == "firmware:" {
+			t.Errorf("a refused upload was audited without a subject: %+v", ev)
+		}
+		if ev.Subject == claimed && ev.Details["claimed"] == "true" && ev.Details["version"] == "2.0.1+1" && ev.Details["model"] == "sensor" {
+			found = true
+		}
+	}
+	if !found {
+		t.Errorf("the upload with another image's statement was not audited as %s: %+v", claimed, refused)
 	}
 }
 
