@@ -50,7 +50,10 @@ type Server struct {
 	// Monitor is the anomaly monitor.
 	Monitor *monitor.Monitor
 
-	audit    *audit.Log
+	audit *audit.Log
+	// rec is what components record to: audit in front of which a
+	// Limiter bounds each action's refusals (audit.Limiter).
+	rec      *audit.Limiter
 	httpSrv  *http.Server
 	httpLn   net.Listener
 	apiSrv   *http.Server
@@ -108,6 +111,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 	if s.audit, err = audit.Open(p.AuditLog, log); err != nil {
 		return nil, err
 	}
+	s.rec = audit.NewLimiter(s.audit, audit.LimiterOptions{})
 	if _, err := refreshCRLIfDue(ctx, env.CA, env.Registry, time.Now()); err != nil {
 		return nil, err
 	}
@@ -133,7 +137,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 	if cfg.MQTT.Addr != "" {
 		listeners = append(listeners, broker.ListenerConfig{Name: "mqtt", Kind: broker.KindMQTT, Addr: cfg.MQTT.Addr})
 	}
-	seal := sealing.New(env.Registry, log.With("component", "sealing"), s.audit, reg)
+	seal := sealing.New(env.Registry, log.With("component", "sealing"), s.rec, reg)
 	if err := seal.OpenJournal(ctx, filepath.Join(p.Data, "replay.journal")); err != nil {
 		return nil, err
 	}
@@ -146,7 +150,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 		return nil, err
 	}
 	if s.Monitor, err = monitor.New(ctx, monitor.Options{
-		Store: env.Store, Config: cfg.Monitor, Responder: resp, Webhook: webhook, Audit: s.audit,
+		Store: env.Store, Config: cfg.Monitor, Responder: resp, Webhook: webhook, Audit: s.rec,
 		Logger: log.With("component", "monitor"), Registerer: reg, Certificates: env.Store, Firmware: fwPolicy,
 	}); err != nil {
 		return nil, err
@@ -155,7 +159,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 	s.Broker, err = broker.New(broker.Options{
 		Events:            events.Multi{hub, s.Monitor},
 		Logger:            log.With("component", "broker"),
-		Audit:             s.audit,
+		Audit:             s.rec,
 		Registerer:        reg,
 		Authenticator:     env.Registry,
 		Claims:            env.Registry,
@@ -174,9 +178,9 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 	}
 	resp.b = s.Broker
 	s.Broker.SetQuarantine(s.Monitor)
-	rel := relay.New(s.Broker, env.Registry, seal, log.With("component", "relay"), s.audit, reg)
+	rel := relay.New(s.Broker, env.Registry, seal, log.With("component", "relay"), s.rec, reg)
 	cmds, err := command.New(command.Options{Sender: rel, Presence: s.Broker, Devices: env.Registry,
-		Audit: s.audit, Logger: log.With("component", "command"), Registerer: reg})
+		Audit: s.rec, Logger: log.With("component", "command"), Registerer: reg})
 	if err != nil {
 		return nil, err
 	}
@@ -194,7 +198,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 		urls = ota.NewURLSigner(publicBase(cfg.OTA.PublicURL, cfg.Hostnames, s.apiLn.Addr()))
 		imageURL = urls.URL
 	}
-	if s.OTA, err = env.OpenOTA(s.audit, reg, imageURL, func(o *ota.Options) {
+	if s.OTA, err = env.OpenOTA(s.rec, reg, imageURL, func(o *ota.Options) {
 		o.Events, o.Alerter = s.Monitor, otaAlerts{s.Monitor}
 	}); err != nil {
 		return nil, err
@@ -204,13 +208,13 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 		log.Warn("could not sweep orphaned firmware files", "error", err)
 	}
 	otaMQTT := ota.NewMQTT(s.OTA, s.Broker, seal, reg)
-	if s.Onboard, err = env.OpenOnboard(s.audit, reg); err != nil {
+	if s.Onboard, err = env.OpenOnboard(s.rec, reg); err != nil {
 		return nil, err
 	}
-	s.Tokens = env.OpenTokens(s.audit)
+	s.Tokens = env.OpenTokens(s.rec)
 	onboardMQTT := s.Onboard.NewMQTT(s.Broker, seal)
 	s.Broker.SetRouter(router{ota: otaMQTT, onboard: onboardMQTT, relay: rel})
-	if s.Rotation, err = env.OpenRotation(s.audit, reg, s.Broker); err != nil {
+	if s.Rotation, err = env.OpenRotation(s.rec, reg, s.Broker); err != nil {
 		return nil, err
 	}
 	s.Broker.SetObserver(s.Rotation)
@@ -245,7 +249,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 			go s.Broker.Cut(e.Principal, "recovered", false)
 		}
 		if e.Kind != registry.EventDeviceAdded && e.Kind != registry.EventServiceAdded {
-			s.audit.Record(context.Background(), audit.Event{
+			s.rec.Record(context.Background(), audit.Event{
 				Action: "registry." + string(e.Kind), Outcome: "done", Actor: "operator", Subject: e.Principal.String(), Reason: e.Reason,
 			})
 		}
@@ -278,7 +282,7 @@ func Start(ctx context.Context, cfg *config.Config, log *slog.Logger) (srv *Serv
 		Tokens: s.Tokens, Admin: adm, Presence: s.Broker, Issuers: env.CA, Commands: cmds, Streams: hub, Firmware: env.Store,
 		AuditLog: p.AuditLog, Alerts: s.Monitor, Seen: s.Monitor,
 		Onboarding: s.Onboard, Claims: env.Registry, Enrollments: env.Store, TokenAdmin: s.Tokens, Quarantines: s.Monitor,
-		Audit: s.audit, Logger: log.With("component", "api"), Registerer: reg,
+		Audit: s.rec, Logger: log.With("component", "api"), Registerer: reg,
 	})
 	if err != nil {
 		return nil, err
@@ -424,6 +428,9 @@ func (s *Server) Close() error {
 	}
 	if s.seal != nil {
 		errs = append(errs, s.seal.CloseJournal())
+	}
+	if s.rec != nil {
+		s.rec.Close() // its last summary, before the log closes
 	}
 	if s.audit != nil {
 		errs = append(errs, s.audit.Close())
