@@ -11,25 +11,27 @@ import (
 	"unicode"
 	"unicode/utf8"
 
+	"github.com/warden-iot/warden/internal/apierror"
 	"github.com/warden-iot/warden/internal/ota"
 	"github.com/warden-iot/warden/internal/pki"
 	"github.com/warden-iot/warden/internal/registry"
 	"github.com/warden-iot/warden/internal/store"
 )
 
-// Error codes, one per HTTP status the API answers with (docs/openapi.yaml).
+// Error codes, one per HTTP status the API answers with (docs/openapi.yaml);
+// those onboarding's POST /v1/claims answers too come from apierror.
 const (
-	codeInvalid          = "invalid"                // 400
-	codeUnauthorized     = "unauthorized"           // 401
-	codeForbidden        = "forbidden"              // 403
-	codeNotFound         = "not_found"              // 404
-	codeMethodNotAllowed = "method_not_allowed"     // 405
-	codeConflict         = "conflict"               // 409
-	codeTooLarge         = "too_large"              // 413
-	codeUnsupportedType  = "unsupported_media_type" // 415
-	codeRefused          = "refused"                // 422
-	codeRateLimited      = "rate_limited"           // 429
-	codeInternal         = "internal"               // 500
+	codeInvalid          = apierror.CodeInvalid      // 400
+	codeUnauthorized     = apierror.CodeUnauthorized // 401
+	codeForbidden        = apierror.CodeForbidden    // 403
+	codeNotFound         = apierror.CodeNotFound     // 404
+	codeMethodNotAllowed = "method_not_allowed"      // 405
+	codeConflict         = "conflict"                // 409
+	codeTooLarge         = "too_large"               // 413
+	codeUnsupportedType  = "unsupported_media_type"  // 415
+	codeRefused          = "refused"                 // 422
+	codeRateLimited      = "rate_limited"            // 429
+	codeInternal         = apierror.CodeInternal     // 500
 )
 
 // httpError is an error that knows its answer.
