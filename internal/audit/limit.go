@@ -14,18 +14,21 @@ import (
 // asked without an offer, a CONNECT with a revoked certificate) would
 // otherwise add an audit line per request, and the audit log, which is
 // fsynced and never rotated away, would grow with the attack. Each action's
-// refusals (outcome "denied" or "failed") pass up to a burst, then at a
-// steady rate; the ones beyond are held back and counted, and once per
-// summary interval each action with refusals held back gets one event of
-// its own: action "audit.suppressed", subject the action, details
-// "count", "first" and "last". Every other event passes untouched. The
+// refusals (outcome "denied" or "failed") with each reason pass up to a
+// burst, then at a steady rate; the ones beyond are held back and counted,
+// and once per summary interval each action and reason with refusals held
+// back gets one event of its own: action "audit.suppressed", subject the
+// action, reason "rate-limited", details "reason" (the refusals'),
+// "count", "first" and "last". Every other event passes untouched. A
+// flood of one kind of refusal (garbage certificates) then does not hide
+// a refusal of another kind (a revoked device trying again). The
 // log stays bounded under attack and still says how much it left out; the
 // components' metrics count every refusal.
 type Limiter struct {
 	next  Recorder
 	opts  LimiterOptions
 	mu    sync.Mutex
-	state map[string]*actionState // by action; at most opts.MaxActions
+	state map[limitKey]*actionState // at most opts.MaxActions
 	stop  chan struct{}
 	done  chan struct{}
 	once  sync.Once
@@ -40,8 +43,9 @@ type LimiterOptions struct {
 	// SummaryEvery is how often held-back refusals are summarised
 	// (default one minute).
 	SummaryEvery time.Duration
-	// MaxActions bounds the actions tracked (default 256); the refusals
-	// of further actions share one bucket, summarised under "other".
+	// MaxActions bounds the actions and reasons tracked (default 256);
+	// the refusals of further ones share one bucket, summarised under
+	// "other".
 	MaxActions int
 	// Now is the clock (default time.Now).
 	Now func() time.Time
@@ -62,6 +66,8 @@ const SuppressedAction = "audit.suppressed"
 // limiterOtherAction is the subject under which refusals of actions past
 // LimiterOptions.MaxActions are counted.
 const limiterOtherAction = "other"
+
+type limitKey struct{ action, reason string }
 
 type actionState struct {
 	bucket      *rate.Limiter
@@ -87,7 +93,7 @@ func NewLimiter(next Recorder, o LimiterOptions) *Limiter {
 	if o.Now == nil {
 		o.Now = time.Now
 	}
-	l := &Limiter{next: next, opts: o, state: map[string]*actionState{}, stop: make(chan struct{}), done: make(chan struct{})}
+	l := &Limiter{next: next, opts: o, state: map[limitKey]*actionState{}, stop: make(chan struct{}), done: make(chan struct{})}
 	go l.summarise()
 	return l
 }
@@ -100,7 +106,7 @@ func (l *Limiter) Record(ctx context.Context, e Event) {
 	}
 	now := l.opts.Now()
 	l.mu.Lock()
-	st := l.stateOf(e.Action)
+	st := l.stateOf(limitKey{e.Action, e.Reason})
 	if st.bucket.AllowN(now, 1) {
 		l.mu.Unlock()
 		l.next.Record(ctx, e)
@@ -114,20 +120,20 @@ func (l *Limiter) Record(ctx context.Context, e Event) {
 	l.mu.Unlock()
 }
 
-// stateOf returns action's state, creating it; called with mu held.
-func (l *Limiter) stateOf(action string) *actionState {
-	st, ok := l.state[action]
+// stateOf returns k's state, creating it; called with mu held.
+func (l *Limiter) stateOf(k limitKey) *actionState {
+	st, ok := l.state[k]
 	if ok {
 		return st
 	}
 	if len(l.state) >= l.opts.MaxActions {
-		action = limiterOtherAction
-		if st, ok := l.state[action]; ok {
+		k = limitKey{action: limiterOtherAction}
+		if st, ok := l.state[k]; ok {
 			return st
 		}
 	}
 	st = &actionState{bucket: rate.NewLimiter(rate.Limit(l.opts.PerSecond), l.opts.Burst)}
-	l.state[action] = st
+	l.state[k] = st
 	return st
 }
 
@@ -146,30 +152,34 @@ func (l *Limiter) summarise() {
 	}
 }
 
-// Flush records one audit.suppressed event for each action with refusals
-// held back since the last one.
+// Flush records one audit.suppressed event for each action and reason
+// with refusals held back since the last one.
 func (l *Limiter) Flush() {
 	type held struct {
-		action      string
+		key         limitKey
 		n           int
 		first, last time.Time
 	}
 	var out []held
 	l.mu.Lock()
-	for action, st := range l.state {
+	for k, st := range l.state {
 		if st.held > 0 {
-			out = append(out, held{action, st.held, st.first, st.last})
+			out = append(out, held{k, st.held, st.first, st.last})
 			st.held = 0
 		}
 	}
 	l.mu.Unlock()
 	for _, h := range out {
-		l.next.Record(context.Background(), Event{Action: SuppressedAction, Outcome: "done", Actor: "warden", Subject: h.action,
-			Reason: "rate-limited", Details: map[string]string{
-				"count": strconv.Itoa(h.n),
-				"first": h.first.UTC().Format(time.RFC3339Nano),
-				"last":  h.last.UTC().Format(time.RFC3339Nano),
-			}})
+		d := map[string]string{
+			"count": strconv.Itoa(h.n),
+			"first": h.first.UTC().Format(time.RFC3339Nano),
+			"last":  h.last.UTC().Format(time.RFC3339Nano),
+		}
+		if h.key.reason != "" {
+			d["reason"] = h.key.reason
+		}
+		l.next.Record(context.Background(), Event{Action: SuppressedAction, Outcome: "done", Actor: "warden", Subject: h.key.action,
+			Reason: "rate-limited", Details: d})
 	}
 }
 

@@ -47,7 +47,7 @@ func TestLimiterBoundsRefusalsAndSaysHowMany(t *testing.T) {
 	l.Record(ctx, Event{Action: "ota.http.check", Outcome: "failed"}) // its own bucket
 	advance(time.Second)                                              // two more refusals may pass
 	for range 10 {
-		l.Record(ctx, Event{Action: "est.enroll", Outcome: "denied"})
+		l.Record(ctx, Event{Action: "est.enroll", Outcome: "denied", Reason: "bad-secret"})
 	}
 	got := mem.take()
 	count := map[string]int{}
@@ -58,15 +58,22 @@ func TestLimiterBoundsRefusalsAndSaysHowMany(t *testing.T) {
 		t.Fatalf("passed %v, want 7 refusals of est.enroll, 50 revocations, 1 OTA failure", count)
 	}
 
+	// A refusal for another reason has a bucket of its own: the flood
+	// of bad secrets does not hide it.
+	l.Record(ctx, Event{Action: "est.enroll", Outcome: "denied", Reason: "device-revoked"})
+	if got := mem.take(); len(got) != 1 || got[0].Reason != "device-revoked" {
+		t.Fatalf("a refusal for another reason: passed %+v", got)
+	}
+
 	l.Flush()
 	sum := mem.take()
 	if len(sum) != 1 {
 		t.Fatalf("summaries %+v, want one", sum)
 	}
 	s := sum[0]
-	if s.Action != SuppressedAction || s.Subject != "est.enroll" || s.Details["count"] != "53" ||
+	if s.Action != SuppressedAction || s.Subject != "est.enroll" || s.Details["reason"] != "bad-secret" || s.Details["count"] != "53" ||
 		s.Details["first"] != "2026-11-22T04:00:00Z" || s.Details["last"] != "2026-11-22T04:00:01Z" {
-		t.Errorf("summary %+v, want 53 est.enroll refusals from 04:00:00 to 04:00:01", s)
+		t.Errorf("summary %+v, want 53 est.enroll bad-secret refusals from 04:00:00 to 04:00:01", s)
 	}
 	l.Flush()
 	if extra := mem.take(); len(extra) != 0 {
