@@ -5,7 +5,7 @@
 // sessions whose packets arrived), overall and per half second, with the
 // collector's mark phases and stop-the-world pauses over 1 ms.
 //
-//	go run . TRACE
+//	cd tools/schedlat && go run . TRACE
 //
 // docs/performance.md uses it on traces of `warden bench`'s storm. It is
 // a module of its own so that Warden does not depend on golang.org/x/exp.
