@@ -32,6 +32,7 @@ import (
 	"github.com/warden-iot/warden/internal/apitoken"
 	"github.com/warden-iot/warden/internal/audit"
 	"github.com/warden-iot/warden/internal/pki"
+	"github.com/warden-iot/warden/internal/ratelimit"
 	"github.com/warden-iot/warden/internal/store"
 )
 
@@ -166,9 +167,9 @@ type API struct {
 	local   http.Handler
 	allowed map[string][]string // path pattern -> methods, for 405
 
-	failures *limiterSet // per remote address: failed authentications
-	perToken *limiterSet // per token ID: requests
-	used     *tokenUses  // when each token was last audited as used, per address
+	failures *ratelimit.Set // per remote address: failed authentications
+	perToken *ratelimit.Set // per token ID: requests
+	used     *tokenUses     // when each token was last audited as used, per address
 
 	requests *prometheus.CounterVec
 }
@@ -206,8 +207,8 @@ func New(o Options) (*API, error) {
 		tokens: o.Tokens, admin: o.Admin, presence: o.Presence, issuers: o.Issuers, commands: o.Commands, streamer: o.Streams, firmware: o.Firmware, auditLog: o.AuditLog, alerts: o.Alerts, seen: o.Seen,
 		onboarding: o.Onboarding, claims: o.Claims, enrollments: o.Enrollments, tokenAdmin: o.TokenAdmin, quarantines: o.Quarantines,
 		audit: o.Audit, log: o.Logger, now: o.Now,
-		failures: newLimiterSet(o.FailureRate, o.FailureBurst, o.LimiterEntries),
-		perToken: newLimiterSet(o.TokenRate, o.TokenBurst, o.LimiterEntries),
+		failures: ratelimit.NewSet(o.FailureRate, o.FailureBurst, o.LimiterEntries),
+		perToken: ratelimit.NewSet(o.TokenRate, o.TokenBurst, o.LimiterEntries),
 		used:     newTokenUses(o.LimiterEntries),
 		requests: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "warden_api_requests_total",

@@ -205,7 +205,7 @@ func TestLimiterMapsAreBounded(t *testing.T) {
 	for i := range 50 {
 		f.do(req{method: "GET", path: "/v1/whoami", token: bad, remote: fmt.Sprintf("203.0.113.%d:1", i)})
 	}
-	if n := f.api.failures.size(); n != 4 {
+	if n := f.api.failures.Size(); n != 4 {
 		t.Errorf("%d addresses tracked, want the cap, 4", n)
 	}
 	// The 46 beyond the cap emptied the shared bucket: a fifth address is refused.
@@ -217,41 +217,8 @@ func TestLimiterMapsAreBounded(t *testing.T) {
 	if w := f.do(req{method: "GET", path: "/v1/whoami", token: bad, remote: "203.0.113.201:1"}); w.Code != http.StatusUnauthorized {
 		t.Errorf("after a minute: %d, want 401", w.Code)
 	}
-	if n := f.api.failures.size(); n != 1 {
+	if n := f.api.failures.Size(); n != 1 {
 		t.Errorf("%d addresses tracked after the sweep, want 1", n)
-	}
-}
-
-func TestLimiterSet(t *testing.T) {
-	now := time.Unix(1000, 0)
-	s := newLimiterSet(2, 2, 2)
-	if s.wait("a", now) != 0 || s.take("a", now) != 0 || s.take("a", now) != 0 {
-		t.Fatal("a fresh bucket refuses its burst")
-	}
-	if d := s.take("a", now); d != 500*time.Millisecond {
-		t.Errorf("empty bucket: wait %v, want 500ms", d)
-	}
-	if d := s.wait("a", now.Add(250*time.Millisecond)); d != 250*time.Millisecond {
-		t.Errorf("half refilled: wait %v, want 250ms", d)
-	}
-	if s.wait("a", now.Add(time.Second)) != 0 {
-		t.Error("refilled bucket still waits")
-	}
-}
-
-func TestRemoteKey(t *testing.T) {
-	for _, tc := range []struct{ in, want string }{
-		{"192.0.2.1:443", "192.0.2.1"},
-		{"[::ffff:192.0.2.1]:443", "192.0.2.1"},
-		{"[2001:db8::1]:443", "2001:db8::/64"},
-		{"[2001:db8::1%eth0]:443", "2001:db8::/64"},
-		{"[fe80::1:2:3:4]:1", "fe80::/64"},
-		{"@", "@"},
-		{"", ""},
-	} {
-		if got := remoteKey(tc.in); got != tc.want {
-			t.Errorf("remoteKey(%q) = %q, want %q", tc.in, got, tc.want)
-		}
 	}
 }
 

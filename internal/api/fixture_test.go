@@ -2,6 +2,7 @@ package api
 
 import (
 	"fmt"
+
 	"github.com/warden-iot/warden/internal/config"
 	"github.com/warden-iot/warden/internal/monitor"
 	"github.com/warden-iot/warden/internal/stream"

@@ -15,6 +15,7 @@ import (
 	"github.com/warden-iot/warden/internal/apierror"
 	"github.com/warden-iot/warden/internal/apitoken"
 	"github.com/warden-iot/warden/internal/audit"
+	"github.com/warden-iot/warden/internal/ratelimit"
 	"github.com/warden-iot/warden/internal/store"
 )
 
@@ -87,9 +88,9 @@ func (a *API) wrap(rt *route, local bool) http.Handler {
 			return
 		}
 		now := a.now()
-		addr := remoteKey(r.RemoteAddr)
+		addr := ratelimit.RemoteKey(r.RemoteAddr)
 
-		if wait := a.failures.wait(addr, now); wait > 0 {
+		if wait := a.failures.Wait(addr, now); wait > 0 {
 			c.refuse(http.StatusTooManyRequests, wait, "too many failed authentications from this address", "address-throttled")
 			return
 		}
@@ -100,13 +101,13 @@ func (a *API) wrap(rt *route, local bool) http.Handler {
 				c.fail(err)
 				return
 			}
-			a.failures.take(addr, now)
+			a.failures.Take(addr, now)
 			c.unauthorized(tokenHint(raw))
 			return
 		}
 		c.tok = tok
 		a.used.note(c, addr, now)
-		if wait := a.perToken.take(tok.ID, now); wait > 0 {
+		if wait := a.perToken.Take(tok.ID, now); wait > 0 {
 			c.refuse(http.StatusTooManyRequests, wait, "too many requests with this token", "token-throttled")
 			return
 		}
@@ -351,8 +352,8 @@ func (a *API) Guard(route string, h http.Handler) http.Handler {
 	return http.HandlerFunc(func(rw http.ResponseWriter, r *http.Request) {
 		sw := &statusWriter{ResponseWriter: rw}
 		defer func() { a.requests.WithLabelValues(route, strconv.Itoa(sw.status)).Inc() }()
-		addr := remoteKey(r.RemoteAddr)
-		if wait := a.failures.wait(addr, a.now()); wait > 0 {
+		addr := ratelimit.RemoteKey(r.RemoteAddr)
+		if wait := a.failures.Wait(addr, a.now()); wait > 0 {
 			sw.Header().Set("Cache-Control", "no-store")
 			c := &call{a: a, w: sw, r: r, label: route}
 			c.refuse(http.StatusTooManyRequests, wait, "too many failed authentications from this address", "address-throttled")
@@ -362,7 +363,7 @@ func (a *API) Guard(route string, h http.Handler) http.Handler {
 		if sw.status == http.StatusUnauthorized {
 			// Refused for its token by the handler: counted towards the
 			// address's throttle, logged and audited as the API's own.
-			a.failures.take(addr, a.now())
+			a.failures.Take(addr, a.now())
 			c := &call{a: a, w: sw, r: r, label: route}
 			c.recordUnauthorized(tokenHint(apitoken.FromRequest(r)))
 		}

@@ -1,4 +1,7 @@
-package api
+// Package ratelimit holds token buckets per key in a map of bounded size,
+// and the key of a peer address (its IP, or its IPv6 /64): the API's
+// throttles and the broker's per-source connection rate use them.
+package ratelimit
 
 import (
 	"net"
@@ -9,13 +12,13 @@ import (
 	"golang.org/x/time/rate"
 )
 
-// limiterSet is a token bucket per key (a remote address, a token ID) in
+// Set is a token bucket per key (a remote address, a token ID) in
 // a map of bounded size. A bucket that has filled up again carries no
 // state (a new one would be the same), so such buckets are dropped
 // whenever the map is full; if it is still full, newcomers share one
 // overflow bucket: memory stays bounded, and a caller with more addresses
 // than the map holds gains one bucket, not one each.
-type limiterSet struct {
+type Set struct {
 	limit rate.Limit
 	burst int
 	max   int
@@ -30,17 +33,19 @@ type limiterSet struct {
 // every bucket.
 const sweepEvery = time.Second
 
-func newLimiterSet(perSecond float64, burst, max int) *limiterSet {
-	return &limiterSet{
+// NewSet returns a Set of buckets of perSecond events a second, burst at
+// most, for up to max keys.
+func NewSet(perSecond float64, burst, max int) *Set {
+	return &Set{
 		limit: rate.Limit(perSecond), burst: burst, max: max,
 		m:        map[string]*rate.Limiter{},
 		overflow: rate.NewLimiter(rate.Limit(perSecond), burst),
 	}
 }
 
-// wait returns how long key must wait before its next event would be
+// Wait returns how long key must wait before its next event would be
 // allowed, taking nothing (0: it may go now).
-func (s *limiterSet) wait(key string, now time.Time) time.Duration {
+func (s *Set) Wait(key string, now time.Time) time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	lim := s.m[key]
@@ -53,9 +58,9 @@ func (s *limiterSet) wait(key string, now time.Time) time.Duration {
 	return s.until(lim, now)
 }
 
-// take spends one event of key's bucket and returns 0, or returns how long
+// Take spends one event of key's bucket and returns 0, or returns how long
 // to wait if the bucket is empty.
-func (s *limiterSet) take(key string, now time.Time) time.Duration {
+func (s *Set) Take(key string, now time.Time) time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	lim := s.bucket(key, now)
@@ -66,7 +71,7 @@ func (s *limiterSet) take(key string, now time.Time) time.Duration {
 }
 
 // bucket returns key's bucket, making one if there is room.
-func (s *limiterSet) bucket(key string, now time.Time) *rate.Limiter {
+func (s *Set) bucket(key string, now time.Time) *rate.Limiter {
 	if lim := s.m[key]; lim != nil {
 		return lim
 	}
@@ -87,7 +92,7 @@ func (s *limiterSet) bucket(key string, now time.Time) *rate.Limiter {
 }
 
 // until is how long until lim holds one whole event.
-func (s *limiterSet) until(lim *rate.Limiter, now time.Time) time.Duration {
+func (s *Set) until(lim *rate.Limiter, now time.Time) time.Duration {
 	missing := 1 - lim.TokensAt(now)
 	if missing <= 0 {
 		return 0
@@ -95,17 +100,17 @@ func (s *limiterSet) until(lim *rate.Limiter, now time.Time) time.Duration {
 	return max(time.Duration(missing/float64(s.limit)*float64(time.Second)), 1)
 }
 
-// size is the number of keys with a bucket of their own.
-func (s *limiterSet) size() int {
+// Size is the number of keys with a bucket of their own.
+func (s *Set) Size() int {
 	s.mu.Lock()
 	defer s.mu.Unlock()
 	return len(s.m)
 }
 
-// remoteKey is the throttling key of a peer address: its IP, or for IPv6
+// RemoteKey is the throttling key of a peer address: its IP, or for IPv6
 // its /64, which one host usually holds whole and could otherwise walk
 // through one address per request.
-func remoteKey(remoteAddr string) string {
+func RemoteKey(remoteAddr string) string {
 	host, _, err := net.SplitHostPort(remoteAddr)
 	if err != nil {
 		host = remoteAddr
