@@ -76,6 +76,8 @@ func benchmarkSettings() []setting {
 			"default 500/s per listener: the storm measures handshakes per second, which this limiter would cap; it is still consulted on every accept"},
 		{"limits.connection_burst", 1000000,
 			"default 1000: 15,000 devices reconnecting at once would be refused beyond it"},
+		{"limits.connection_rate_per_source", 1000000,
+			"default 125/s per source address: the benchmark's devices come from eight loopback addresses, each far faster than that in a storm; it is still consulted on every accept"},
 		{"limits.connect_timeout", "1m",
 			"default 10s: in a storm thousands of handshakes queue on 2 cores, and a timeout would turn queueing into failed attempts and retries (Mosquitto has no such deadline)"},
 		{"limits.flap_max_connects", 1000,

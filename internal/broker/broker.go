@@ -28,7 +28,6 @@ import (
 	"github.com/mochi-mqtt/server/v2/packets"
 	"github.com/prometheus/client_golang/prometheus"
 	"go.etcd.io/bbolt"
-	"golang.org/x/time/rate"
 
 	"github.com/warden-iot/warden/internal/audit"
 	"github.com/warden-iot/warden/internal/events"
@@ -70,10 +69,13 @@ type Limits struct {
 	PublishBurst       int
 	ConnectionRate     float64 // per listener, new connections/s
 	ConnectionBurst    int
-	FlapMaxConnects    int           // more connects than this within FlapWindow ...
-	FlapWindow         time.Duration //
-	FlapBan            time.Duration // ... refuses the client ID for this long
-	MaxSessionExpiry   time.Duration // longest a disconnected session is kept
+	// ConnectionRatePerSource bounds one source address's (IPv4, IPv6
+	// /64) new connections per listener, bursts of twice that; 0: none.
+	ConnectionRatePerSource float64
+	FlapMaxConnects         int           // more connects than this within FlapWindow ...
+	FlapWindow              time.Duration //
+	FlapBan                 time.Duration // ... refuses the client ID for this long
+	MaxSessionExpiry        time.Duration // longest a disconnected session is kept
 	// HandshakeConcurrency is how many TLS handshakes may compute at once
 	// across all listeners (0: GOMAXPROCS); the rest wait, holding no CPU,
 	// so that established sessions keep theirs in a reconnect storm.
@@ -319,11 +321,7 @@ func (b *Broker) addListener(lc ListenerConfig) error {
 	if err != nil {
 		return fmt.Errorf("listener %s: listen on %s: %w", lc.Name, lc.Addr, err)
 	}
-	var limiter *rate.Limiter
-	if b.opts.Limits.ConnectionRate > 0 {
-		limiter = rate.NewLimiter(rate.Limit(b.opts.Limits.ConnectionRate), max(b.opts.Limits.ConnectionBurst, 1))
-	}
-	front := newGuardedListener(raw, lc.Name, tlsCfg, b.opts.Limits.ConnectTimeout, limiter, b.admit, b)
+	front := b.newFrontDoor(raw, lc.Name, tlsCfg)
 
 	var mqttListener net.Listener = front
 	switch lc.Kind {

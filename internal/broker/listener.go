@@ -13,12 +13,14 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/warden-iot/warden/internal/ratelimit"
 	"golang.org/x/time/rate"
 )
 
 // guardedListener is the front door of every MQTT listener. Before a byte of
 // MQTT is parsed it
-//   - refuses connections above the listener's connection rate,
+//   - refuses connections above their source address's connection rate,
+//     then above the listener's,
 //   - sets a deadline that covers the TLS handshake and the CONNECT packet
 //     (mochi itself would wait forever for a silent socket),
 //   - performs the TLS handshake on a goroutine of its own, admitted by
@@ -39,8 +41,12 @@ type guardedListener struct {
 	tls      *tls.Config
 	deadline time.Duration
 	limiter  *rate.Limiter
-	admit    *admission // nil: handshakes are not limited
-	b        *Broker
+	// perSource, if set, bounds each source address's new connections
+	// (limits.connection_rate_per_source), checked before limiter so that
+	// a source over its own rate spends none of the listener's.
+	perSource *ratelimit.Set
+	admit     *admission // nil: handshakes are not limited
+	b         *Broker
 	// https: Accept hands out the *tls.Conn itself, with the accept
 	// deadline cleared (net/http sets its own per request and looks for a
 	// *tls.Conn to fill in Request.TLS).
@@ -123,6 +129,12 @@ func (l *guardedListener) acceptLoop() {
 			continue
 		}
 		backoff = 0
+		if l.perSource != nil && l.perSource.Take(ratelimit.RemoteKey(c.RemoteAddr().String()), time.Now()) > 0 {
+			l.b.metrics.connectionsRefused.WithLabelValues(l.name, "source-rate").Inc()
+			l.b.logRefusal(l.name, c.RemoteAddr().String(), "source-rate")
+			_ = c.Close()
+			continue
+		}
 		if l.limiter != nil && !l.limiter.Allow() {
 			l.b.metrics.connectionsRefused.WithLabelValues(l.name, "rate").Inc()
 			l.b.logRefusal(l.name, c.RemoteAddr().String(), "connection-rate")
@@ -188,13 +200,30 @@ func (l *guardedListener) handshake(raw net.Conn) {
 // connections are *tls.Conn whose handshake has succeeded, and cfg must
 // carry the NextProtos the server should negotiate.
 func (b *Broker) GuardHTTPS(raw net.Listener, name string, cfg *tls.Config) net.Listener {
-	var limiter *rate.Limiter
-	if b.opts.Limits.ConnectionRate > 0 {
-		limiter = rate.NewLimiter(rate.Limit(b.opts.Limits.ConnectionRate), max(b.opts.Limits.ConnectionBurst, 1))
-	}
-	l := newGuardedListener(raw, name, cfg, b.opts.Limits.ConnectTimeout, limiter, b.admit, b)
+	l := b.newFrontDoor(raw, name, cfg)
 	l.https = true
 	return l
+}
+
+// maxTrackedSources bounds the source addresses a listener's per-source
+// connection rate keeps a bucket for (ratelimit.Set: full buckets are
+// dropped when it fills; beyond it, newcomers share one bucket).
+const maxTrackedSources = 65536
+
+// newFrontDoor wraps raw in a guarded listener with the broker's
+// connection limits: the listener's rate and, if set, each source
+// address's.
+func (b *Broker) newFrontDoor(raw net.Listener, name string, cfg *tls.Config) *guardedListener {
+	l := b.opts.Limits
+	var limiter *rate.Limiter
+	if l.ConnectionRate > 0 {
+		limiter = rate.NewLimiter(rate.Limit(l.ConnectionRate), max(l.ConnectionBurst, 1))
+	}
+	g := newGuardedListener(raw, name, cfg, l.ConnectTimeout, limiter, b.admit, b)
+	if l.ConnectionRatePerSource > 0 {
+		g.perSource = ratelimit.NewSet(l.ConnectionRatePerSource, max(int(2*l.ConnectionRatePerSource), 1), maxTrackedSources)
+	}
+	return g
 }
 
 // plainConn is a connection of the plain listener (envelope devices). Its

@@ -25,6 +25,7 @@ import (
 
 	"github.com/warden-iot/warden/internal/identity"
 	"github.com/warden-iot/warden/internal/policy"
+	"github.com/warden-iot/warden/internal/ratelimit"
 )
 
 // testPKI is a root, a server certificate for 127.0.0.1 and a device
@@ -109,6 +110,13 @@ func newTestBroker(t testing.TB, p testPKI, tokens int) (*Broker, *prometheus.Re
 // handed over.
 func listen(t testing.TB, b *Broker, p testPKI) (*guardedListener, chan net.Conn) {
 	t.Helper()
+	return listenWith(t, b, p, nil)
+}
+
+// listenWith is listen with tune applied to the listener before it
+// accepts.
+func listenWith(t testing.TB, b *Broker, p testPKI, tune func(*guardedListener)) (*guardedListener, chan net.Conn) {
+	t.Helper()
 	cfg, err := ServerTLSConfig(p.server, p.roots, ProfileStrict, true)
 	if err != nil {
 		t.Fatal(err)
@@ -118,6 +126,9 @@ func listen(t testing.TB, b *Broker, p testPKI) (*guardedListener, chan net.Conn
 		t.Fatal(err)
 	}
 	l := newGuardedListener(raw, "mqtts", cfg, 3*time.Second, nil, b.admit, b)
+	if tune != nil {
+		tune(l)
+	}
 	t.Cleanup(func() { l.Close() })
 	accepted := make(chan net.Conn, 1024)
 	go func() {
@@ -415,5 +426,41 @@ func TestGuardHTTPS(t *testing.T) {
 			t.Fatal("the refused handshake was not counted under listener api")
 		}
 		time.Sleep(20 * time.Millisecond)
+	}
+}
+
+// One source address over its own connection rate is refused at accept
+// (reason source-rate) before it spends the listener's rate, and another
+// address still gets in (limits.connection_rate_per_source).
+func TestConnectionRatePerSource(t *testing.T) {
+	p := newTestPKI(t)
+	b, _ := newTestBroker(t, p, 2)
+	l, _ := listenWith(t, b, p, func(l *guardedListener) {
+		l.perSource = ratelimit.NewSet(0.001, 2, 16) // two connections, then (practically) none
+	})
+	for range 5 {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+	}
+	refused := b.metrics.connectionsRefused.WithLabelValues("mqtts", "source-rate")
+	for deadline := time.Now().Add(5 * time.Second); testutil.ToFloat64(refused) < 3 && time.Now().Before(deadline); {
+		time.Sleep(10 * time.Millisecond)
+	}
+	if n := testutil.ToFloat64(refused); n != 3 {
+		t.Fatalf("refused for the source's rate: %v, want 3 of 5", n)
+	}
+	// Another loopback address is another source.
+	d := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+	c, err := tls.DialWithDialer(d, "tcp", l.Addr().String(), &tls.Config{
+		RootCAs: p.roots, Certificates: []tls.Certificate{p.client}, ServerName: "127.0.0.1", MinVersion: tls.VersionTLS13})
+	if err != nil {
+		t.Fatalf("a device from another address: %v", err)
+	}
+	c.Close()
+	if n := testutil.ToFloat64(b.metrics.connectionsRefused.WithLabelValues("mqtts", "rate")); n != 0 {
+		t.Errorf("the listener's own rate refused %v connections", n)
 	}
 }

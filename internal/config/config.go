@@ -140,6 +140,11 @@ type Limits struct {
 	// for new connections.
 	ConnectionRate  float64 `koanf:"connection_rate"`
 	ConnectionBurst int     `koanf:"connection_burst"`
+	// ConnectionRatePerSource bounds the new connections of one source
+	// address (an IPv4 address, an IPv6 /64) per listener, with a burst
+	// of twice the rate, so that one host cannot spend the whole
+	// listener's connection rate and lock the fleet out; 0 turns it off.
+	ConnectionRatePerSource float64 `koanf:"connection_rate_per_source"`
 	// A device that connects more than FlapMaxConnects times within
 	// FlapWindow is refused for FlapBan: a reconnect loop must not cost the
 	// server a full mTLS handshake and a registry lookup every time.
@@ -220,10 +225,13 @@ func Default() Config {
 			PublishBurst:       200,
 			ConnectionRate:     500,
 			ConnectionBurst:    1000,
-			FlapMaxConnects:    15,
-			FlapWindow:         time.Minute,
-			FlapBan:            5 * time.Minute,
-			MaxSessionExpiry:   7 * 24 * time.Hour,
+			// A quarter of the listener's rate: a fleet behind one NAT
+			// address still reconnects 15,000 devices in two minutes.
+			ConnectionRatePerSource: 125,
+			FlapMaxConnects:         15,
+			FlapWindow:              time.Minute,
+			FlapBan:                 5 * time.Minute,
+			MaxSessionExpiry:        7 * 24 * time.Hour,
 		},
 		Monitor: DefaultMonitor(),
 	}

@@ -96,6 +96,11 @@ limits:
   publish_burst: 200         # per-device burst (1..1000000)
   connection_rate: 500       # new connections per second per listener (> 0)
   connection_burst: 1000     # per-listener burst (1..1000000)
+  # One source address (IPv4, or an IPv6 /64) may open at most this many
+  # connections a second on a listener, bursts of twice that, so that one
+  # host cannot spend the listener's whole rate. Raise it for a fleet
+  # behind one NAT address; 0 turns it off.
+  connection_rate_per_source: 125
   # A device connecting more than flap_max_connects times within flap_window
   # is refused for flap_ban.
   flap_max_connects: 15      # 1..1000000

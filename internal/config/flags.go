@@ -61,6 +61,7 @@ func flagSpecs() []flagSpec {
 		{"publish-burst", "limits.publish_burst", "per-device publish burst (1..1000000)", true},
 		{"connection-rate", "limits.connection_rate", "new connections per second per listener (> 0)", true},
 		{"connection-burst", "limits.connection_burst", "per-listener connection burst (1..1000000)", true},
+		{"connection-rate-per-source", "limits.connection_rate_per_source", "new connections per second per source address (IPv4, IPv6 /64) and listener, burst twice that (0 = no limit)", true},
 		{"flap-max-connects", "limits.flap_max_connects", "connects per flap window before a device is refused (1..1000000)", true},
 		{"flap-window", "limits.flap_window", "window over which connects are counted (1s..24h)", true},
 		{"flap-ban", "limits.flap_ban", "how long a flapping device is refused (1s..168h)", true},

@@ -122,6 +122,9 @@ func (c *Config) Validate() error {
 	v.intRange("limits.publish_burst", l.PublishBurst, 1, maxBurst)
 	v.rate("limits.connection_rate", l.ConnectionRate, "new connections per second per listener")
 	v.intRange("limits.connection_burst", l.ConnectionBurst, 1, maxBurst)
+	if r := l.ConnectionRatePerSource; r != 0 {
+		v.rate("limits.connection_rate_per_source", r, "new connections per second per source address and listener, or 0 for no limit")
+	}
 	v.intRange("limits.flap_max_connects", l.FlapMaxConnects, 1, maxFlapConnects)
 	v.duration("limits.flap_window", l.FlapWindow, minFlapWindow, maxFlapWindow)
 	v.duration("limits.flap_ban", l.FlapBan, minFlapBan, maxFlapBan)

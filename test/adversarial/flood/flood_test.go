@@ -3,6 +3,7 @@ package flood
 import (
 	"context"
 	"crypto/tls"
+	"net"
 	"sync"
 	"testing"
 	"time"
@@ -44,7 +45,11 @@ func TestConnectionFloodIsRefusedWhileTheFleetKeepsWorking(t *testing.T) {
 		rate  = 50 // connections a second per listener
 		burst = 50
 	)
+	// The flood, the flapper and the control group all come from
+	// 127.0.0.1: the per-source rate (TestOneHostCannotSpendTheListenersRate)
+	// is off so that this test sees the listener's.
 	s := wardentest.Start(t, t.TempDir(), "--connection-rate", "50", "--connection-burst", "50",
+		"--connection-rate-per-source", "0",
 		"--flap-max-connects", "3", "--flap-window", "1m", "--flap-ban", "5m")
 	devs := s.ProvisionDevices(scale(5, 20) + 1)
 	flapper := devs[0]
@@ -170,4 +175,67 @@ func TestConnectionFloodIsRefusedWhileTheFleetKeepsWorking(t *testing.T) {
 		t.Errorf("%v devices connected after the flood, want the control group's %d", c, ctl.Size())
 	}
 	healthy(t, s)
+}
+
+// TestOneHostCannotSpendTheListenersRate floods the MQTTS listener from
+// 127.0.0.1 while devices connect from 127.0.0.2.
+//
+// Threat: one host opens connections as fast as it can and spends the
+// listener's whole connection rate, so that no device can reconnect while
+// it lasts: one machine locks the fleet out.
+// Control: limits.connection_rate_per_source, a token bucket per source
+// address (IPv4 address, IPv6 /64) checked at accept before the
+// listener's (guardedListener.acceptLoop, ratelimit.Set).
+// Asserts: the flood is refused for its source's rate
+// (warden_mqtt_connections_refused_total{reason="source-rate"}), at most
+// its burst plus its rate get in, and every device connecting from the
+// other address during the flood is accepted and authenticated.
+func TestOneHostCannotSpendTheListenersRate(t *testing.T) {
+	const perSource = 20 // connections a second per source; bursts of 40
+	s := wardentest.Start(t, t.TempDir(), "--connection-rate", "100", "--connection-burst", "100",
+		"--connection-rate-per-source", "20")
+	devs := s.ProvisionDevices(scale(10, 25))
+	_, pool := devs[0].TLS(t)
+	hello, err := mqttattack.ClientHello(&tls.Config{ServerName: "localhost", RootCAs: pool, MinVersion: tls.VersionTLS13})
+	if err != nil {
+		t.Fatal(err)
+	}
+	flood := time.Duration(scale(3, 10)) * time.Second
+	ctx, cancel := context.WithTimeout(context.Background(), flood)
+	defer cancel()
+	done := make(chan mqttattack.FloodReport, 1)
+	go func() {
+		done <- mqttattack.Flood(ctx, mqttattack.FloodOptions{Addr: s.MQTTS, Workers: 8, Hello: hello})
+	}()
+
+	// Devices from another address, spread over the flood.
+	time.Sleep(200 * time.Millisecond) // the flood has spent the listener's burst by now
+	every := flood / time.Duration(len(devs)+1)
+	for _, d := range devs {
+		cert, pool := d.TLS(t)
+		dialer := &net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.IPv4(127, 0, 0, 2)}}
+		c, err := tls.DialWithDialer(dialer, "tcp", s.MQTTS, &tls.Config{RootCAs: pool, Certificates: []tls.Certificate{cert},
+			ServerName: "localhost", MinVersion: tls.VersionTLS12})
+		if err != nil {
+			t.Errorf("%s from 127.0.0.2 during the flood: %v", d.ID, err)
+			continue
+		}
+		cctx, ccancel := context.WithTimeout(context.Background(), 5*time.Second)
+		code, err := mqttattack.Establish(cctx, c, d.ID, 30)
+		ccancel()
+		_ = c.Close()
+		if err != nil || code != 0 {
+			t.Errorf("%s from 127.0.0.2 during the flood: CONNACK 0x%02x, %v", d.ID, code, err)
+		}
+		time.Sleep(every)
+	}
+	rep := <-done
+	t.Logf("flood: %d attempts in %v (%.0f/s): %d refused, %d answered, %d unanswered, %d dial errors",
+		rep.Attempts, rep.Duration.Round(time.Millisecond), rep.Rate(), rep.Refused, rep.Answered, rep.Unanswered, rep.DialErrors)
+	if allowed := int64(2*perSource + perSource*rep.Duration.Seconds() + 10); rep.Answered > allowed {
+		t.Errorf("%d flood connections accepted in %v, more than its source's rate allows (%d)", rep.Answered, rep.Duration, allowed)
+	}
+	if n := s.Metric(t, "warden_mqtt_connections_refused_total", `listener="mqtts"`, `reason="source-rate"`); n < float64(rep.Refused)/2 || rep.Refused == 0 {
+		t.Errorf("warden_mqtt_connections_refused_total{reason=\"source-rate\"} = %v for %d refusals the flood saw", n, rep.Refused)
+	}
 }
