@@ -27,6 +27,10 @@
 //     control group of connected devices keeps its QoS 1 round trips
 //     (device, relay, service) within a latency bound and no member is
 //     disconnected.
+//   - A connection flood from one host that would spend the listener's
+//     whole connection rate: refused at its source's rate
+//     (limits.connection_rate_per_source) while devices from another
+//     address keep connecting.
 //
 // CI runs modest counts; ADVERSARIAL_FULL=1 runs larger ones, and
 // ADVERSARIAL_STRICT=1 asserts the strict p99 < 100 ms for the
