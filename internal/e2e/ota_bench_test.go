@@ -37,7 +37,7 @@ type otaFleet struct {
 func newOTAFleet(b *testing.B, n int) *otaFleet {
 	b.Helper()
 	s := wardentest.Start(b, b.TempDir(), "--log-level", "warn", "--publish-rate", "1000", "--publish-burst", "1000",
-		"--connection-rate", "1000", "--connection-burst", "2000", "--connect-timeout", "30s")
+		"--connection-rate", "1000", "--connection-burst", "2000", "--connection-rate-per-source", "0", "--connect-timeout", "30s")
 	r := newRelease(b)
 	img, st := r.sign(b, "bench", "1.0.0", 1, 1<<20-1024)
 	s.MustWarden("fw", "trust", r.pub)

@@ -42,7 +42,8 @@ func attacksFor(stage mqttattack.Stage) []mqttattack.Attack {
 // the minimum, 1 s, and the flapping ban is out of the way: mallory
 // connects once per attack.
 func TestMalformedMQTT(t *testing.T) {
-	s := wardentest.Start(t, t.TempDir(), "--connect-timeout", "1s", "--flap-max-connects", "1000000")
+	s := wardentest.Start(t, t.TempDir(), "--connect-timeout", "1s", "--flap-max-connects", "1000000",
+		"--connection-rate-per-source", "0") // hundreds of attack connections from one address with ADVERSARIAL_FULL
 	devs := s.ProvisionDevices(3)
 	ctl := wardentest.StartControlGroup(t, s, devs[:2], 50*time.Millisecond)
 	mallory := devs[2]

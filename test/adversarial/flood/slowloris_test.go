@@ -42,7 +42,7 @@ func TestSlowlorisIsCutAtTheConnectTimeout(t *testing.T) {
 	// stalled peer in. One handshake token: if a stalled peer held it, no
 	// one else could connect until the deadline cut the staller.
 	s := wardentest.Start(t, t.TempDir(), "--connect-timeout", timeout.String(), "--connection-burst", "100000", "--connection-rate", "100000",
-		"--handshake-concurrency", "1")
+		"--connection-rate-per-source", "0", "--handshake-concurrency", "1")
 	devs := s.ProvisionDevices(5)
 	ctl := wardentest.StartControlGroup(t, s, devs[:3], 50*time.Millisecond)
 	slow, late := devs[3], devs[4]
