@@ -66,7 +66,11 @@ must survive between runs. Commands the devices answer: ping, echo (the
 body), sleep (body: milliseconds), fail; anything else is "unknown command".
 
 On loopback the devices connect from 127.0.0.1 to 127.0.0.8 in turn, so
-that one source address's ephemeral ports do not limit the fleet. Each
+that one source address's ephemeral ports do not limit the fleet. The
+server admits limits.connection_rate connections a second per listener
+(500 by default) and limits.connection_rate_per_source per address (125):
+for a faster ramp, serve with higher --connection-rate and
+--connection-rate-per-source. Each
 device holds a file descriptor: the simulator and the server must run as
 separate processes, each under its own open-file limit.
 
